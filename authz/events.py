@@ -1,0 +1,14 @@
+"""Audit tags of the authorization domain."""
+
+from __future__ import annotations
+
+import enum
+
+
+class AuthzEvent(str, enum.Enum):
+    ACCOUNT_CREATE = "authz:account:create"
+    SIGN_IN = "authz:session:sign_in"
+    SIGN_IN_FAIL = "authz:session:sign_in_fail"
+    PASSWORD_CHANGE = "authz:account:change_password"
+    TOKEN_CREATE = "authz:token:create"
+    TOKEN_REVOKE = "authz:token:revoke"

@@ -1,0 +1,14 @@
+"""Audit tags of the CA domain (``domain:object:verb``)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class CaEvent(str, enum.Enum):
+    ROOT_CREATE = "ca:authority:create_root"
+    ISSUING_CREATE = "ca:authority:create_issuing"
+    CERT_RESERVE = "ca:certificate:reserve"
+    CERT_APPROVE = "ca:certificate:approve"
+    CERT_ISSUE = "ca:certificate:issue"
+    CERT_REFUSE = "ca:certificate:refuse"

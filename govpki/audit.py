@@ -1,0 +1,190 @@
+"""The audit primitive: an append-only, hash-chained log written in the same
+transaction as the change it describes.
+
+Each entry has a gap-free sequence number and commits to the previous entry's
+hash: ``hash = SHA-256(prev_hash || canonical_json(entry))``. Appending first
+bumps the single ``audit_head`` row, which serialises writers on every backend
+(a row lock on PostgreSQL, the write lock on SQLite) and keeps the sequence
+gap-free: a rolled-back transaction rolls back its sequence number too.
+If the entry cannot be written, the exception propagates and the caller's
+transaction — the change itself — is rolled back with it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, String, Text, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from govpki.clock import Clock, SystemClock
+from govpki.db import Base, UTCDateTime
+from govpki.principal import Principal
+
+GENESIS_HASH = "0" * 64
+ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False)
+    at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100), index=True)
+    object_type: Mapped[str] = mapped_column(String(50))
+    object_id: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(20))
+    details: Mapped[str] = mapped_column(Text())
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _timestamp(at: _dt.datetime) -> str:
+    return at.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    at: _dt.datetime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    outcome: str,
+    details: str,
+) -> str:
+    body = canonical_json(
+        {
+            "seq": seq,
+            "at": _timestamp(at),
+            "actor": actor,
+            "action": action,
+            "object_type": object_type,
+            "object_id": object_id,
+            "outcome": outcome,
+            "details": details,
+        }
+    )
+    return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
+
+
+def record(
+    session: Session,
+    actor: Principal | str,
+    action: str,
+    *,
+    object_type: str,
+    object_id: str,
+    details: Mapping[str, Any] | None = None,
+    outcome: str = "success",
+    clock: Clock | None = None,
+) -> AuditEntry:
+    """Append one entry in the caller's transaction (flushed, not committed)."""
+    if not ACTION_RE.match(action):
+        raise ValueError(f"audit action {action!r} is not a domain:object:verb tag")
+    actor_name = actor.audit_name if isinstance(actor, Principal) else actor
+    at = (clock or SystemClock()).now()
+    bumped = session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
+    if bumped.rowcount != 1:  # type: ignore[attr-defined]
+        raise RuntimeError("audit_head row is missing: the audit log cannot be written")
+    seq, prev = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    details_text = canonical_json(dict(details or {}))
+    digest = entry_hash(
+        prev,
+        seq=seq,
+        at=at,
+        actor=actor_name,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        outcome=outcome,
+        details=details_text,
+    )
+    entry = AuditEntry(
+        seq=seq,
+        at=at,
+        actor=actor_name,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        outcome=outcome,
+        details=details_text,
+        prev_hash=prev,
+        hash=digest,
+    )
+    session.add(entry)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    entries: int
+    head_seq: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
+    """Walk the whole chain; name the first entry that does not fit."""
+    prev = GENESIS_HASH
+    expected = 1
+    count = 0
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEntry).where(AuditEntry.seq >= expected).order_by(AuditEntry.seq).limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.seq != expected:
+                return ChainReport(False, count, last, expected, f"entry {expected} is missing (next is {row.seq})")
+            if row.prev_hash != prev:
+                return ChainReport(False, count, last, row.seq, "prev_hash does not match the previous entry")
+            digest = entry_hash(
+                prev,
+                seq=row.seq,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                object_type=row.object_type,
+                object_id=row.object_id,
+                outcome=row.outcome,
+                details=row.details,
+            )
+            if digest != row.hash:
+                return ChainReport(False, count, last, row.seq, "entry content does not match its hash")
+            prev = row.hash
+            last = row.seq
+            expected += 1
+            count += 1
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return ChainReport(False, count, last, None, "audit_head row is missing")
+    if head.seq != last or head.hash != prev:
+        return ChainReport(False, count, last, last + 1, f"chain ends at {last} but the head says {head.seq}")
+    return ChainReport(True, count, last)

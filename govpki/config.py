@@ -1,0 +1,159 @@
+"""Configuration from ``GOVPKI_*`` environment variables; secrets come from files.
+
+Everything has a default that gives a working demo instance under ``./instance``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from govpki.errors import ConfigError
+
+KeyStoreKind = Literal["file", "pkcs11"]
+KeyAlgorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class KeyStoreSettings:
+    """Where one key store lives. ``file``: a folder of encrypted PKCS#8 files.
+    ``pkcs11``: a token of a PKCS#11 module (an HSM; SoftHSM2 in tests)."""
+
+    kind: KeyStoreKind
+    path: Path | None = None
+    passphrase_file: Path | None = None
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    instance_dir: Path
+    database_url: str
+    base_url: str
+    listen_host: str
+    listen_port: int
+    workers: int
+    threads: int
+    secret_key_file: Path
+    root_keystore: KeyStoreSettings
+    online_keystore: KeyStoreSettings
+    root_key_algorithm: KeyAlgorithm
+    issuing_key_algorithm: KeyAlgorithm
+    province: str
+    organization: str
+    root_ca_name: str
+    issuing_ca_name: str
+    root_validity_days: int
+    issuing_validity_days: int
+    region_file: Path
+    profiles_file: Path
+    api_token_days: int
+    testing: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def with_(self, **changes: object) -> Config:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def listen_url(self) -> str:
+        return f"http://{self.listen_host}:{self.listen_port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str, default: str) -> str:
+            value = env.get(f"GOVPKI_{name}")
+            return default if value is None or value == "" else value
+
+        def secret(name: str, default: str) -> str:
+            path = env.get(f"GOVPKI_{name}_FILE")
+            if path:
+                try:
+                    return Path(path).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(f"GOVPKI_{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+            return get(name, default)
+
+        def integer(name: str, default: int, minimum: int = 1) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ConfigError(f"GOVPKI_{name}: {raw!r} is not a whole number") from None
+            if value < minimum:
+                raise ConfigError(f"GOVPKI_{name}: must be at least {minimum}, got {value}")
+            return value
+
+        def algorithm(name: str, default: KeyAlgorithm) -> KeyAlgorithm:
+            raw = get(name, default)
+            for alg in KEY_ALGORITHMS:
+                if alg == raw:
+                    return alg
+            raise ConfigError(f"GOVPKI_{name}: {raw!r} is not one of {', '.join(KEY_ALGORITHMS)}")
+
+        instance = Path(get("INSTANCE_DIR", "instance")).resolve()
+
+        def store(prefix: str, default_dir: Path) -> KeyStoreSettings:
+            kind = get(f"{prefix}KEYSTORE", "file")
+            if kind not in ("file", "pkcs11"):
+                raise ConfigError(f"GOVPKI_{prefix}KEYSTORE: {kind!r} is not 'file' or 'pkcs11'")
+            if kind == "file":
+                return KeyStoreSettings(
+                    kind="file",
+                    path=Path(get(f"{prefix}KEYSTORE_DIR", str(default_dir))),
+                    passphrase_file=Path(
+                        get(f"{prefix}KEYSTORE_PASSPHRASE_FILE", str(default_dir.parent / f"{default_dir.name}.pass"))
+                    ),
+                )
+            module = get(f"{prefix}PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+            label = get(f"{prefix}PKCS11_TOKEN_LABEL", "")
+            pin = get(f"{prefix}PKCS11_PIN_FILE", "")
+            if not label or not pin:
+                raise ConfigError(
+                    f"GOVPKI_{prefix}KEYSTORE=pkcs11 needs GOVPKI_{prefix}PKCS11_TOKEN_LABEL and GOVPKI_{prefix}PKCS11_PIN_FILE"
+                )
+            return KeyStoreSettings(
+                kind="pkcs11", pkcs11_module=Path(module), pkcs11_token_label=label, pkcs11_pin_file=Path(pin)
+            )
+
+        listen = get("LISTEN", "127.0.0.1:8000")
+        host, _, port_text = listen.rpartition(":")
+        if not host or not port_text.isdigit():
+            raise ConfigError(f"GOVPKI_LISTEN: {listen!r} is not HOST:PORT")
+        port = int(port_text)
+        default_base = f"http://{host}:{port}"
+
+        return cls(
+            instance_dir=instance,
+            database_url=secret("DATABASE_URL", f"sqlite:///{instance / 'govpki.sqlite3'}"),
+            base_url=get("BASE_URL", default_base).rstrip("/"),
+            listen_host=host,
+            listen_port=port,
+            workers=integer("WORKERS", 2),
+            threads=integer("THREADS", 4),
+            secret_key_file=Path(get("SECRET_KEY_FILE", str(instance / "secret_key"))),
+            root_keystore=store("ROOT_", instance / "keys" / "root"),
+            online_keystore=store("", instance / "keys" / "online"),
+            root_key_algorithm=algorithm("ROOT_KEY_ALGORITHM", "ec-p384"),
+            issuing_key_algorithm=algorithm("ISSUING_KEY_ALGORITHM", "ec-p384"),
+            province=get("PROVINCE", "新疆维吾尔自治区"),
+            organization=get("ORGANIZATION", "新疆维吾尔自治区电子政务外网"),
+            root_ca_name=get("ROOT_CA_NAME", "新疆政务外网根CA"),
+            issuing_ca_name=get("ISSUING_CA_NAME", "新疆政务外网业务CA"),
+            root_validity_days=integer("ROOT_VALIDITY_DAYS", 20 * 365),
+            issuing_validity_days=integer("ISSUING_VALIDITY_DAYS", 10 * 365),
+            region_file=Path(get("REGION_FILE", str(PACKAGE_ROOT / "ra" / "data" / "xinjiang.json"))),
+            profiles_file=Path(get("PROFILES_FILE", str(PACKAGE_ROOT / "ca" / "data" / "profiles.toml"))),
+            api_token_days=integer("API_TOKEN_DAYS", 90),
+            testing=get("TESTING", "0") == "1",
+            extra={k: v for k, v in env.items() if k.startswith("GOVPKI_")},
+        )

@@ -1,0 +1,41 @@
+"""The acting principal, passed explicitly to every domain service."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Role(str, enum.Enum):
+    # 三员分立: mutually exclusive administrative roles
+    SYSTEM_ADMIN = "system_admin"
+    SECURITY_ADMIN = "security_admin"
+    SECURITY_AUDITOR = "security_auditor"
+    # operational roles
+    CA_OPERATOR = "ca_operator"
+
+
+class PrincipalKind(str, enum.Enum):
+    ACCOUNT = "account"
+    API_TOKEN = "api_token"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: PrincipalKind
+    id: str
+    name: str
+    roles: frozenset[Role] = field(default_factory=frozenset)
+    prefecture: str | None = None
+
+    @property
+    def audit_name(self) -> str:
+        return f"{self.kind.value}:{self.name}"
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
+
+
+SYSTEM = Principal(PrincipalKind.SYSTEM, "system", "system", frozenset(Role))
+"""The service itself (start-up ceremony, schedulers). Used only by CLI/startup code."""

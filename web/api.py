@@ -1,0 +1,199 @@
+"""REST API v1 (thin views: parse, call one service, render)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from flask import Blueprint, Response, current_app, g, json, request, url_for
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ca.models import CertificateRecord
+from govpki.errors import FieldProblem, InvalidError
+from govpki.principal import Principal
+from web.container import Services
+from web.openapi import Parameter, document, operation
+from web.openapi import Response as Doc
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+PEM_TYPES = ("application/pem-certificate-chain", "application/x-pem-file")
+DER_TYPE = "application/pkix-cert"
+SERIAL_PARAM = Parameter("serial", "path", "Certificate serial number, hexadecimal", {"type": "string", "pattern": "^[0-9A-Fa-f:]{1,64}$"})
+
+
+class IssueRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    profile: str = Field(min_length=1, max_length=64, description="Certificate profile name, e.g. service-tls-server")
+    csr: str = Field(
+        min_length=1, max_length=65536, description="PKCS#10 request: PEM, or base64 of the DER encoding"
+    )
+
+
+class CertificateOut(BaseModel):
+    serial: str = Field(description="lower-case hexadecimal")
+    state: Literal["reserved", "approved", "issued", "failed"]
+    profile: str
+    profile_version: int
+    ca_id: int
+    subject: str
+    subject_alt_names: str
+    key_type: str
+    requester: str
+    not_before: _dt.datetime | None
+    not_after: _dt.datetime | None
+    fingerprint_sha256: str | None
+    created_at: _dt.datetime
+    issued_at: _dt.datetime | None
+    certificate_pem: str | None = None
+    chain_pem: str | None = Field(default=None, description="issuing CA certificate(s), without the root")
+    failure: str | None = None
+
+
+class CertificateList(BaseModel):
+    items: list[CertificateOut]
+    limit: int
+    offset: int
+
+
+def services() -> Services:
+    services: Services = current_app.extensions["govpki"]
+    return services
+
+
+def principal() -> Principal:
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else None
+    if header and token is None:
+        raise InvalidError("use the Bearer scheme: 'Authorization: Bearer <token>'", field="authorization")
+    return services().tokens.authenticate(g.db, token)
+
+
+def parse_body(model: type[BaseModel]) -> Any:
+    if not request.is_json:
+        raise InvalidError("send the request body as application/json", field="body", code="api.media_type")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise InvalidError("is not valid JSON", field="body", code="api.malformed_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [FieldProblem(".".join(str(p) for p in e["loc"]) or "body", e["msg"]) for e in exc.errors()]
+        raise InvalidError(
+            "; ".join(f"{p.field}: {p.reason}" for p in problems), field=problems[0].field, problems=problems
+        ) from None
+
+
+def _csr_bytes(text: str) -> bytes:
+    stripped = text.strip()
+    if stripped.startswith("-----BEGIN"):
+        return stripped.encode("utf-8")
+    try:
+        return base64.b64decode(stripped, validate=True)
+    except (ValueError, base64.binascii.Error):
+        raise InvalidError("is neither PEM nor base64-encoded DER", field="csr") from None
+
+
+def _pem(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def render(record: CertificateRecord, *, with_pem: bool = True) -> dict[str, Any]:
+    out = CertificateOut(
+        serial=record.serial,
+        state=record.state,  # type: ignore[arg-type]
+        profile=record.profile,
+        profile_version=record.profile_version,
+        ca_id=record.ca_id,
+        subject=record.subject,
+        subject_alt_names=record.sans,
+        key_type=record.key_type,
+        requester=record.requester,
+        not_before=record.not_before,
+        not_after=record.not_after,
+        fingerprint_sha256=record.fingerprint_sha256,
+        created_at=record.created_at,
+        issued_at=record.issued_at,
+        failure=record.failure,
+    )
+    if with_pem and record.cert_der is not None:
+        out.certificate_pem = _pem(record.cert_der)
+        ca = record.ca
+        out.chain_pem = _pem(ca.cert_der) if ca.kind == "issuing" else ""
+    return out.model_dump(mode="json")
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload, ensure_ascii=False), status=status, mimetype="application/json")
+
+
+@bp.post("/certificates")
+@operation(
+    "POST", "/api/v1/certificates", summary="Issue a certificate from a CSR under a profile", tag="certificates",
+    body=IssueRequest,
+    responses={201: Doc("Issued: linted, recorded and audited", CertificateOut)},
+)
+def issue_certificate() -> Response:
+    who = principal()
+    body: IssueRequest = parse_body(IssueRequest)
+    record = services().ca.issue(g.db, who, profile=body.profile, csr=_csr_bytes(body.csr))
+    response = _json(render(record), 201)
+    response.headers["Location"] = url_for("api.get_certificate", serial=record.serial)
+    return response
+
+
+@bp.get("/certificates/<serial>")
+@operation(
+    "GET", "/api/v1/certificates/{serial}", summary="One certificate record; PEM or DER by Accept", tag="certificates",
+    parameters=(SERIAL_PARAM,),
+    responses={200: Doc("The record (JSON), the certificate and chain (PEM) or the certificate (DER)", CertificateOut, ("application/json", *PEM_TYPES, DER_TYPE))},
+)
+def get_certificate(serial: str) -> Response:
+    who = principal()
+    record = services().ca.get_certificate(g.db, who, serial)
+    best = request.accept_mimetypes.best_match(["application/json", *PEM_TYPES, DER_TYPE], default="application/json")
+    if best in PEM_TYPES or best == DER_TYPE:
+        if record.cert_der is None:
+            raise InvalidError(f"certificate {record.serial} is in state {record.state}: there is no certificate to send", field="serial", code="api.not_issued")
+        if best == DER_TYPE:
+            return Response(record.cert_der, mimetype=DER_TYPE)
+        chain = _pem(record.cert_der) + (_pem(record.ca.cert_der) if record.ca.kind == "issuing" else "")
+        return Response(chain, mimetype=best)
+    return _json(render(record))
+
+
+@bp.get("/certificates")
+@operation(
+    "GET", "/api/v1/certificates", summary="List certificate records, newest first", tag="certificates",
+    parameters=(
+        Parameter("state", "query", "Only records in this state", {"type": "string", "enum": ["reserved", "approved", "issued", "failed"]}),
+        Parameter("limit", "query", "At most this many (1-1000)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+        Parameter("offset", "query", "Skip this many", {"type": "integer", "minimum": 0, "default": 0}),
+    ),
+    responses={200: Doc("A page of records", CertificateList)},
+)
+def list_certificates() -> Response:
+    who = principal()
+    limit = _int_arg("limit", 50)
+    offset = _int_arg("offset", 0)
+    records = services().ca.list_certificates(g.db, who, state=request.args.get("state") or None, limit=limit, offset=offset)
+    return _json({"items": [render(r, with_pem=False) for r in records], "limit": limit, "offset": offset})
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidError(f"{raw!r} is not a whole number", field=name) from None
+
+
+@bp.get("/openapi.json")
+@operation("GET", "/api/v1/openapi.json", summary="This OpenAPI document", tag="meta", auth=False, responses={200: Doc("OpenAPI 3.1")})
+def openapi_json() -> Response:
+    return _json(document(services().config.base_url))

@@ -1,0 +1,105 @@
+"""The Flask application factory. The request is the unit of work: one session
+per request, committed once after a successful view, rolled back otherwise."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from govpki.config import Config
+from govpki.errors import GovpkiError
+from web import api, pki
+from web.container import Services, build_services
+from web.problems import from_error, problem
+
+log = logging.getLogger("govpki.web")
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:
+    config = config or (services.config if services else Config.from_env())
+    services = services or build_services(config)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=config.secret_key_file.read_text(encoding="ascii").strip(),
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.base_url.startswith("https://"),
+        SESSION_COOKIE_NAME="govpki_session",
+        JSON_AS_ASCII=False,
+        TESTING=config.testing,
+    )
+    app.extensions["govpki"] = services
+
+    @app.before_request
+    def _open_session() -> None:
+        g.db = services.sessions()
+
+    @app.after_request
+    def _finish_unit_of_work(response: Response) -> Response:
+        db = g.pop("db", None)
+        if db is None:
+            return response
+        try:
+            if response.status_code < 400:
+                db.commit()
+            else:
+                db.rollback()
+        except Exception:
+            log.exception("commit failed")
+            db.rollback()
+            return problem(503, "the change could not be stored; nothing was changed", code="govpki.storage")
+        finally:
+            db.close()
+        return response
+
+    @app.teardown_request
+    def _close_session(_exc: BaseException | None) -> None:
+        db = g.pop("db", None)
+        if db is not None:
+            db.rollback()
+            db.close()
+
+    def wants_problem() -> bool:
+        return request.path.startswith("/api/") or request.path.startswith("/ca/") or not _has_ui(app)
+
+    @app.errorhandler(GovpkiError)
+    def _domain_error(error: GovpkiError) -> Response | tuple[str, int]:
+        if wants_problem():
+            return from_error(error, request.path)
+        from web.ui import render_error
+
+        return render_error(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response | HTTPException:
+        status = error.code or 500
+        if wants_problem():
+            detail = error.description or "error"
+            if status == 413:
+                detail = f"the request body is larger than {MAX_REQUEST_BYTES} bytes"
+            return problem(status, detail, code=f"http.{status}", instance=request.path)
+        return error
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return problem(500, "an internal error occurred; it was logged", code="govpki.internal", instance=request.path)
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pki.bp)
+    try:
+        from web import ui
+    except ImportError:  # pragma: no cover - the UI module is part of the package
+        pass
+    else:
+        ui.init_app(app)
+    return app
+
+
+def _has_ui(app: Flask) -> bool:
+    return "ui" in app.blueprints

@@ -1,0 +1,241 @@
+"""The ``govpki`` command: thin adapters over the same services as the web API.
+
+Each command is a unit of work: it commits once when the service call succeeds.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from govpki.audit import verify_chain
+from govpki.config import Config
+from govpki.errors import ConfigError, GovpkiError
+from govpki.principal import Principal, PrincipalKind, Role
+from web.container import Services, build_services, keystore_summary
+
+
+def cli_principal() -> Principal:
+    """A local operator with access to the instance folder (and so to the keys)."""
+    return Principal(PrincipalKind.SYSTEM, "cli", f"cli:{getpass.getuser()}", frozenset(Role))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"govpki: {message}", err=True)
+    sys.exit(code)
+
+
+def load_services() -> Services:
+    try:
+        return build_services(Config.from_env())
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")
+
+
+def report_error(exc: GovpkiError) -> NoReturn:
+    lines = [f"{p.field}: {p.reason}" if p.field else p.reason for p in exc.problems]
+    fail("; ".join(lines))
+
+
+@click.group()
+def main() -> None:
+    """govpki: root and issuing CAs, RAs, key management and authorization for the e-government network."""
+
+
+@main.command()
+def init() -> None:
+    """Create the instance, the root CA, the issuing CA and the prefecture RAs if missing."""
+    from web.bootstrap import initialize
+
+    services = load_services()
+    try:
+        report = initialize(services, cli_principal())
+    except GovpkiError as exc:
+        report_error(exc)
+    _print_init(services, report)
+
+
+def _print_init(services: Services, report: Any) -> None:
+    config = services.config
+    for line in report.created:
+        click.echo(f"created {line}")
+    if not report.created:
+        click.echo("already initialised; nothing to do")
+    click.echo(f"instance:        {config.instance_dir}")
+    click.echo(f"database:        {_safe_url(config.database_url)}")
+    click.echo(f"root key store:  {keystore_summary(config.root_keystore)}")
+    click.echo(f"online key store:{' '}{keystore_summary(config.online_keystore)}")
+    if report.root is not None:
+        click.echo(f"root CA:         {report.root.subject} sha256:{report.root.fingerprint_sha256}")
+    if report.issuing is not None:
+        click.echo(f"issuing CA:      {report.issuing.subject} sha256:{report.issuing.fingerprint_sha256}")
+    if report.admin_password:
+        click.echo("")
+        click.echo("First security administrator (shown once; you must change it at first sign-in):")
+        click.echo("  user name: secadmin")
+        click.echo(f"  password:  {report.admin_password}")
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+@main.command()
+@click.option("--no-init", is_flag=True, help="Do not run the first-start ceremony.")
+def serve(no_init: bool) -> None:
+    """Serve the web portal and API (gunicorn), initialising an empty instance first."""
+    from web.bootstrap import initialize
+    from web.server import run
+
+    services = load_services()
+    if not no_init:
+        try:
+            report = initialize(services, cli_principal())
+        except GovpkiError as exc:
+            report_error(exc)
+        _print_init(services, report)
+    services.dispose()
+    config = services.config
+    click.echo("")
+    click.echo(f"govpki is serving on {config.listen_url}/  (sign in at {config.base_url}/login)")
+    click.echo(f"API: {config.base_url}/api/v1/openapi.json   CA certificates: {config.base_url}/ca/chain.pem")
+    sys.stdout.flush()
+    run(config)
+
+
+@main.command()
+@click.option("--profile", "-p", required=True, help="Certificate profile, e.g. service-tls-server.")
+@click.option("--csr", "csr_file", required=True, type=click.File("rb"), help="PEM or DER PKCS#10 file ('-' for stdin).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the certificate (PEM) here.")
+def issue(profile: str, csr_file: Any, out_file: Path | None) -> None:
+    """Issue a certificate: check, reserve, lint, sign, record and audit."""
+    services = load_services()
+    data = csr_file.read()
+    with services.sessions() as session:
+        try:
+            record = services.ca.issue(session, cli_principal(), profile=profile, csr=data)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    assert record.cert_der is not None
+    pem = x509.load_der_x509_certificate(record.cert_der).public_bytes(serialization.Encoding.PEM).decode()
+    click.echo(f"issued serial {record.serial} ({record.profile} v{record.profile_version}) for {record.subject}", err=True)
+    if out_file is not None:
+        out_file.write_text(pem, encoding="ascii")
+    else:
+        click.echo(pem, nl=False)
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--pem", is_flag=True, help="Print only the certificate (PEM).")
+def show(serial: str, pem: bool) -> None:
+    """Show one certificate record."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.ca.get_certificate(session, cli_principal(), serial)
+        except GovpkiError as exc:
+            report_error(exc)
+        if pem:
+            if record.cert_der is None:
+                fail(f"serial {record.serial} is in state {record.state}: no certificate was stored")
+            click.echo(x509.load_der_x509_certificate(record.cert_der).public_bytes(serialization.Encoding.PEM).decode(), nl=False)
+            return
+        rows = [
+            ("serial", record.serial), ("state", record.state), ("profile", f"{record.profile} v{record.profile_version}"),
+            ("issuer", record.ca.subject), ("subject", record.subject), ("subjectAltName", record.sans or "-"),
+            ("key", record.key_type), ("requester", record.requester), ("not before", _dt(record.not_before)),
+            ("not after", _dt(record.not_after)), ("sha256", record.fingerprint_sha256 or "-"),
+            ("created", _dt(record.created_at)), ("issued", _dt(record.issued_at)),
+        ]
+        if record.failure:
+            rows.append(("failure", record.failure))
+        if record.state == "approved":
+            rows.append(("note", "signing was approved but its outcome was not recorded (crash?); the exact TBS is stored"))
+        for key, value in rows:
+            click.echo(f"{key:15} {value}")
+
+
+def _dt(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@main.command(name="list")
+@click.option("--state", type=click.Choice(["reserved", "approved", "issued", "failed"]))
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_(state: str | None, limit: int, as_json: bool) -> None:
+    """List certificate records, newest first."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            records = services.ca.list_certificates(session, cli_principal(), state=state, limit=limit)
+        except GovpkiError as exc:
+            report_error(exc)
+        for r in records:
+            if as_json:
+                click.echo(json.dumps({"serial": r.serial, "state": r.state, "profile": r.profile, "subject": r.subject,
+                                       "not_after": r.not_after.isoformat() if r.not_after else None}, ensure_ascii=False))
+            else:
+                click.echo(f"{r.serial:>34}  {r.state:9} {r.profile:20} {_dt(r.not_after):21} {r.subject}")
+
+
+@main.group()
+def token() -> None:
+    """Operator API tokens."""
+
+
+@token.command(name="create")
+@click.option("--name", required=True)
+@click.option("--days", type=int, default=None, help="Lifetime in days (default GOVPKI_API_TOKEN_DAYS).")
+def token_create(name: str, days: int | None) -> None:
+    """Create an operator token; the secret is printed once."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            created, secret = services.tokens.create(
+                session, cli_principal(), name=name, days=days or services.config.api_token_days
+            )
+            session.commit()
+        except GovpkiError as exc:
+            report_error(exc)
+    click.echo(f"token {created.name!r} valid until {_dt(created.expires_at)} (shown once):", err=True)
+    click.echo(secret)
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command(name="verify")
+def audit_verify() -> None:
+    """Check the whole hash chain; name the first bad entry."""
+    services = load_services()
+    with services.sessions() as session:
+        result = verify_chain(session)
+    if result.ok:
+        click.echo(f"audit chain OK: {result.entries} entries, head {result.head_seq}")
+    else:
+        fail(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.reason}", code=1)
+
+
+@main.command()
+def openapi() -> None:
+    """Print the OpenAPI document."""
+    from web import api  # noqa: F401  (registers the operations)
+    from web.openapi import document
+
+    click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
