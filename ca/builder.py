@@ -49,7 +49,9 @@ def key_usage(profile: Profile, public_key: PublicKey) -> x509.KeyUsage:
     )
 
 
-def validity(profile: Profile, now: _dt.datetime, issuer_not_after: _dt.datetime | None) -> tuple[_dt.datetime, _dt.datetime]:
+def validity(
+    profile: Profile, now: _dt.datetime, issuer_not_after: _dt.datetime | None
+) -> tuple[_dt.datetime, _dt.datetime]:
     not_before = now.replace(microsecond=0)
     not_after = not_before + _dt.timedelta(days=profile.validity_days)
     if issuer_not_after is not None and not_after > issuer_not_after:
@@ -79,7 +81,9 @@ def certificate_builder(
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length if profile.ca else None), critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=profile.ca, path_length=profile.path_length if profile.ca else None), critical=True
+        )
         .add_extension(key_usage(profile, public_key), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
@@ -102,9 +106,15 @@ def certificate_builder(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
     if urls is not None:
-        access = [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_issuers))]
+        access = [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_issuers)
+            )
+        ]
         if not profile.ca:
-            access.insert(0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)))
+            access.insert(
+                0, x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp))
+            )
         builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
         builder = builder.add_extension(
             x509.CRLDistributionPoints(

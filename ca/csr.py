@@ -81,7 +81,9 @@ def _key_type(key: object, profile: Profile) -> tuple[PublicKey, str]:
     allowed = ", ".join(profile.key_types)
     if isinstance(key, rsa.RSAPublicKey):
         if "rsa" not in profile.key_types:
-            raise InvalidError(f"RSA keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key")
+            raise InvalidError(
+                f"RSA keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key"
+            )
         bits = key.key_size
         if bits < profile.rsa_min_bits:
             raise InvalidError(
@@ -105,7 +107,9 @@ def _key_type(key: object, profile: Profile) -> tuple[PublicKey, str]:
             )
         return key, kind
     kind_name = type(key).__name__.removeprefix("_").replace("PublicKey", "") or "unknown"
-    raise InvalidError(f"{kind_name} keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key")
+    raise InvalidError(
+        f"{kind_name} keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key"
+    )
 
 
 def check_text(value: str, field: str, max_length: int) -> str:
@@ -224,7 +228,9 @@ def check_csr(data: bytes | str, profile: Profile) -> CheckedRequest:
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise InvalidError(f"signature cannot be checked: {exc}", field="csr.signature") from None
     if not signature_ok:
-        raise InvalidError("signature does not verify: the request was altered or signed by another key", field="csr.signature")
+        raise InvalidError(
+            "signature does not verify: the request was altered or signed by another key", field="csr.signature"
+        )
     subject = _subject(csr, profile)
     sans = _san(csr, profile)
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class CaEvent(str, enum.Enum):
+class CaEvent(enum.StrEnum):
     ROOT_CREATE = "ca:authority:create_root"
     ISSUING_CREATE = "ca:authority:create_issuing"
     CERT_RESERVE = "ca:certificate:reserve"

@@ -1,9 +1,14 @@
-"""The issuance ledger: what must be durable *before* a CA key signs.
+"""The issuance ledger: the CA's narrow storage interface (boulder's SA).
 
-Each method runs and commits its own short transaction (with its audit entry),
-independent of the caller's unit of work — like a write-ahead log. If the
-process dies after a ledger write, the record stays and says how far issuance
-got; the caller's transaction only finishes the story (state ``issued``).
+Each method runs and commits its own short transaction, with its audit entry in
+that same transaction, independent of the caller's unit of work — like a
+write-ahead log: the serial and the intent to sign are durable *before* the CA
+key signs, and the certificate is durable before anyone sees it. If the process
+dies between two ledger writes, the record stays and says how far issuance got.
+
+Because the ledger commits on its own connection, a caller must not hold
+uncommitted writes when it asks the CA to issue (SQLite has one writer, and the
+audit chain head is a single row): call the CA first, then write.
 """
 
 from __future__ import annotations
@@ -85,7 +90,9 @@ class IssuanceLedger:
                     session.flush()
                 except IntegrityError:
                     session.rollback()
-                    if session.scalar(select(CertificateRecord.id).where(CertificateRecord.serial == serial_hex(serial))):
+                    if session.scalar(
+                        select(CertificateRecord.id).where(CertificateRecord.serial == serial_hex(serial))
+                    ):
                         continue  # a serial collision: draw again
                     raise
                 audit.record(
@@ -94,7 +101,12 @@ class IssuanceLedger:
                     CaEvent.CERT_RESERVE.value,
                     object_type="certificate",
                     object_id=record.serial,
-                    details={"ca_id": ca_id, "profile": profile, "profile_version": profile_version, "subject": subject},
+                    details={
+                        "ca_id": ca_id,
+                        "profile": profile,
+                        "profile_version": profile_version,
+                        "subject": subject,
+                    },
                     clock=self._clock,
                 )
                 session.commit()
@@ -102,7 +114,13 @@ class IssuanceLedger:
         raise UnavailableError("could not reserve a unique serial number; try again")
 
     def approve(
-        self, principal: Principal, reservation: Reservation, *, tbs_der: bytes, not_before: _dt.datetime, not_after: _dt.datetime
+        self,
+        principal: Principal,
+        reservation: Reservation,
+        *,
+        tbs_der: bytes,
+        not_before: _dt.datetime,
+        not_after: _dt.datetime,
     ) -> None:
         with self._sessions() as session:
             record = session.get_one(CertificateRecord, reservation.record_id)
@@ -118,6 +136,33 @@ class IssuanceLedger:
                 object_type="certificate",
                 object_id=record.serial,
                 details={"not_before": not_before.isoformat(), "not_after": not_after.isoformat()},
+                clock=self._clock,
+            )
+            session.commit()
+
+    def issued(self, principal: Principal, reservation: Reservation, *, cert_der: bytes, fingerprint: str) -> None:
+        with self._sessions() as session:
+            record = session.get_one(CertificateRecord, reservation.record_id)
+            record.state = CertState.ISSUED.value
+            record.cert_der = cert_der
+            record.fingerprint_sha256 = fingerprint
+            record.issued_at = self._clock.now()
+            record.updated_at = record.issued_at
+            audit.record(
+                session,
+                principal,
+                CaEvent.CERT_ISSUE.value,
+                object_type="certificate",
+                object_id=record.serial,
+                details={
+                    "ca_id": record.ca_id,
+                    "profile": record.profile,
+                    "profile_version": record.profile_version,
+                    "subject": record.subject,
+                    "sans": record.sans,
+                    "fingerprint_sha256": fingerprint,
+                    "not_after": record.not_after.isoformat() if record.not_after else None,
+                },
                 clock=self._clock,
             )
             session.commit()

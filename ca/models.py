@@ -17,12 +17,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from govpki.db import Base, UTCDateTime
 
 
-class CaKind(str, enum.Enum):
+class CaKind(enum.StrEnum):
     ROOT = "root"
     ISSUING = "issuing"
 
 
-class CertState(str, enum.Enum):
+class CertState(enum.StrEnum):
     RESERVED = "reserved"  # serial reserved, request stored, nothing signed
     APPROVED = "approved"  # linted; exact TBS stored; the CA key may sign next
     ISSUED = "issued"  # signed and stored

@@ -4,19 +4,19 @@ Pipeline (boulder's order): check the CSR → reserve a serial and store the
 request (ledger, committed) → build the to-be-signed certificate → sign a copy
 with a throw-away key and lint it (refuse on ERROR/FATAL) → store the exact TBS
 (ledger, committed) → sign with the CA key → check the TBS is unchanged →
-store the certificate and its audit entry in the caller's transaction.
+store the certificate (ledger, committed). Every ledger write carries its audit
+entry in its own transaction; see ca.ledger for what that asks of callers.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -85,7 +85,11 @@ class _LintKeys:
         self._lock = threading.Lock()
 
     def like(self, public_key: PublicKey) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-        shape = ("ec", public_key.curve.key_size) if isinstance(public_key, ec.EllipticCurvePublicKey) else ("rsa", public_key.key_size)
+        shape = (
+            ("ec", public_key.curve.key_size)
+            if isinstance(public_key, ec.EllipticCurvePublicKey)
+            else ("rsa", public_key.key_size)
+        )
         with self._lock:
             key = self._keys.get(shape)
             if key is None:
@@ -147,7 +151,14 @@ class CaService:
         return list(session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)))
 
     def is_initialized(self, session: Session) -> bool:
-        return session.scalar(select(func.count()).select_from(CertificateAuthority).where(CertificateAuthority.kind == CaKind.ISSUING.value)) != 0
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(CertificateAuthority)
+                .where(CertificateAuthority.kind == CaKind.ISSUING.value)
+            )
+            != 0
+        )
 
     def get_certificate(self, session: Session, principal: Principal, serial: str) -> CertificateRecord:
         if not can_read(principal):
@@ -164,7 +175,9 @@ class CaService:
         if not can_read(principal):
             raise ForbiddenError("your role may not read certificate records")
         if state is not None and state not in {s.value for s in CertState}:
-            raise InvalidError(f"unknown state {state!r}; one of {', '.join(s.value for s in CertState)}", field="state")
+            raise InvalidError(
+                f"unknown state {state!r}; one of {', '.join(s.value for s in CertState)}", field="state"
+            )
         if not 1 <= limit <= 1000:
             raise InvalidError("must be between 1 and 1000", field="limit")
         query = select(CertificateRecord).order_by(CertificateRecord.id.desc()).limit(limit).offset(max(offset, 0))
@@ -186,7 +199,9 @@ class CaService:
         """The root key ceremony: a new key in the root key store and a self-signed certificate."""
         if not can_set_up(principal):
             raise ForbiddenError("only a security administrator may create a CA")
-        existing = session.scalars(select(CertificateAuthority).where(CertificateAuthority.kind == CaKind.ROOT.value)).first()
+        existing = session.scalars(
+            select(CertificateAuthority).where(CertificateAuthority.kind == CaKind.ROOT.value)
+        ).first()
         if existing is not None:
             raise ConflictError(f"a root CA already exists ({existing.name})", field="ca")
         settings = self.settings
@@ -201,15 +216,28 @@ class CaService:
         subject = build_name([*settings.identity.fields().items(), ("CN", settings.root_name)])
         not_before, not_after = validity(profile, now, None)
         builder = certificate_builder(
-            profile=profile, subject=subject, public_key=public_key, serial=new_serial(),
-            not_before=not_before, not_after=not_after, issuer=None, urls=None,
+            profile=profile,
+            subject=subject,
+            public_key=public_key,
+            serial=new_serial(),
+            not_before=not_before,
+            not_after=not_after,
+            issuer=None,
+            urls=None,
         )
         self._lint_copy(builder, public_key)
         cert = builder.sign(signer, signature_hash(public_key))
-        ca = self._add_ca(session, CaKind.ROOT, settings.root_name, None, store_name, handle, settings.root_key_algorithm, cert)
+        ca = self._add_ca(
+            session, CaKind.ROOT, settings.root_name, None, store_name, handle, settings.root_key_algorithm, cert
+        )
         audit.record(
-            session, principal, CaEvent.ROOT_CREATE.value, object_type="ca", object_id=str(ca.id),
-            details=_ca_details(ca), clock=self._clock,
+            session,
+            principal,
+            CaEvent.ROOT_CREATE.value,
+            object_type="ca",
+            object_id=str(ca.id),
+            details=_ca_details(ca),
+            clock=self._clock,
         )
         return ca
 
@@ -229,30 +257,65 @@ class CaService:
             .sign(signer, signature_hash(_public(signer)))
         )
         record = self._issue(
-            session, principal, profile=self.profiles.get("subordinate-ca"),
+            session,
+            principal,
+            profile=self.profiles.get("subordinate-ca"),
             checked=check_csr(csr.public_bytes(serialization.Encoding.DER), self.profiles.get("subordinate-ca")),
-            identity={}, issuer=root,
+            identity={},
+            issuer=root,
         )
         assert record.cert_der is not None
         cert = x509.load_der_x509_certificate(record.cert_der)
-        ca = self._add_ca(session, CaKind.ISSUING, settings.issuing_name, root.id, store_name, handle, settings.issuing_key_algorithm, cert)
+        ca = self._add_ca(
+            session,
+            CaKind.ISSUING,
+            settings.issuing_name,
+            root.id,
+            store_name,
+            handle,
+            settings.issuing_key_algorithm,
+            cert,
+        )
         audit.record(
-            session, principal, CaEvent.ISSUING_CREATE.value, object_type="ca", object_id=str(ca.id),
-            details=_ca_details(ca), clock=self._clock,
+            session,
+            principal,
+            CaEvent.ISSUING_CREATE.value,
+            object_type="ca",
+            object_id=str(ca.id),
+            details=_ca_details(ca),
+            clock=self._clock,
         )
         return ca
 
     def _add_ca(
-        self, session: Session, kind: CaKind, name: str, parent_id: int | None, store: str, handle: str,
-        algorithm: KeyAlgorithm, cert: x509.Certificate,
+        self,
+        session: Session,
+        kind: CaKind,
+        name: str,
+        parent_id: int | None,
+        store: str,
+        handle: str,
+        algorithm: KeyAlgorithm,
+        cert: x509.Certificate,
     ) -> CertificateAuthority:
         der = cert.public_bytes(serialization.Encoding.DER)
         ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
         ca = CertificateAuthority(
-            name=name, kind=kind.value, parent_id=parent_id, key_store=store, key_handle=handle,
-            key_algorithm=algorithm, serial=serial_hex(cert.serial_number), subject=cert.subject.rfc4514_string(),
-            ski=ski, fingerprint_sha256=fingerprint(der), cert_der=der, not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc, active=True, created_at=self._clock.now(),
+            name=name,
+            kind=kind.value,
+            parent_id=parent_id,
+            key_store=store,
+            key_handle=handle,
+            key_algorithm=algorithm,
+            serial=serial_hex(cert.serial_number),
+            subject=cert.subject.rfc4514_string(),
+            ski=ski,
+            fingerprint_sha256=fingerprint(der),
+            cert_der=der,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            active=True,
+            created_at=self._clock.now(),
         )
         session.add(ca)
         session.flush()
@@ -275,7 +338,11 @@ class CaService:
             raise ForbiddenError("your role may not request certificates", field="profile")
         chosen = self.profiles.get(profile)
         if chosen.ca:
-            raise ForbiddenError(f"profile {chosen.name} is for CA certificates and is used only by 'govpki init'", field="profile")
+            raise ForbiddenError(
+                f"profile {chosen.name} is for CA certificates and is used only by 'govpki init'", field="profile"
+            )
+        if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
+            raise RuntimeError("CaService.issue needs a session without uncommitted writes (see ca.ledger)")
         checked = check_csr(csr, chosen)
         issuer = self.active_ca(session, CaKind.ROOT if chosen.issuer == "root" else CaKind.ISSUING)
         return self._issue(session, principal, profile=chosen, checked=checked, identity=identity or {}, issuer=issuer)
@@ -294,7 +361,9 @@ class CaService:
                 raise InvalidError(f"is required by profile {profile.name}", field=f"csr.subject.{name}")
         return build_name(list(fields.items()))
 
-    def _lint_copy(self, builder: x509.CertificateBuilder, issuer_key: PublicKey) -> tuple[x509.Certificate, list[lint.Finding]]:
+    def _lint_copy(
+        self, builder: x509.CertificateBuilder, issuer_key: PublicKey
+    ) -> tuple[x509.Certificate, list[lint.Finding]]:
         throwaway = _LINT_KEYS.like(issuer_key)
         copy = builder.sign(throwaway, signature_hash(issuer_key))
         return copy, lint.check(copy.public_bytes(serialization.Encoding.DER))
@@ -319,15 +388,28 @@ class CaService:
         sig_hash = signature_hash(issuer_key)
 
         reservation = self._ledger.reserve(
-            principal, ca_id=issuer.id, profile=profile.name, profile_version=profile.version,
-            csr_der=checked.csr_der, subject=subject.rfc4514_string(), sans=_san_text(checked.sans),
-            key_type=checked.key_type, spki_sha256=checked.spki_sha256,
+            principal,
+            ca_id=issuer.id,
+            profile=profile.name,
+            profile_version=profile.version,
+            csr_der=checked.csr_der,
+            subject=subject.rfc4514_string(),
+            sans=_san_text(checked.sans),
+            key_type=checked.key_type,
+            spki_sha256=checked.spki_sha256,
         )
         crash_point("after_reserve")
         not_before, not_after = validity(profile, now, issuer_cert.not_valid_after_utc)
         builder = certificate_builder(
-            profile=profile, subject=subject, public_key=checked.public_key, serial=reservation.serial,
-            not_before=not_before, not_after=not_after, issuer=issuer_cert, urls=self.urls_for(issuer), sans=checked.sans,
+            profile=profile,
+            subject=subject,
+            public_key=checked.public_key,
+            serial=reservation.serial,
+            not_before=not_before,
+            not_after=not_after,
+            issuer=issuer_cert,
+            urls=self.urls_for(issuer),
+            sans=checked.sans,
         )
         try:
             lint_copy, _findings = self._lint_copy(builder, issuer_key)
@@ -335,8 +417,11 @@ class CaService:
             self._ledger.fail(principal, reservation, exc.reason)
             raise
         self._ledger.approve(
-            principal, reservation, tbs_der=lint_copy.public_bytes(serialization.Encoding.DER),
-            not_before=not_before, not_after=not_after,
+            principal,
+            reservation,
+            tbs_der=lint_copy.public_bytes(serialization.Encoding.DER),
+            not_before=not_before,
+            not_after=not_after,
         )
         crash_point("after_approve")
         cert = builder.sign(store.signer(issuer.key_handle), sig_hash)
@@ -344,28 +429,9 @@ class CaService:
             self._ledger.fail(principal, reservation, "signed TBS differs from the linted TBS")
             raise UnavailableError("internal check failed: the signed certificate differs from the linted one")
         crash_point("after_sign")
-        return self._record_issued(session, principal, reservation, cert)
-
-    def _record_issued(
-        self, session: Session, principal: Principal, reservation: Reservation, cert: x509.Certificate
-    ) -> CertificateRecord:
         der = cert.public_bytes(serialization.Encoding.DER)
-        record = session.get_one(CertificateRecord, reservation.record_id)
-        record.state = CertState.ISSUED.value
-        record.cert_der = der
-        record.fingerprint_sha256 = fingerprint(der)
-        record.issued_at = self._clock.now()
-        record.updated_at = record.issued_at
-        audit.record(
-            session, principal, CaEvent.CERT_ISSUE.value, object_type="certificate", object_id=record.serial,
-            details={
-                "ca_id": record.ca_id, "profile": record.profile, "profile_version": record.profile_version,
-                "subject": record.subject, "sans": record.sans, "fingerprint_sha256": record.fingerprint_sha256,
-                "not_after": cert.not_valid_after_utc.isoformat(),
-            },
-            clock=self._clock,
-        )
-        return record
+        self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der))
+        return session.get_one(CertificateRecord, reservation.record_id)
 
 
 def normalize_serial(serial: str) -> str:
@@ -389,9 +455,13 @@ def _public_of(cert: x509.Certificate) -> PublicKey:
 
 def _ca_details(ca: CertificateAuthority) -> dict[str, object]:
     return {
-        "name": ca.name, "kind": ca.kind, "subject": ca.subject, "serial": ca.serial, "key_store": ca.key_store,
-        "key_handle": ca.key_handle, "key_algorithm": ca.key_algorithm, "fingerprint_sha256": ca.fingerprint_sha256,
+        "name": ca.name,
+        "kind": ca.kind,
+        "subject": ca.subject,
+        "serial": ca.serial,
+        "key_store": ca.key_store,
+        "key_handle": ca.key_handle,
+        "key_algorithm": ca.key_algorithm,
+        "fingerprint_sha256": ca.fingerprint_sha256,
         "not_after": ca.not_after.isoformat(),
     }
-
-

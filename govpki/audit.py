@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, String, Text, select, update
+from sqlalchemy import BigInteger, Integer, String, Text, event, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from govpki.clock import Clock, SystemClock
@@ -34,7 +34,9 @@ ACTION_RE = re.compile(r"^[a-z][a-z0-9_]*:[a-z][a-z0-9_]*:[a-z][a-z0-9_]*$")
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 
-    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
     at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(100), index=True)
@@ -59,7 +61,7 @@ def canonical_json(value: Any) -> str:
 
 
 def _timestamp(at: _dt.datetime) -> str:
-    return at.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return at.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def entry_hash(
@@ -136,7 +138,22 @@ def record(
     session.add(entry)
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
     session.flush()
+    session.info[PENDING] = True
     return entry
+
+
+PENDING = "govpki.audit_pending"
+
+
+def holds_audit_lock(session: Session) -> bool:
+    """True while ``session`` has appended entries it has not committed (it holds the chain head)."""
+    return bool(session.info.get(PENDING))
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _transaction_over(session: Session) -> None:
+    session.info.pop(PENDING, None)
 
 
 @dataclass(frozen=True)

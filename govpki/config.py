@@ -119,7 +119,8 @@ class Config:
             pin = get(f"{prefix}PKCS11_PIN_FILE", "")
             if not label or not pin:
                 raise ConfigError(
-                    f"GOVPKI_{prefix}KEYSTORE=pkcs11 needs GOVPKI_{prefix}PKCS11_TOKEN_LABEL and GOVPKI_{prefix}PKCS11_PIN_FILE"
+                    f"GOVPKI_{prefix}KEYSTORE=pkcs11 needs GOVPKI_{prefix}PKCS11_TOKEN_LABEL "
+                    f"and GOVPKI_{prefix}PKCS11_PIN_FILE"
                 )
             return KeyStoreSettings(
                 kind="pkcs11", pkcs11_module=Path(module), pkcs11_token_label=label, pkcs11_pin_file=Path(pin)

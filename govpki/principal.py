@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     # 三员分立: mutually exclusive administrative roles
     SYSTEM_ADMIN = "system_admin"
     SECURITY_ADMIN = "security_admin"
@@ -15,7 +15,7 @@ class Role(str, enum.Enum):
     CA_OPERATOR = "ca_operator"
 
 
-class PrincipalKind(str, enum.Enum):
+class PrincipalKind(enum.StrEnum):
     ACCOUNT = "account"
     API_TOKEN = "api_token"
     SYSTEM = "system"

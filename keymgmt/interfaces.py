@@ -51,7 +51,7 @@ class KeyStore(Protocol):
     def has(self, handle: str) -> bool: ...
 
 
-def signature_hash(public_key: PublicKey) -> hashes.HashAlgorithm:
+def signature_hash(public_key: PublicKey) -> hashes.SHA256 | hashes.SHA384:
     """The hash a CA uses with this key: SHA-384 for P-384 and RSA ≥ 3072, else SHA-256."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         return hashes.SHA384() if public_key.curve.key_size >= 384 else hashes.SHA256()

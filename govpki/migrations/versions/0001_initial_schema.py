@@ -12,7 +12,6 @@ from alembic import op
 
 import govpki.db
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -31,9 +30,7 @@ def upgrade() -> None:
         sa.Column("must_change_password", sa.Boolean(), nullable=False),
         sa.Column("disabled", sa.Boolean(), nullable=False),
         sa.Column("created_at", govpki.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column(
-            "password_changed_at", govpki.db.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("password_changed_at", govpki.db.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
             "role IN ('system_admin', 'security_admin', 'security_auditor', 'ca_operator')",
             name=op.f("ck_accounts_role"),
@@ -44,9 +41,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_head",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
-        sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
     )
@@ -70,9 +65,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_log")),
     )
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_audit_log_action"), ["action"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_audit_log_action"), ["action"], unique=False)
 
     op.create_table(
         "certificate_authorities",
@@ -92,9 +85,7 @@ def upgrade() -> None:
         sa.Column("not_after", govpki.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.Column("created_at", govpki.db.UTCDateTime(timezone=True), nullable=False),
-        sa.CheckConstraint(
-            "kind IN ('root', 'issuing')", name=op.f("ck_certificate_authorities_kind")
-        ),
+        sa.CheckConstraint("kind IN ('root', 'issuing')", name=op.f("ck_certificate_authorities_kind")),
         sa.ForeignKeyConstraint(
             ["parent_id"],
             ["certificate_authorities.id"],
@@ -128,9 +119,7 @@ def upgrade() -> None:
         sa.Column("created_at", govpki.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", govpki.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", govpki.db.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["accounts.id"], name=op.f("fk_api_tokens_owner_id_accounts")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["accounts.id"], name=op.f("fk_api_tokens_owner_id_accounts")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_tokens")),
         sa.UniqueConstraint("name", name=op.f("uq_api_tokens_name")),
         sa.UniqueConstraint("prefix", name=op.f("uq_api_tokens_prefix")),
@@ -176,21 +165,13 @@ def upgrade() -> None:
             name=op.f("fk_certificates_ca_id_certificate_authorities"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_certificates")),
-        sa.UniqueConstraint(
-            "fingerprint_sha256", name=op.f("uq_certificates_fingerprint_sha256")
-        ),
+        sa.UniqueConstraint("fingerprint_sha256", name=op.f("uq_certificates_fingerprint_sha256")),
         sa.UniqueConstraint("serial", name=op.f("uq_certificates_serial")),
     )
     with op.batch_alter_table("certificates", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_certificates_ca_id"), ["ca_id"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_certificates_spki_sha256"), ["spki_sha256"], unique=False
-        )
-        batch_op.create_index(
-            batch_op.f("ix_certificates_state"), ["state"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_certificates_ca_id"), ["ca_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_certificates_spki_sha256"), ["spki_sha256"], unique=False)
+        batch_op.create_index(batch_op.f("ix_certificates_state"), ["state"], unique=False)
 
     op.create_table(
         "registration_authorities",
@@ -206,16 +187,10 @@ def upgrade() -> None:
             name=op.f("fk_registration_authorities_prefecture_code_prefectures"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_registration_authorities")),
-        sa.UniqueConstraint(
-            "prefecture_code", name=op.f("uq_registration_authorities_prefecture_code")
-        ),
+        sa.UniqueConstraint("prefecture_code", name=op.f("uq_registration_authorities_prefecture_code")),
     )
     # ### end Alembic commands ###
-    op.execute(
-        sa.text(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis)"
-        ).bindparams(genesis="0" * 64)
-    )
+    op.execute(sa.text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis)").bindparams(genesis="0" * 64))
     append_only_triggers()
 
 
