@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class AuthzEvent(str, enum.Enum):
+class AuthzEvent(enum.StrEnum):
     ACCOUNT_CREATE = "authz:account:create"
     SIGN_IN = "authz:session:sign_in"
     SIGN_IN_FAIL = "authz:session:sign_in_fail"

@@ -66,19 +66,31 @@ class AccountService:
         if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
             raise ForbiddenError("only a security administrator may create accounts")
         if not _USERNAME.match(username):
-            raise InvalidError("must be 3-64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter", field="username")
+            raise InvalidError(
+                "must be 3-64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter",
+                field="username",
+            )
         if session.scalar(select(Account.id).where(Account.username == username)) is not None:
             raise ConflictError(f"user name {username!r} is taken", field="username")
         now = self._clock.now()
         account = Account(
-            username=username, display_name=display_name, role=role.value, password_hash=_hasher.hash(password),
-            must_change_password=True, created_at=now,
+            username=username,
+            display_name=display_name,
+            role=role.value,
+            password_hash=_hasher.hash(password),
+            must_change_password=True,
+            created_at=now,
         )
         session.add(account)
         session.flush()
         audit.record(
-            session, principal, AuthzEvent.ACCOUNT_CREATE.value, object_type="account", object_id=username,
-            details={"role": role.value, "display_name": display_name}, clock=self._clock,
+            session,
+            principal,
+            AuthzEvent.ACCOUNT_CREATE.value,
+            object_type="account",
+            object_id=username,
+            details={"role": role.value, "display_name": display_name},
+            clock=self._clock,
         )
         return account
 
@@ -99,13 +111,24 @@ class AccountService:
             _hasher.hash(password)  # same cost for unknown users
         if not ok or account is None:
             audit.record(
-                session, f"anonymous:{source}", AuthzEvent.SIGN_IN_FAIL.value, object_type="account",
-                object_id=username[:64], outcome="failure", details={"source": source}, clock=self._clock,
+                session,
+                f"anonymous:{source}",
+                AuthzEvent.SIGN_IN_FAIL.value,
+                object_type="account",
+                object_id=username[:64],
+                outcome="failure",
+                details={"source": source},
+                clock=self._clock,
             )
             raise UnauthenticatedError("wrong user name or password", field="password")
         audit.record(
-            session, account_principal(account), AuthzEvent.SIGN_IN.value, object_type="account",
-            object_id=account.username, details={"source": source}, clock=self._clock,
+            session,
+            account_principal(account),
+            AuthzEvent.SIGN_IN.value,
+            object_type="account",
+            object_id=account.username,
+            details={"source": source},
+            clock=self._clock,
         )
         return account
 
@@ -124,7 +147,11 @@ class AccountService:
         account.must_change_password = False
         account.password_changed_at = self._clock.now()
         audit.record(
-            session, principal, AuthzEvent.PASSWORD_CHANGE.value, object_type="account", object_id=account.username,
+            session,
+            principal,
+            AuthzEvent.PASSWORD_CHANGE.value,
+            object_type="account",
+            object_id=account.username,
             clock=self._clock,
         )
         return account
@@ -145,23 +172,34 @@ class TokenService:
         if not 1 <= days <= 366:
             raise InvalidError("must be between 1 and 366 days", field="days")
         if role not in TOKEN_ROLES:
-            raise InvalidError(f"API tokens may only carry the roles {sorted(r.value for r in TOKEN_ROLES)}", field="role")
+            raise InvalidError(
+                f"API tokens may only carry the roles {sorted(r.value for r in TOKEN_ROLES)}", field="role"
+            )
         if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
             raise ConflictError(f"a token named {name!r} exists", field="name")
         prefix = secrets.token_hex(6)
         secret = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
         now = self._clock.now()
         token = ApiToken(
-            name=name, prefix=prefix, token_sha256=hashlib.sha256(secret.encode()).hexdigest(), role=role.value,
+            name=name,
+            prefix=prefix,
+            token_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+            role=role.value,
             created_by=principal.audit_name,
             owner_id=int(principal.id) if principal.kind is PrincipalKind.ACCOUNT else None,
-            created_at=now, expires_at=now + _dt.timedelta(days=days),
+            created_at=now,
+            expires_at=now + _dt.timedelta(days=days),
         )
         session.add(token)
         session.flush()
         audit.record(
-            session, principal, AuthzEvent.TOKEN_CREATE.value, object_type="api_token", object_id=name,
-            details={"role": role.value, "expires_at": token.expires_at.isoformat(), "prefix": prefix}, clock=self._clock,
+            session,
+            principal,
+            AuthzEvent.TOKEN_CREATE.value,
+            object_type="api_token",
+            object_id=name,
+            details={"role": role.value, "expires_at": token.expires_at.isoformat(), "prefix": prefix},
+            clock=self._clock,
         )
         return token, secret
 
@@ -178,7 +216,11 @@ class TokenService:
             raise ConflictError(f"token {token.name!r} is already revoked", field="token")
         token.revoked_at = self._clock.now()
         audit.record(
-            session, principal, AuthzEvent.TOKEN_REVOKE.value, object_type="api_token", object_id=token.name,
+            session,
+            principal,
+            AuthzEvent.TOKEN_REVOKE.value,
+            object_type="api_token",
+            object_id=token.name,
             clock=self._clock,
         )
         return token
@@ -186,7 +228,9 @@ class TokenService:
     def authenticate(self, session: Session, presented: str | None) -> Principal:
         """Map a bearer token to its principal; every failure is the same kind with a clear reason."""
         if not presented:
-            raise UnauthenticatedError("an API token is required: send 'Authorization: Bearer <token>'", field="authorization")
+            raise UnauthenticatedError(
+                "an API token is required: send 'Authorization: Bearer <token>'", field="authorization"
+            )
         parts = presented.split("_")
         if not presented.startswith(TOKEN_PREFIX) or len(parts) < 3:
             raise UnauthenticatedError("the API token is malformed", field="authorization")

@@ -73,14 +73,22 @@ class RegionService:
             session.add(Prefecture(code=entry.code, name=entry.name, name_en=entry.name_en, region=region.region))
             session.add(
                 RegistrationAuthority(
-                    prefecture_code=entry.code, name=f"{entry.name}注册审核中心",
-                    allowed_profiles=" ".join(DEFAULT_RA_PROFILES), active=True, created_at=self._clock.now(),
+                    prefecture_code=entry.code,
+                    name=f"{entry.name}注册审核中心",
+                    allowed_profiles=" ".join(DEFAULT_RA_PROFILES),
+                    active=True,
+                    created_at=self._clock.now(),
                 )
             )
             session.flush()
             audit.record(
-                session, principal, "ra:authority:create", object_type="ra", object_id=entry.code,
-                details={"prefecture": entry.name, "profiles": list(DEFAULT_RA_PROFILES)}, clock=self._clock,
+                session,
+                principal,
+                "ra:authority:create",
+                object_type="ra",
+                object_id=entry.code,
+                details={"prefecture": entry.name, "profiles": list(DEFAULT_RA_PROFILES)},
+                clock=self._clock,
             )
             added += 1
         return added

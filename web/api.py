@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as _dt
 from typing import Any, Literal
 
@@ -22,15 +23,15 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 PEM_TYPES = ("application/pem-certificate-chain", "application/x-pem-file")
 DER_TYPE = "application/pkix-cert"
-SERIAL_PARAM = Parameter("serial", "path", "Certificate serial number, hexadecimal", {"type": "string", "pattern": "^[0-9A-Fa-f:]{1,64}$"})
+SERIAL_PARAM = Parameter(
+    "serial", "path", "Certificate serial number, hexadecimal", {"type": "string", "pattern": "^[0-9A-Fa-f:]{1,64}$"}
+)
 
 
 class IssueRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     profile: str = Field(min_length=1, max_length=64, description="Certificate profile name, e.g. service-tls-server")
-    csr: str = Field(
-        min_length=1, max_length=65536, description="PKCS#10 request: PEM, or base64 of the DER encoding"
-    )
+    csr: str = Field(min_length=1, max_length=65536, description="PKCS#10 request: PEM, or base64 of the DER encoding")
 
 
 class CertificateOut(BaseModel):
@@ -93,7 +94,7 @@ def _csr_bytes(text: str) -> bytes:
         return stripped.encode("utf-8")
     try:
         return base64.b64decode(stripped, validate=True)
-    except (ValueError, base64.binascii.Error):
+    except (ValueError, binascii.Error):
         raise InvalidError("is neither PEM nor base64-encoded DER", field="csr") from None
 
 
@@ -104,7 +105,7 @@ def _pem(der: bytes) -> str:
 def render(record: CertificateRecord, *, with_pem: bool = True) -> dict[str, Any]:
     out = CertificateOut(
         serial=record.serial,
-        state=record.state,  # type: ignore[arg-type]
+        state=record.state,
         profile=record.profile,
         profile_version=record.profile_version,
         ca_id=record.ca_id,
@@ -132,7 +133,10 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
 
 @bp.post("/certificates")
 @operation(
-    "POST", "/api/v1/certificates", summary="Issue a certificate from a CSR under a profile", tag="certificates",
+    "POST",
+    "/api/v1/certificates",
+    summary="Issue a certificate from a CSR under a profile",
+    tag="certificates",
     body=IssueRequest,
     responses={201: Doc("Issued: linted, recorded and audited", CertificateOut)},
 )
@@ -147,9 +151,18 @@ def issue_certificate() -> Response:
 
 @bp.get("/certificates/<serial>")
 @operation(
-    "GET", "/api/v1/certificates/{serial}", summary="One certificate record; PEM or DER by Accept", tag="certificates",
+    "GET",
+    "/api/v1/certificates/{serial}",
+    summary="One certificate record; PEM or DER by Accept",
+    tag="certificates",
     parameters=(SERIAL_PARAM,),
-    responses={200: Doc("The record (JSON), the certificate and chain (PEM) or the certificate (DER)", CertificateOut, ("application/json", *PEM_TYPES, DER_TYPE))},
+    responses={
+        200: Doc(
+            "The record (JSON), the certificate and chain (PEM) or the certificate (DER)",
+            CertificateOut,
+            ("application/json", *PEM_TYPES, DER_TYPE),
+        )
+    },
 )
 def get_certificate(serial: str) -> Response:
     who = principal()
@@ -157,7 +170,11 @@ def get_certificate(serial: str) -> Response:
     best = request.accept_mimetypes.best_match(["application/json", *PEM_TYPES, DER_TYPE], default="application/json")
     if best in PEM_TYPES or best == DER_TYPE:
         if record.cert_der is None:
-            raise InvalidError(f"certificate {record.serial} is in state {record.state}: there is no certificate to send", field="serial", code="api.not_issued")
+            raise InvalidError(
+                f"certificate {record.serial} is in state {record.state}: there is no certificate to send",
+                field="serial",
+                code="api.not_issued",
+            )
         if best == DER_TYPE:
             return Response(record.cert_der, mimetype=DER_TYPE)
         chain = _pem(record.cert_der) + (_pem(record.ca.cert_der) if record.ca.kind == "issuing" else "")
@@ -167,10 +184,23 @@ def get_certificate(serial: str) -> Response:
 
 @bp.get("/certificates")
 @operation(
-    "GET", "/api/v1/certificates", summary="List certificate records, newest first", tag="certificates",
+    "GET",
+    "/api/v1/certificates",
+    summary="List certificate records, newest first",
+    tag="certificates",
     parameters=(
-        Parameter("state", "query", "Only records in this state", {"type": "string", "enum": ["reserved", "approved", "issued", "failed"]}),
-        Parameter("limit", "query", "At most this many (1-1000)", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+        Parameter(
+            "state",
+            "query",
+            "Only records in this state",
+            {"type": "string", "enum": ["reserved", "approved", "issued", "failed"]},
+        ),
+        Parameter(
+            "limit",
+            "query",
+            "At most this many (1-1000)",
+            {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+        ),
         Parameter("offset", "query", "Skip this many", {"type": "integer", "minimum": 0, "default": 0}),
     ),
     responses={200: Doc("A page of records", CertificateList)},
@@ -179,7 +209,9 @@ def list_certificates() -> Response:
     who = principal()
     limit = _int_arg("limit", 50)
     offset = _int_arg("offset", 0)
-    records = services().ca.list_certificates(g.db, who, state=request.args.get("state") or None, limit=limit, offset=offset)
+    records = services().ca.list_certificates(
+        g.db, who, state=request.args.get("state") or None, limit=limit, offset=offset
+    )
     return _json({"items": [render(r, with_pem=False) for r in records], "limit": limit, "offset": offset})
 
 
@@ -194,6 +226,13 @@ def _int_arg(name: str, default: int) -> int:
 
 
 @bp.get("/openapi.json")
-@operation("GET", "/api/v1/openapi.json", summary="This OpenAPI document", tag="meta", auth=False, responses={200: Doc("OpenAPI 3.1")})
+@operation(
+    "GET",
+    "/api/v1/openapi.json",
+    summary="This OpenAPI document",
+    tag="meta",
+    auth=False,
+    responses={200: Doc("OpenAPI 3.1")},
+)
 def openapi_json() -> Response:
     return _json(document(services().config.base_url))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from authz.services import one_time_password
 from ca.models import CaKind, CertificateAuthority
 from govpki.errors import NotFoundError
-from govpki.principal import SYSTEM, Principal
-from govpki.principal import Role
-from authz.services import one_time_password
+from govpki.principal import SYSTEM, Principal, Role
 from web.container import Services
 
 FIRST_ADMIN = "secadmin"
@@ -49,8 +48,12 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
             if services.accounts.count(session) == 0:
                 password = one_time_password()
                 services.accounts.create(
-                    session, principal, username=FIRST_ADMIN, display_name="安全管理员 (security administrator)",
-                    role=Role.SECURITY_ADMIN, password=password,
+                    session,
+                    principal,
+                    username=FIRST_ADMIN,
+                    display_name="安全管理员 (security administrator)",
+                    role=Role.SECURITY_ADMIN,
+                    password=password,
                 )
                 session.commit()
                 report.admin_password = password

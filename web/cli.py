@@ -115,8 +115,12 @@ def serve(no_init: bool) -> None:
 
 @main.command()
 @click.option("--profile", "-p", required=True, help="Certificate profile, e.g. service-tls-server.")
-@click.option("--csr", "csr_file", required=True, type=click.File("rb"), help="PEM or DER PKCS#10 file ('-' for stdin).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the certificate (PEM) here.")
+@click.option(
+    "--csr", "csr_file", required=True, type=click.File("rb"), help="PEM or DER PKCS#10 file ('-' for stdin)."
+)
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the certificate (PEM) here."
+)
 def issue(profile: str, csr_file: Any, out_file: Path | None) -> None:
     """Issue a certificate: check, reserve, lint, sign, record and audit."""
     services = load_services()
@@ -130,7 +134,9 @@ def issue(profile: str, csr_file: Any, out_file: Path | None) -> None:
             report_error(exc)
     assert record.cert_der is not None
     pem = x509.load_der_x509_certificate(record.cert_der).public_bytes(serialization.Encoding.PEM).decode()
-    click.echo(f"issued serial {record.serial} ({record.profile} v{record.profile_version}) for {record.subject}", err=True)
+    click.echo(
+        f"issued serial {record.serial} ({record.profile} v{record.profile_version}) for {record.subject}", err=True
+    )
     if out_file is not None:
         out_file.write_text(pem, encoding="ascii")
     else:
@@ -151,19 +157,32 @@ def show(serial: str, pem: bool) -> None:
         if pem:
             if record.cert_der is None:
                 fail(f"serial {record.serial} is in state {record.state}: no certificate was stored")
-            click.echo(x509.load_der_x509_certificate(record.cert_der).public_bytes(serialization.Encoding.PEM).decode(), nl=False)
+            click.echo(
+                x509.load_der_x509_certificate(record.cert_der).public_bytes(serialization.Encoding.PEM).decode(),
+                nl=False,
+            )
             return
         rows = [
-            ("serial", record.serial), ("state", record.state), ("profile", f"{record.profile} v{record.profile_version}"),
-            ("issuer", record.ca.subject), ("subject", record.subject), ("subjectAltName", record.sans or "-"),
-            ("key", record.key_type), ("requester", record.requester), ("not before", _dt(record.not_before)),
-            ("not after", _dt(record.not_after)), ("sha256", record.fingerprint_sha256 or "-"),
-            ("created", _dt(record.created_at)), ("issued", _dt(record.issued_at)),
+            ("serial", record.serial),
+            ("state", record.state),
+            ("profile", f"{record.profile} v{record.profile_version}"),
+            ("issuer", record.ca.subject),
+            ("subject", record.subject),
+            ("subjectAltName", record.sans or "-"),
+            ("key", record.key_type),
+            ("requester", record.requester),
+            ("not before", _dt(record.not_before)),
+            ("not after", _dt(record.not_after)),
+            ("sha256", record.fingerprint_sha256 or "-"),
+            ("created", _dt(record.created_at)),
+            ("issued", _dt(record.issued_at)),
         ]
         if record.failure:
             rows.append(("failure", record.failure))
         if record.state == "approved":
-            rows.append(("note", "signing was approved but its outcome was not recorded (crash?); the exact TBS is stored"))
+            rows.append(
+                ("note", "signing was approved but its outcome was not recorded (crash?); the exact TBS is stored")
+            )
         for key, value in rows:
             click.echo(f"{key:15} {value}")
 
@@ -186,8 +205,18 @@ def list_(state: str | None, limit: int, as_json: bool) -> None:
             report_error(exc)
         for r in records:
             if as_json:
-                click.echo(json.dumps({"serial": r.serial, "state": r.state, "profile": r.profile, "subject": r.subject,
-                                       "not_after": r.not_after.isoformat() if r.not_after else None}, ensure_ascii=False))
+                click.echo(
+                    json.dumps(
+                        {
+                            "serial": r.serial,
+                            "state": r.state,
+                            "profile": r.profile,
+                            "subject": r.subject,
+                            "not_after": r.not_after.isoformat() if r.not_after else None,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
             else:
                 click.echo(f"{r.serial:>34}  {r.state:9} {r.profile:20} {_dt(r.not_after):21} {r.subject}")
 
@@ -239,3 +268,7 @@ def openapi() -> None:
     from web.openapi import document
 
     click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()

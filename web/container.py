@@ -102,8 +102,16 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         clock=clock,
     )
     return Services(
-        config=config, clock=clock, engine=engine, sessions=sessions, profiles=profiles, region=region,
-        keystores=keystores, ca=ca, accounts=AccountService(clock), tokens=TokenService(clock),
+        config=config,
+        clock=clock,
+        engine=engine,
+        sessions=sessions,
+        profiles=profiles,
+        region=region,
+        keystores=keystores,
+        ca=ca,
+        accounts=AccountService(clock),
+        tokens=TokenService(clock),
         regions=RegionService(clock),
     )
 

@@ -104,22 +104,36 @@ def document(server_url: str) -> dict[str, Any]:
         item: dict[str, Any] = {"summary": op.summary, "operationId": op.operation_id, "tags": [op.tag]}
         if op.parameters:
             item["parameters"] = [
-                {"name": p.name, "in": p.location, "description": p.description, "required": p.required or p.location == "path", "schema": p.schema}
+                {
+                    "name": p.name,
+                    "in": p.location,
+                    "description": p.description,
+                    "required": p.required or p.location == "path",
+                    "schema": p.schema,
+                }
                 for p in op.parameters
             ]
         if op.body is not None:
-            item["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(op.body, components)}}}
+            item["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(op.body, components)}},
+            }
         responses: dict[str, Any] = {}
         for status, resp in sorted(op.responses.items()):
             entry: dict[str, Any] = {"description": resp.description}
             if resp.model is not None:
                 ref = _schema(resp.model, components)
-                entry["content"] = {m: {"schema": ref if m == "application/json" else {"type": "string"}} for m in resp.media}
+                entry["content"] = {
+                    m: {"schema": ref if m == "application/json" else {"type": "string"}} for m in resp.media
+                }
             elif resp.media and status < 300:
                 entry["content"] = {m: {"schema": {"type": "string"}} for m in resp.media}
             responses[str(status)] = entry
         problem_ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-        for status, text in ((401, "Missing, malformed, expired or revoked API token"), (422, "Invalid input; `errors` names each field")):
+        for status, text in (
+            (401, "Missing, malformed, expired or revoked API token"),
+            (422, "Invalid input; `errors` names each field"),
+        ):
             if status == 401 and not op.auth:
                 continue
             responses.setdefault(str(status), {"description": text, "content": problem_ref})

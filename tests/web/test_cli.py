@@ -1,0 +1,82 @@
+"""The govpki command: the same services, thin adapters, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from cryptography import x509
+from sqlalchemy import func, select
+
+from ra.models import RegistrationAuthority
+from tests.helpers import csr_pem
+from web.cli import main
+from web.container import Services
+
+
+def run(services: Services, *args: str, stdin: bytes | None = None):
+    env = {
+        "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
+        "GOVPKI_DATABASE_URL": services.config.database_url,
+    }
+    return CliRunner().invoke(main, list(args), env=env, input=stdin, catch_exceptions=False)
+
+
+def test_init_is_idempotent_and_seeds_fourteen_ras(services: Services):
+    result = run(services, "init")
+    assert result.exit_code == 0, result.output
+    assert "already initialised" in result.output
+    assert "password" not in result.output  # the first admin exists; no second password
+    with services.sessions() as s:
+        ras = s.scalars(select(RegistrationAuthority)).all()
+        assert len(ras) == 14
+        names = {ra.prefecture.name for ra in ras}
+        assert {"乌鲁木齐市", "伊犁哈萨克自治州", "阿勒泰地区", "克孜勒苏柯尔克孜自治州"} <= names
+
+
+def test_first_init_prints_the_one_time_password(bare_services: Services):
+    result = run(bare_services, "init")
+    assert result.exit_code == 0, result.output
+    assert "created root CA" in result.output and "created issuing CA" in result.output
+    assert "14 prefecture RAs" in result.output
+    assert "user name: secadmin" in result.output and "password:" in result.output
+    with bare_services.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(RegistrationAuthority)) == 14
+
+
+def test_issue_show_list(services: Services, tmp_path: Path):
+    csr = tmp_path / "r.csr"
+    csr.write_bytes(csr_pem(cn="cli.example.gov.cn"))
+    out = tmp_path / "c.pem"
+    issued = run(services, "issue", "--profile", "service-tls-server", "--csr", str(csr), "--out", str(out))
+    assert issued.exit_code == 0, issued.output
+    cert = x509.load_pem_x509_certificate(out.read_bytes())
+    serial = format(cert.serial_number, "x")
+    shown = run(services, "show", serial)
+    assert shown.exit_code == 0 and "issued" in shown.output and "cli.example.gov.cn" in shown.output
+    pem = run(services, "show", "--pem", serial)
+    assert x509.load_pem_x509_certificate(pem.output.encode()) == cert
+    listed = run(services, "list", "--state", "issued")
+    assert serial in listed.output
+    from_stdin = run(services, "issue", "-p", "service-tls-server", "--csr", "-", stdin=csr_pem(cn="stdin.example.gov.cn"))
+    assert from_stdin.exit_code == 0 and "BEGIN CERTIFICATE" in from_stdin.output
+
+
+def test_cli_errors_are_one_clear_line(services: Services, tmp_path: Path):
+    csr = tmp_path / "r.csr"
+    csr.write_bytes(csr_pem(names=[]))
+    bad = run(services, "issue", "--profile", "service-tls-server", "--csr", str(csr))
+    assert bad.exit_code == 2
+    assert "csr.san" in bad.output and "Traceback" not in bad.output
+    unknown = run(services, "show", "deadbeef")
+    assert unknown.exit_code == 2 and "no certificate with serial" in unknown.output
+
+
+def test_token_create_and_audit_verify(services: Services):
+    created = run(services, "token", "create", "--name", "ops", "--days", "7")
+    assert created.exit_code == 0, created.output
+    assert "gpk_" in created.output
+    again = run(services, "token", "create", "--name", "ops")
+    assert again.exit_code == 2 and "exists" in again.output
+    verified = run(services, "audit", "verify")
+    assert verified.exit_code == 0 and "audit chain OK" in verified.output
