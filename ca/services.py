@@ -25,7 +25,7 @@ from ca import lint
 from ca.builder import IssuerUrls, PublicKey, build_name, certificate_builder, validity
 from ca.csr import CheckedRequest, check_csr, check_subject_value
 from ca.events import CaEvent
-from ca.ledger import IssuanceLedger, Reservation, new_serial, serial_hex
+from ca.ledger import IssuanceLedger, new_serial, serial_hex
 from ca.models import CaKind, CertificateAuthority, CertificateRecord, CertState
 from ca.profiles import Profile, ProfileSet, SubjectField
 from govpki import audit

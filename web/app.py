@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, pki
+from web import api, pki, ui
 from web.container import Services, build_services
 from web.problems import from_error, problem
 
@@ -65,25 +65,23 @@ def create_app(config: Config | None = None, *, services: Services | None = None
             db.close()
 
     def wants_problem() -> bool:
-        return request.path.startswith("/api/") or request.path.startswith("/ca/") or not _has_ui(app)
+        return request.path.startswith(("/api/", "/ca/"))
 
     @app.errorhandler(GovpkiError)
     def _domain_error(error: GovpkiError) -> Response | tuple[str, int]:
         if wants_problem():
             return from_error(error, request.path)
-        from web.ui import render_error
-
-        return render_error(error)
+        return ui.render_error(error)
 
     @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException) -> Response | HTTPException:
+    def _http_error(error: HTTPException) -> Response | tuple[str, int]:
         status = error.code or 500
         if wants_problem():
             detail = error.description or "error"
             if status == 413:
                 detail = f"the request body is larger than {MAX_REQUEST_BYTES} bytes"
             return problem(status, detail, code=f"http.{status}", instance=request.path)
-        return error
+        return ui.render_http_error(error)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
@@ -92,14 +90,5 @@ def create_app(config: Config | None = None, *, services: Services | None = None
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pki.bp)
-    try:
-        from web import ui
-    except ImportError:  # pragma: no cover - the UI module is part of the package
-        pass
-    else:
-        ui.init_app(app)
+    ui.init_app(app)
     return app
-
-
-def _has_ui(app: Flask) -> bool:
-    return "ui" in app.blueprints

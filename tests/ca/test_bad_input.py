@@ -59,8 +59,16 @@ BAD = {
     ),
     "san-wildcard": ("service-tls-server", lambda: csr_pem(names=[x509.DNSName("*.example.gov.cn")]), "csr.san[0]"),
     "san-not-fqdn": ("service-tls-server", lambda: csr_pem(names=[x509.DNSName("bad_name")]), "csr.san[0]"),
-    "san-dns-on-signing": ("official-signing", lambda: csr_pem(cn="张三", names=[x509.DNSName("a.gov.cn")]), "csr.san[0]"),
-    "cn-control-char": ("service-tls-server", lambda: csr_pem(cn="svc\x07.example.gov.cn", names=[x509.DNSName("a.gov.cn")]), "csr.subject.CN"),
+    "san-dns-on-signing": (
+        "official-signing",
+        lambda: csr_pem(cn="张三", names=[x509.DNSName("a.gov.cn")]),
+        "csr.san[0]",
+    ),
+    "cn-control-char": (
+        "service-tls-server",
+        lambda: csr_pem(cn="svc\x07.example.gov.cn", names=[x509.DNSName("a.gov.cn")]),
+        "csr.subject.CN",
+    ),
     "cn-newline": ("official-signing", lambda: csr_pem(cn="张三\n李四", names=[]), "csr.subject.CN"),
     "cn-too-long": (
         "official-signing",
@@ -73,7 +81,11 @@ BAD = {
         lambda: csr_pem(cn="张三", names=[], attrs=[x509.NameAttribute(NameOID.SERIAL_NUMBER, "1")]),
         "csr.subject.2.5.4.5",
     ),
-    "pem-certificate-not-csr": ("service-tls-server", lambda: b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "csr"),
+    "pem-certificate-not-csr": (
+        "service-tls-server",
+        lambda: b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        "csr",
+    ),
     "garbage-der": ("service-tls-server", lambda: b"\x30\x82\x01\x00garbage", "csr"),
     "empty": ("service-tls-server", lambda: b"", "csr"),
     "huge": ("service-tls-server", lambda: b"A" * 70000, "csr"),

@@ -45,7 +45,9 @@ def test_kill_between_reservation_and_record(services: Services, tmp_path: Path,
     assert killed.returncode == -signal.SIGKILL, killed.stderr
 
     with services.sessions() as session:
-        records = session.scalars(select(CertificateRecord).where(CertificateRecord.subject.contains("crash.example"))).all()
+        records = session.scalars(
+            select(CertificateRecord).where(CertificateRecord.subject.contains("crash.example"))
+        ).all()
         assert len(records) == 1
         record = records[0]
         assert record.state == state
@@ -68,6 +70,11 @@ def test_kill_between_reservation_and_record(services: Services, tmp_path: Path,
     assert again.returncode == 0, again.stderr
     assert "BEGIN CERTIFICATE" in again.stdout
     with services.sessions() as session:
-        states = sorted(r.state for r in session.scalars(select(CertificateRecord).where(CertificateRecord.subject.contains("crash.example"))))
+        states = sorted(
+            r.state
+            for r in session.scalars(
+                select(CertificateRecord).where(CertificateRecord.subject.contains("crash.example"))
+            )
+        )
         assert states == sorted(["issued", state])
         assert verify_chain(session).ok

@@ -22,8 +22,10 @@ from web.container import build_services
 @pytest.mark.parametrize("algorithm", ["ec-p384", "rsa-3072"])
 def test_ca_on_hsm_issues_and_keys_do_not_leave(tmp_path: Path, database_url: str, algorithm: str):
     config = make_config(
-        tmp_path / "instance", database_url,
-        GOVPKI_ROOT_KEY_ALGORITHM=algorithm, GOVPKI_ISSUING_KEY_ALGORITHM=algorithm,
+        tmp_path / "instance",
+        database_url,
+        GOVPKI_ROOT_KEY_ALGORITHM=algorithm,
+        GOVPKI_ISSUING_KEY_ALGORITHM=algorithm,
     )
     config = dataclasses.replace(
         config,
@@ -35,7 +37,9 @@ def test_ca_on_hsm_issues_and_keys_do_not_leave(tmp_path: Path, database_url: st
         report = initialize(services, SYSTEM)
         assert report.root is not None and report.root.key_handle.startswith("pkcs11:")
         with services.sessions() as session:
-            record = services.ca.issue(session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="hsm.example.gov.cn"))
+            record = services.ca.issue(
+                session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="hsm.example.gov.cn")
+            )
             session.commit()
             root = services.ca.active_ca(session, CaKind.ROOT)
             issuing = services.ca.active_ca(session, CaKind.ISSUING)

@@ -17,7 +17,12 @@ DEFAULT = Path(__file__).resolve().parents[2] / "ca" / "data" / "profiles.toml"
 def test_shipped_profiles_load():
     profiles = load_profiles(DEFAULT)
     assert set(profiles.profiles) == {
-        "official-signing", "official-encryption", "service-tls-server", "service-tls-client", "ocsp-signing", "subordinate-ca",
+        "official-signing",
+        "official-encryption",
+        "service-tls-server",
+        "service-tls-client",
+        "ocsp-signing",
+        "subordinate-ca",
     }
     assert profiles.get("service-tls-server").san_required
     assert profiles.get("subordinate-ca").path_length == 0
@@ -28,10 +33,16 @@ def test_shipped_profiles_load():
     ("edit", "message"),
     [
         (("validity_days = 397", "validity_days = -1"), "profiles.service-tls-server.validity_days"),
-        (('key_types = ["rsa", "ec-p256", "ec-p384"]\nrsa_min_bits = 2048\nvalidity_days = 397', 'key_types = ["dsa"]\nvalidity_days = 397'), "key_types"),
+        (
+            (
+                'key_types = ["rsa", "ec-p256", "ec-p384"]\nrsa_min_bits = 2048\nvalidity_days = 397',
+                'key_types = ["dsa"]\nvalidity_days = 397',
+            ),
+            "key_types",
+        ),
         (('policy_oid = "1.3.6.1.4.1.32473.6500.2.1"', 'policy_oid = "not-an-oid"'), "not a dotted OID"),
-        (('san_required = true', 'san_required = true\nsan_typo = 1'), "san_typo"),
-        (('extended_key_usage = ["ocsp_signing"]', 'extended_key_usage = []'), "ocsp_no_check needs"),
+        (("san_required = true", "san_required = true\nsan_typo = 1"), "san_typo"),
+        (('extended_key_usage = ["ocsp_signing"]', "extended_key_usage = []"), "ocsp_no_check needs"),
         (("format = 1", "format = 2"), "format"),
         (("[profiles.official-signing]", "[profiles.official-signing\n"), "not valid TOML"),
     ],

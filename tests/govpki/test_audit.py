@@ -15,7 +15,9 @@ from web.container import Services
 def _append(services: Services, n: int) -> None:
     with services.sessions() as s:
         for i in range(n):
-            audit.record(s, SYSTEM, "test:thing:touch", object_type="thing", object_id=str(i), details={"i": i, "名": "值"})
+            audit.record(
+                s, SYSTEM, "test:thing:touch", object_type="thing", object_id=str(i), details={"i": i, "名": "值"}
+            )
         s.commit()
 
 

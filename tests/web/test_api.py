@@ -48,17 +48,23 @@ def test_issue_and_fetch(client: FlaskClient, operator_token: str, services: Ser
     root = client.get("/ca/root.der")
     assert root.status_code == 200 and root.mimetype == "application/pkix-cert"
     result = openssl_verify(
-        tmp_path, root.data, chain.public_bytes(serialization.Encoding.DER), cert.public_bytes(serialization.Encoding.DER)
+        tmp_path,
+        root.data,
+        chain.public_bytes(serialization.Encoding.DER),
+        cert.public_bytes(serialization.Encoding.DER),
     )
     assert result.returncode == 0, result.stderr
 
     got = client.get(body["serial"].join(["/api/v1/certificates/", ""]), headers=auth(operator_token))
     assert got.status_code == 200 and got.json["fingerprint_sha256"] == body["fingerprint_sha256"]
     pem = client.get(
-        f"/api/v1/certificates/{body['serial']}", headers={**auth(operator_token), "Accept": "application/pem-certificate-chain"}
+        f"/api/v1/certificates/{body['serial']}",
+        headers={**auth(operator_token), "Accept": "application/pem-certificate-chain"},
     )
     assert pem.status_code == 200 and pem.data.count(b"BEGIN CERTIFICATE") == 2
-    der = client.get(f"/api/v1/certificates/{body['serial']}", headers={**auth(operator_token), "Accept": "application/pkix-cert"})
+    der = client.get(
+        f"/api/v1/certificates/{body['serial']}", headers={**auth(operator_token), "Accept": "application/pkix-cert"}
+    )
     assert der.status_code == 200 and x509.load_der_x509_certificate(der.data) == cert
     # colons and upper case are accepted in the path
     colon = ":".join(body["serial"].upper()[i : i + 2] for i in range(0, len(body["serial"]), 2))
@@ -74,7 +80,12 @@ def test_issue_with_base64_der(client: FlaskClient, operator_token: str):
 
 
 def test_ca_certificates_are_served(client: FlaskClient):
-    for path, mime in (("/ca/root.pem", "application/x-pem-file"), ("/ca/issuing.der", "application/pkix-cert"), ("/ca/chain.pem", "application/x-pem-file"), ("/ca/1.der", "application/pkix-cert")):
+    for path, mime in (
+        ("/ca/root.pem", "application/x-pem-file"),
+        ("/ca/issuing.der", "application/pkix-cert"),
+        ("/ca/chain.pem", "application/x-pem-file"),
+        ("/ca/1.der", "application/pkix-cert"),
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response.mimetype == mime
@@ -94,7 +105,11 @@ def assert_problem(response, status: int, field: str | None = None):
 
 
 BAD_BODIES = {
-    "rsa-1024": ({"profile": "service-tls-server", "csr": csr_pem(rsa.generate_private_key(65537, 1024)).decode()}, 422, "csr.key"),
+    "rsa-1024": (
+        {"profile": "service-tls-server", "csr": csr_pem(rsa.generate_private_key(65537, 1024)).decode()},
+        422,
+        "csr.key",
+    ),
     "no-san": ({"profile": "service-tls-server", "csr": csr_pem(names=[]).decode()}, 422, "csr.san"),
     "unknown-profile": ({"profile": "nope", "csr": csr_pem().decode()}, 404, "profile"),
     "ca-profile": ({"profile": "subordinate-ca", "csr": csr_pem().decode()}, 403, "profile"),
@@ -117,11 +132,17 @@ def test_bad_bodies(client: FlaskClient, operator_token: str, services: Services
 
 def test_malformed_json_and_media_type(client: FlaskClient, operator_token: str, services: Services):
     before = counts(services)
-    bad = client.post("/api/v1/certificates", data="{not json", headers={**auth(operator_token), "Content-Type": "application/json"})
+    bad = client.post(
+        "/api/v1/certificates", data="{not json", headers={**auth(operator_token), "Content-Type": "application/json"}
+    )
     assert assert_problem(bad, 422, "body")["code"] == "api.malformed_json"
     form = client.post("/api/v1/certificates", data={"profile": "x"}, headers=auth(operator_token))
     assert assert_problem(form, 422, "body")["code"] == "api.media_type"
-    big = client.post("/api/v1/certificates", data=b"x" * (2 * 1024 * 1024), headers={**auth(operator_token), "Content-Type": "application/json"})
+    big = client.post(
+        "/api/v1/certificates",
+        data=b"x" * (2 * 1024 * 1024),
+        headers={**auth(operator_token), "Content-Type": "application/json"},
+    )
     assert_problem(big, 413)
     assert counts(services) == before
 
@@ -134,8 +155,12 @@ def test_tokens(client: FlaskClient, operator_token: str, services: Services):
     assert missing.headers["WWW-Authenticate"].startswith("Bearer")
     assert_problem(client.post("/api/v1/certificates", json=body, headers=auth("gpk_nope_x")), 401, "authorization")
     assert_problem(client.post("/api/v1/certificates", json=body, headers=auth("hello")), 401, "authorization")
-    assert_problem(client.post("/api/v1/certificates", json=body, headers={"Authorization": "Basic abc"}), 422, "authorization")
-    assert_problem(client.post("/api/v1/certificates", json=body, headers=auth(operator_token + "x")), 401, "authorization")
+    assert_problem(
+        client.post("/api/v1/certificates", json=body, headers={"Authorization": "Basic abc"}), 422, "authorization"
+    )
+    assert_problem(
+        client.post("/api/v1/certificates", json=body, headers=auth(operator_token + "x")), 401, "authorization"
+    )
     with services.sessions() as s:
         s.execute(update(ApiToken).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
         s.commit()

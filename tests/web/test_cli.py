@@ -58,7 +58,9 @@ def test_issue_show_list(services: Services, tmp_path: Path):
     assert x509.load_pem_x509_certificate(pem.output.encode()) == cert
     listed = run(services, "list", "--state", "issued")
     assert serial in listed.output
-    from_stdin = run(services, "issue", "-p", "service-tls-server", "--csr", "-", stdin=csr_pem(cn="stdin.example.gov.cn"))
+    from_stdin = run(
+        services, "issue", "-p", "service-tls-server", "--csr", "-", stdin=csr_pem(cn="stdin.example.gov.cn")
+    )
     assert from_stdin.exit_code == 0 and "BEGIN CERTIFICATE" in from_stdin.output
 
 

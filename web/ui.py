@@ -1,0 +1,515 @@
+"""The web portal (HTML): sign-in, password change, dashboard, API tokens.
+
+Thin views like the API: parse a form, call one service with the acting
+principal, render. Views never commit; the app's unit of work does (a response
+below 400 commits, anything else rolls back). Chinese (zh_CN) by default,
+English on request; every string is an English msgid translated by Babel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    has_request_context,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_babel import Babel, get_locale
+from flask_babel import gettext as _gettext
+from flask_babel import lazy_gettext as _l
+from flask_login import (  # type: ignore[import-untyped, unused-ignore]
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_user,
+    logout_user,
+)
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+from wtforms import Field
+
+from authz.models import Account
+from authz.services import account_principal
+from ca.services import can_read
+from govpki.clock import UTC
+from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
+from govpki.principal import Principal, Role
+from web import api
+from web.container import Services
+from web.forms import ActionForm, LoginForm, PasswordForm, TokenForm
+from web.problems import STATUS
+
+bp = Blueprint("ui", __name__)
+
+DEFAULT_LOCALE = "zh_CN"
+LOCALES = ("zh_CN", "en")
+LANG_COOKIE = "govpki_lang"
+# Set while signed in (no secret in it) so that a request arriving after the
+# session cookie expired can say "your session expired" rather than "sign in".
+SIGNED_IN_COOKIE = "govpki_signed_in"
+IDLE_TIMEOUT = _dt.timedelta(minutes=30)
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+
+SECURE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+P = ParamSpec("P")
+
+ROLE_NAMES = {
+    Role.SYSTEM_ADMIN.value: _l("System administrator"),
+    Role.SECURITY_ADMIN.value: _l("Security administrator"),
+    Role.SECURITY_AUDITOR.value: _l("Security auditor"),
+    Role.CA_OPERATOR.value: _l("CA operator"),
+}
+CA_KINDS = {"root": _l("Root CA"), "issuing": _l("Issuing CA")}
+CERT_STATES = {
+    "reserved": _l("Reserved"),
+    "approved": _l("Approved"),
+    "issued": _l("Issued"),
+    "failed": _l("Failed"),
+}
+STATUS_TITLES = {
+    400: _l("Bad request"),
+    401: _l("Sign-in required"),
+    403: _l("Not allowed"),
+    404: _l("Not found"),
+    405: _l("Method not allowed"),
+    409: _l("Conflict"),
+    413: _l("Request too large"),
+    422: _l("Invalid input"),
+    503: _l("Service unavailable"),
+}
+
+
+def _(text: str, **variables: Any) -> str:
+    """gettext, typed: the text in the request's language."""
+    return str(_gettext(text, **variables))
+
+
+# ----- the signed-in user ---------------------------------------------------------
+
+
+class PortalUser(UserMixin):  # type: ignore[misc]
+    """Flask-Login's view of an account. Only the account id is kept in the session."""
+
+    def __init__(self, account: Account) -> None:
+        self.account = account
+
+    def get_id(self) -> str:
+        return str(self.account.id)
+
+    @property
+    def principal(self) -> Principal:
+        return account_principal(self.account)
+
+    @property
+    def is_security_admin(self) -> bool:
+        return self.principal.has(Role.SECURITY_ADMIN)
+
+
+def services() -> Services:
+    found: Services = current_app.extensions["govpki"]
+    return found
+
+
+def signed_in_user() -> PortalUser | None:
+    user = current_user._get_current_object()
+    return user if isinstance(user, PortalUser) else None
+
+
+def _user() -> PortalUser:
+    user = signed_in_user()
+    if user is None:  # pragma: no cover - views are wrapped in login_required
+        raise UnauthenticatedError("sign in first")
+    return user
+
+
+def _load_user(user_id: str) -> PortalUser | None:
+    if not user_id.isdigit() or "db" not in g:
+        return None
+    account = services().accounts.get(g.db, int(user_id))
+    return PortalUser(account) if account is not None else None
+
+
+def _local_path(target: str | None) -> str | None:
+    """``target`` if it is a path on this site (no open redirects), else None."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _current_path() -> str:
+    query = request.query_string.decode("latin-1")
+    return f"{request.path}?{query}" if query else request.path
+
+
+def _cookie_options() -> dict[str, Any]:
+    return {
+        "httponly": True,
+        "samesite": "Lax",
+        "secure": bool(current_app.config.get("SESSION_COOKIE_SECURE")),
+    }
+
+
+def _unauthorized() -> BaseResponse:
+    """No signed-in user: back to the sign-in page, saying why."""
+    expired = request.cookies.get(SIGNED_IN_COOKIE) == "1"
+    if expired:
+        minutes = int(current_app.permanent_session_lifetime.total_seconds() // 60)
+        message = _(
+            "Your session has ended after %(minutes)d minutes without activity. Please sign in again.", minutes=minutes
+        )
+        flash(message, "warning")
+    else:
+        flash(_("Please sign in to see this page."), "info")
+    target = _current_path() if request.method == "GET" else None
+    response = redirect(url_for("ui.login", next=target) if target else url_for("ui.login"))
+    if expired:
+        response.delete_cookie(SIGNED_IN_COOKIE, **_cookie_options())
+    return response
+
+
+def login_required(view: Callable[P, ResponseReturnValue]) -> Callable[P, ResponseReturnValue]:
+    """Signed in, and the one-time password already replaced (else: to /password)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+        user = signed_in_user()
+        if user is None:
+            return _unauthorized()
+        if user.account.must_change_password and request.endpoint != "ui.password":
+            flash(_("Choose a new password before you continue."), "warning")
+            return redirect(url_for("ui.password"))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _require_security_admin(user: PortalUser) -> None:
+    if not user.is_security_admin:
+        raise ForbiddenError("only a security administrator may manage API tokens", field="role")
+
+
+# ----- messages of the services, in the request's language ----------------------------
+
+_REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"wrong user name or password"), lambda m: _("Wrong user name or password.")),
+    (re.compile(r"is not your current password"), lambda m: _("This is not your current password.")),
+    (
+        re.compile(r"must be at least (\d+) characters"),
+        lambda m: _("Must be at least %(count)s characters long.", count=m[1]),
+    ),
+    (
+        re.compile(r"must be at most (\d+) characters"),
+        lambda m: _("Must be at most %(count)s characters long.", count=m[1]),
+    ),
+    (re.compile(r"must not contain the user name"), lambda m: _("Must not contain your user name.")),
+    (
+        re.compile(r"is too repetitive; use at least (\d+) different characters"),
+        lambda m: _("Too repetitive: use at least %(count)s different characters.", count=m[1]),
+    ),
+    (re.compile(r"must differ from the current password"), lambda m: _("Must differ from your current password.")),
+    (
+        re.compile(r"must be 1-64 characters: letters, digits, '\.', '_' or '-'"),
+        lambda m: _("Use 1 to 64 characters: letters, digits, '.', '_' or '-'."),
+    ),
+    (re.compile(r"must be between 1 and 366 days"), lambda m: _("Between 1 and 366 days.")),
+    (re.compile(r"a token named '(.+)' exists"), lambda m: _("A token named %(name)s already exists.", name=m[1])),
+    (re.compile(r"token '(.+)' is already revoked"), lambda m: _("Token %(name)s is already revoked.", name=m[1])),
+    (re.compile(r"no token with id (\d+)"), lambda m: _("There is no token with number %(id)s.", id=m[1])),
+    (
+        re.compile(r"only a security administrator may (?:create|revoke|manage) API tokens"),
+        lambda m: _("Only a security administrator may manage API tokens."),
+    ),
+    (
+        re.compile(r"your role may not read certificate records"),
+        lambda m: _("Your role may not read certificate records."),
+    ),
+]
+
+
+def translate_reason(reason: str) -> str | None:
+    """A service's reason in the request's language, or None when it is not known here."""
+    for pattern, message in _REASONS:
+        match = pattern.fullmatch(reason)
+        if match:
+            return message(match)
+    return None
+
+
+def field_message(reason: str) -> str:
+    known = translate_reason(reason)
+    return known if known is not None else _("Not accepted: %(reason)s", reason=reason)
+
+
+def attach_error(form: FlaskForm, error: GovpkiError, fields: dict[str, Field]) -> None:
+    """Show a service error next to the form field it is about (else above the form)."""
+    for problem in error.problems:
+        target = fields.get(problem.field or "")
+        message = field_message(problem.reason)
+        if target is not None:
+            target.errors = [*target.errors, message]
+        else:
+            form.form_errors.append(message)
+
+
+# ----- pages ------------------------------------------------------------------------
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    return render_template("index.html")
+
+
+@bp.get("/lang/<code>")
+def language(code: str) -> ResponseReturnValue:
+    if code not in LOCALES:
+        raise NotFoundError(f"unknown language {code!r}; one of {', '.join(LOCALES)}", field="lang")
+    response = redirect(_local_path(request.args.get("next")) or url_for("ui.index"))
+    response.set_cookie(LANG_COOKIE, code, max_age=365 * 24 * 3600, **_cookie_options())
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    if request.method == "GET" and signed_in_user() is not None:
+        return redirect(url_for("ui.dashboard"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        try:
+            account = services().accounts.sign_in(
+                g.db,
+                username=form.username.data,
+                password=form.password.data,
+                source=request.remote_addr or "unknown",
+            )
+        except UnauthenticatedError:
+            # 200 on purpose: the unit of work commits the failure's audit entry.
+            form.form_errors.append(_("Wrong user name or password."))
+            return render_template("login.html", form=form)
+        target = _local_path(request.args.get("next"))
+        session.clear()  # a fresh session (and CSRF token) for the signed-in user
+        login_user(PortalUser(account), fresh=True)
+        session.permanent = True
+        if account.must_change_password:
+            flash(_("This is your first sign-in: replace the one-time password with your own."), "warning")
+            response = redirect(url_for("ui.password"))
+        else:
+            response = redirect(target or url_for("ui.dashboard"))
+        response.set_cookie(SIGNED_IN_COOKIE, "1", **_cookie_options())
+        return response
+    return render_template("login.html", form=form), 422 if form.is_submitted() else 200
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    logout_user()
+    session.clear()
+    flash(_("You have signed out."), "info")
+    response = redirect(url_for("ui.index"))
+    response.delete_cookie(SIGNED_IN_COOKIE, **_cookie_options())
+    return response
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+def password() -> ResponseReturnValue:
+    user = _user()
+    form = PasswordForm()
+    if form.validate_on_submit():
+        try:
+            services().accounts.change_password(
+                g.db, user.principal, current=form.current_password.data, new=form.new_password.data
+            )
+        except InvalidError as error:
+            attach_error(form, error, {"current_password": form.current_password, "new_password": form.new_password})
+        else:
+            flash(_("Your password has been changed."), "success")
+            return redirect(url_for("ui.dashboard"))
+    status = 422 if form.is_submitted() else 200
+    return render_template("password.html", form=form, forced=user.account.must_change_password), status
+
+
+@bp.get("/dashboard")
+@login_required
+def dashboard() -> ResponseReturnValue:
+    user = _user()
+    db = g.db
+    svc = services()
+    principal = user.principal
+    certificates = svc.ca.list_certificates(db, principal, limit=20) if can_read(principal) else None
+    return render_template(
+        "dashboard.html",
+        cas=svc.ca.list_cas(db),
+        authorities=svc.regions.list(db),
+        region=svc.region,
+        certificates=certificates,
+    )
+
+
+@bp.route("/tokens", methods=["GET", "POST"])
+@login_required
+def tokens() -> ResponseReturnValue:
+    user = _user()
+    _require_security_admin(user)
+    svc = services()
+    form = TokenForm(days=svc.config.api_token_days)
+    status = 200
+    if form.validate_on_submit():
+        try:
+            token, secret = svc.tokens.create(g.db, user.principal, name=form.name.data.strip(), days=form.days.data)
+        except (InvalidError, ConflictError) as error:
+            attach_error(form, error, {"name": form.name, "days": form.days})
+        else:
+            return render_template("token_created.html", token=token, secret=secret)
+    if form.is_submitted():
+        status = 422
+    return render_template(
+        "tokens.html", form=form, tokens=svc.tokens.list(g.db), action=ActionForm(), now=svc.clock.now()
+    ), status
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@login_required
+def revoke_token(token_id: int) -> ResponseReturnValue:
+    user = _user()
+    _require_security_admin(user)
+    token = services().tokens.revoke(g.db, user.principal, token_id)
+    flash(_("Token %(name)s has been revoked; it no longer works.", name=token.name), "success")
+    return redirect(url_for("ui.tokens"))
+
+
+# ----- errors -----------------------------------------------------------------------
+
+
+def _error_page(status: int, reason: str | None) -> Response:
+    title = STATUS_TITLES.get(status, _l("Error"))
+    return make_response(render_template("error.html", status=status, title=title, reason=reason), status)
+
+
+def render_error(error: GovpkiError) -> Response:
+    """A domain error as a page in the layout (the app calls this for HTML requests)."""
+    known = translate_reason(error.reason)
+    return _error_page(STATUS[error.kind], known if known is not None else error.reason)
+
+
+def render_http_error(error: HTTPException) -> Response:
+    """An HTTP error (404, 405, ...) as a page in the layout."""
+    return _error_page(error.code or 500, None)
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(error: CSRFError) -> ResponseReturnValue:
+    if signed_in_user() is None and request.cookies.get(SIGNED_IN_COOKIE) == "1":
+        return _unauthorized()  # the session expired while the form was open
+    reason = _("The form was out of date or did not come from this site. Reload the page and try again.")
+    return _error_page(400, reason)
+
+
+# ----- wiring -----------------------------------------------------------------------
+
+
+def _select_locale() -> str:
+    """An explicit choice (cookie), else the browser's Accept-Language, else Chinese."""
+    if not has_request_context():
+        return DEFAULT_LOCALE
+    chosen = request.cookies.get(LANG_COOKIE)
+    if chosen in LOCALES:
+        return chosen
+    best = request.accept_languages.best_match(["zh-CN", "en"])
+    return "en" if best == "en" else DEFAULT_LOCALE
+
+
+def _template_globals() -> dict[str, Any]:
+    current = get_locale()
+    locale = "en" if current is not None and current.language == "en" else DEFAULT_LOCALE
+    svc = services()
+    return {
+        "user": signed_in_user(),
+        "locale": locale,
+        "html_lang": "zh-CN" if locale == "zh_CN" else "en",
+        "other_locale": "en" if locale == "zh_CN" else "zh_CN",
+        "organization": svc.config.organization,
+        "role_names": ROLE_NAMES,
+        "ca_kinds": CA_KINDS,
+        "cert_states": CERT_STATES,
+        "current_path": _current_path() if has_request_context() else "/",
+    }
+
+
+def _utc(value: _dt.datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fingerprint(value: str | None) -> str:
+    if not value:
+        return "—"
+    upper = value.upper()
+    return ":".join(upper[i : i + 2] for i in range(0, len(upper), 2))
+
+
+def _secure_headers(response: Response) -> Response:
+    if response.mimetype == "text/html":
+        for name, value in SECURE_HEADERS.items():
+            response.headers.setdefault(name, value)
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Sessions, CSRF, translations and the portal's pages."""
+    app.config.update(
+        PERMANENT_SESSION_LIFETIME=IDLE_TIMEOUT,
+        SESSION_REFRESH_EACH_REQUEST=True,
+        BABEL_DEFAULT_LOCALE=DEFAULT_LOCALE,
+        BABEL_DEFAULT_TIMEZONE="UTC",
+        BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS),
+    )
+
+    login_manager = LoginManager()
+    login_manager.session_protection = "strong"
+    login_manager.login_view = "ui.login"
+    login_manager.user_loader(_load_user)
+    login_manager.unauthorized_handler(_unauthorized)
+    login_manager.init_app(app)
+
+    csrf = CSRFProtect()
+    csrf.init_app(app)
+    csrf.exempt(api.bp)
+
+    Babel().init_app(app, locale_selector=_select_locale)
+
+    app.context_processor(_template_globals)
+    app.add_template_filter(_utc, "utc")
+    app.add_template_filter(_fingerprint, "fingerprint")
+    app.after_request(_secure_headers)
+    app.register_blueprint(bp)
