@@ -7,6 +7,7 @@ owns the unit of work commits once.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,10 @@ class UTCDateTime(TypeDecorator[_dt.datetime]):
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # owner-only from the first byte; SQLite gives -wal/-shm the same mode
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
