@@ -16,15 +16,16 @@ from __future__ import annotations
 import datetime as _dt
 import secrets
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 from ca.events import CaEvent
 from ca.models import CertificateRecord, CertState
 from govpki import audit
 from govpki.clock import Clock
+from govpki.db import WriteGate
 from govpki.errors import UnavailableError
 from govpki.principal import Principal
 
@@ -46,12 +47,30 @@ def serial_hex(value: int) -> str:
 class Reservation:
     record_id: int
     serial: int
+    ca_id: int
+    profile: str
+    profile_version: int
+    subject: str
+    sans: str
+
+    @property
+    def serial_hex(self) -> str:
+        return serial_hex(self.serial)
+
+
+_T = cast(Table, CertificateRecord.__table__)
+_RESERVE = insert(_T).returning(_T.c.id)
+_ADVANCE = update(_T).where(_T.c.id == bindparam("record_id"))
 
 
 class IssuanceLedger:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
-        self._sessions = sessions
+    """Each method is one short transaction through the write gate, in Core SQL
+    (this is the hot critical section of issuance)."""
+
+    def __init__(self, engine: Engine, clock: Clock, gate: WriteGate) -> None:
+        self._engine = engine
         self._clock = clock
+        self._gate = gate
 
     def reserve(
         self,
@@ -69,49 +88,73 @@ class IssuanceLedger:
         for _attempt in range(5):
             serial = new_serial()
             now = self._clock.now()
-            with self._sessions() as session:
-                record = CertificateRecord(
-                    serial=serial_hex(serial),
-                    ca_id=ca_id,
-                    profile=profile,
-                    profile_version=profile_version,
-                    state=CertState.RESERVED.value,
-                    requester=principal.audit_name,
-                    csr_der=csr_der,
-                    subject=subject,
-                    sans=sans,
-                    key_type=key_type,
-                    spki_sha256=spki_sha256,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(record)
+            with self._gate, self._engine.connect() as conn:
                 try:
-                    session.flush()
+                    with conn.begin():
+                        record_id = conn.execute(
+                            _RESERVE,
+                            {
+                                "serial": serial_hex(serial),
+                                "ca_id": ca_id,
+                                "profile": profile,
+                                "profile_version": profile_version,
+                                "state": CertState.RESERVED.value,
+                                "requester": principal.audit_name,
+                                "csr_der": csr_der,
+                                "subject": subject,
+                                "sans": sans,
+                                "key_type": key_type,
+                                "spki_sha256": spki_sha256,
+                                "created_at": now,
+                                "updated_at": now,
+                            },
+                        ).scalar_one()
+                        audit.record(
+                            conn,
+                            principal,
+                            CaEvent.CERT_RESERVE.value,
+                            object_type="certificate",
+                            object_id=serial_hex(serial),
+                            details={
+                                "ca_id": ca_id,
+                                "profile": profile,
+                                "profile_version": profile_version,
+                                "subject": subject,
+                            },
+                            clock=self._clock,
+                        )
                 except IntegrityError:
-                    session.rollback()
-                    if session.scalar(
-                        select(CertificateRecord.id).where(CertificateRecord.serial == serial_hex(serial))
-                    ):
+                    taken = select(_T.c.id).where(_T.c.serial == serial_hex(serial))
+                    if conn.execute(taken).first() is not None:
                         continue  # a serial collision: draw again
                     raise
-                audit.record(
-                    session,
-                    principal,
-                    CaEvent.CERT_RESERVE.value,
-                    object_type="certificate",
-                    object_id=record.serial,
-                    details={
-                        "ca_id": ca_id,
-                        "profile": profile,
-                        "profile_version": profile_version,
-                        "subject": subject,
-                    },
-                    clock=self._clock,
-                )
-                session.commit()
-                return Reservation(record.id, serial)
+                return Reservation(record_id, serial, ca_id, profile, profile_version, subject, sans)
         raise UnavailableError("could not reserve a unique serial number; try again")
+
+    def _transition(
+        self,
+        principal: Principal,
+        reservation: Reservation,
+        event: CaEvent,
+        values: dict[str, Any],
+        details: dict[str, Any],
+        outcome: str = "success",
+    ) -> None:
+        with self._gate, self._engine.begin() as conn:
+            now = self._clock.now()
+            changed = conn.execute(_ADVANCE, {"record_id": reservation.record_id, "updated_at": now, **values})
+            if changed.rowcount != 1:
+                raise UnavailableError(f"certificate record {reservation.serial_hex} vanished during issuance")
+            audit.record(
+                conn,
+                principal,
+                event.value,
+                object_type="certificate",
+                object_id=reservation.serial_hex,
+                details=details,
+                outcome=outcome,
+                clock=self._clock,
+            )
 
     def approve(
         self,
@@ -122,65 +165,50 @@ class IssuanceLedger:
         not_before: _dt.datetime,
         not_after: _dt.datetime,
     ) -> None:
-        with self._sessions() as session:
-            record = session.get_one(CertificateRecord, reservation.record_id)
-            record.state = CertState.APPROVED.value
-            record.tbs_der = tbs_der
-            record.not_before = not_before
-            record.not_after = not_after
-            record.updated_at = self._clock.now()
-            audit.record(
-                session,
-                principal,
-                CaEvent.CERT_APPROVE.value,
-                object_type="certificate",
-                object_id=record.serial,
-                details={"not_before": not_before.isoformat(), "not_after": not_after.isoformat()},
-                clock=self._clock,
-            )
-            session.commit()
+        self._transition(
+            principal,
+            reservation,
+            CaEvent.CERT_APPROVE,
+            {"state": CertState.APPROVED.value, "tbs_der": tbs_der, "not_before": not_before, "not_after": not_after},
+            {"not_before": not_before.isoformat(), "not_after": not_after.isoformat()},
+        )
 
-    def issued(self, principal: Principal, reservation: Reservation, *, cert_der: bytes, fingerprint: str) -> None:
-        with self._sessions() as session:
-            record = session.get_one(CertificateRecord, reservation.record_id)
-            record.state = CertState.ISSUED.value
-            record.cert_der = cert_der
-            record.fingerprint_sha256 = fingerprint
-            record.issued_at = self._clock.now()
-            record.updated_at = record.issued_at
-            audit.record(
-                session,
-                principal,
-                CaEvent.CERT_ISSUE.value,
-                object_type="certificate",
-                object_id=record.serial,
-                details={
-                    "ca_id": record.ca_id,
-                    "profile": record.profile,
-                    "profile_version": record.profile_version,
-                    "subject": record.subject,
-                    "sans": record.sans,
-                    "fingerprint_sha256": fingerprint,
-                    "not_after": record.not_after.isoformat() if record.not_after else None,
-                },
-                clock=self._clock,
-            )
-            session.commit()
+    def issued(
+        self,
+        principal: Principal,
+        reservation: Reservation,
+        *,
+        cert_der: bytes,
+        fingerprint: str,
+        not_after: _dt.datetime,
+    ) -> None:
+        self._transition(
+            principal,
+            reservation,
+            CaEvent.CERT_ISSUE,
+            {
+                "state": CertState.ISSUED.value,
+                "cert_der": cert_der,
+                "fingerprint_sha256": fingerprint,
+                "issued_at": self._clock.now(),
+            },
+            {
+                "ca_id": reservation.ca_id,
+                "profile": reservation.profile,
+                "profile_version": reservation.profile_version,
+                "subject": reservation.subject,
+                "sans": reservation.sans,
+                "fingerprint_sha256": fingerprint,
+                "not_after": not_after.isoformat(),
+            },
+        )
 
     def fail(self, principal: Principal, reservation: Reservation, reason: str) -> None:
-        with self._sessions() as session:
-            record = session.get_one(CertificateRecord, reservation.record_id)
-            record.state = CertState.FAILED.value
-            record.failure = reason
-            record.updated_at = self._clock.now()
-            audit.record(
-                session,
-                principal,
-                CaEvent.CERT_REFUSE.value,
-                object_type="certificate",
-                object_id=record.serial,
-                details={"reason": reason},
-                outcome="failure",
-                clock=self._clock,
-            )
-            session.commit()
+        self._transition(
+            principal,
+            reservation,
+            CaEvent.CERT_REFUSE,
+            {"state": CertState.FAILED.value, "failure": reason},
+            {"reason": reason},
+            outcome="failure",
+        )

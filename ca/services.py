@@ -430,7 +430,7 @@ class CaService:
             raise UnavailableError("internal check failed: the signed certificate differs from the linted one")
         crash_point("after_sign")
         der = cert.public_bytes(serialization.Encoding.DER)
-        self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der))
+        self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der), not_after=not_after)
         return session.get_one(CertificateRecord, reservation.record_id)
 
 

@@ -18,9 +18,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, Integer, String, Text, event, select, update
+from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, bindparam, event, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from govpki.clock import Clock, SystemClock
@@ -54,6 +54,12 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+@dataclass(frozen=True)
+class AuditRef:
+    seq: int
+    hash: str
 
 
 def canonical_json(value: Any) -> str:
@@ -91,8 +97,16 @@ def entry_hash(
     return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
 
 
+_T_LOG = cast(Table, AuditEntry.__table__)
+_T_HEAD = cast(Table, AuditHead.__table__)
+# Built once: executing a prepared Core statement skips the ORM and re-compilation.
+_BUMP = update(_T_HEAD).where(_T_HEAD.c.id == 1).values(seq=_T_HEAD.c.seq + 1).returning(_T_HEAD.c.seq, _T_HEAD.c.hash)
+_APPEND = insert(_T_LOG)
+_SET_HEAD = update(_T_HEAD).where(_T_HEAD.c.id == 1).values(hash=bindparam("new_hash"))
+
+
 def record(
-    session: Session,
+    target: Session | Connection,
     actor: Principal | str,
     action: str,
     *,
@@ -101,16 +115,17 @@ def record(
     details: Mapping[str, Any] | None = None,
     outcome: str = "success",
     clock: Clock | None = None,
-) -> AuditEntry:
-    """Append one entry in the caller's transaction (flushed, not committed)."""
+) -> AuditRef:
+    """Append one entry in the caller's transaction (executed, not committed)."""
     if not ACTION_RE.match(action):
         raise ValueError(f"audit action {action!r} is not a domain:object:verb tag")
     actor_name = actor.audit_name if isinstance(actor, Principal) else actor
     at = (clock or SystemClock()).now()
-    bumped = session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    if bumped.rowcount != 1:  # type: ignore[attr-defined]
+    conn = target.connection() if isinstance(target, Session) else target
+    head = conn.execute(_BUMP).first()
+    if head is None:
         raise RuntimeError("audit_head row is missing: the audit log cannot be written")
-    seq, prev = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    seq, prev = head
     details_text = canonical_json(dict(details or {}))
     digest = entry_hash(
         prev,
@@ -123,23 +138,25 @@ def record(
         outcome=outcome,
         details=details_text,
     )
-    entry = AuditEntry(
-        seq=seq,
-        at=at,
-        actor=actor_name,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        outcome=outcome,
-        details=details_text,
-        prev_hash=prev,
-        hash=digest,
+    conn.execute(
+        _APPEND,
+        {
+            "seq": seq,
+            "at": at,
+            "actor": actor_name,
+            "action": action,
+            "object_type": object_type,
+            "object_id": object_id,
+            "outcome": outcome,
+            "details": details_text,
+            "prev_hash": prev,
+            "hash": digest,
+        },
     )
-    session.add(entry)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
-    session.flush()
-    session.info[PENDING] = True
-    return entry
+    conn.execute(_SET_HEAD, {"new_hash": digest})
+    if isinstance(target, Session):
+        target.info[PENDING] = True
+    return AuditRef(seq, digest)
 
 
 PENDING = "govpki.audit_pending"

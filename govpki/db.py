@@ -7,14 +7,15 @@ owns the unit of work commits once.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 from govpki.clock import UTC
@@ -61,12 +62,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
             # owner-only from the first byte; SQLite gives -wal/-shm the same mode
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        engine = create_engine(
-            url,
-            connect_args={"timeout": 30, "check_same_thread": False},
-            poolclass=NullPool if ":memory:" not in url else None,
-            **kwargs,
-        )
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -79,6 +75,46 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+
+
+class WriteGate:
+    """Queue the writers of a hot critical section instead of letting them collide.
+
+    SQLite has one writer; when several threads and processes fight for it, the
+    losers sleep in SQLite's busy handler and retry, which wastes the cores and
+    makes long latency tails. Through this gate they wait their turn in the
+    kernel instead: a lock per process, and ``flock`` on ``<database>.lock``
+    across the processes serving one instance. PostgreSQL queues row locks
+    itself, so there the gate is open."""
+
+    def __init__(self, url: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path: Path | None = None
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            self._path = Path(url.removeprefix("sqlite:///") + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriteGate:
+        if self._path is None:
+            return self
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._path is None:
+            return
+        try:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -20,7 +20,7 @@ from ca.services import CaIdentity, CaService, CaSettings
 from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
 from govpki.config import Config, KeyStoreSettings
-from govpki.db import make_engine, make_sessionmaker, migrate
+from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from ra.services import RegionFile, RegionService, load_region
 
@@ -98,7 +98,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         settings=ca_settings(config),
         profiles=profiles,
         keystores=keystores,
-        ledger=IssuanceLedger(sessions, clock),
+        ledger=IssuanceLedger(engine, clock, WriteGate(config.database_url)),
         clock=clock,
     )
     return Services(
