@@ -140,7 +140,7 @@ class Config:
             listen_host=host,
             listen_port=port,
             workers=integer("WORKERS", 2),
-            threads=integer("THREADS", 4),
+            threads=integer("THREADS", 2),
             secret_key_file=Path(get("SECRET_KEY_FILE", str(instance / "secret_key"))),
             root_keystore=store("ROOT_", instance / "keys" / "root"),
             online_keystore=store("", instance / "keys" / "online"),
