@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, CertificatePoliciesOID
 
 from ca.csr import FIELD_OIDS, SUBJECT_ORDER
 from ca.profiles import EKU_OIDS, Profile, SubjectField
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+from keymgmt.interfaces import PublicKey
 
 
 @dataclass(frozen=True)

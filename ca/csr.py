@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from ca.profiles import Profile, SanType, SubjectField
 from govpki.errors import InvalidError
+from keymgmt.interfaces import PublicKey
 
 MAX_CSR_BYTES = 64 * 1024
 
@@ -39,8 +40,6 @@ SUBJECT_ORDER: tuple[SubjectField, ...] = ("C", "ST", "L", "O", "OU", "CN")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}$")
 _CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 @dataclass(frozen=True)

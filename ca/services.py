@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ca import lint
-from ca.builder import IssuerUrls, PublicKey, build_name, certificate_builder, validity
+from ca.builder import IssuerUrls, build_name, certificate_builder, validity
 from ca.csr import CheckedRequest, check_csr, check_subject_value
 from ca.events import CaEvent
 from ca.ledger import IssuanceLedger, new_serial, serial_hex
@@ -34,7 +34,7 @@ from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.faults import crash_point
 from govpki.principal import Principal, PrincipalKind, Role
-from keymgmt.interfaces import KeyStore, SignerHandle, signature_hash
+from keymgmt.interfaces import KeyStore, PublicKey, SignerHandle, signature_hash
 
 READ_ROLES = frozenset({Role.CA_OPERATOR, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})
 ISSUE_ROLES = frozenset({Role.CA_OPERATOR})

@@ -4,9 +4,7 @@ Every ``services`` fixture gets a fresh database and instance folder."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,54 +13,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from ca import lint
 from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from govpki.config import Config
 from govpki.principal import SYSTEM
-from tests.helpers import write_pem
+from tests.helpers import fresh_database, make_config, write_pem
 from web.app import create_app
 from web.bootstrap import InitReport, initialize
 from web.container import Services, build_services
 
 PEM = Encoding.PEM
 
-PG_ADMIN_URL = os.environ.get("GOVPKI_TEST_DATABASE_URL", "")
-
-
-def _fresh_database(tmp: Path) -> Iterator[str]:
-    if not PG_ADMIN_URL:
-        yield f"sqlite:///{tmp / 'govpki.sqlite3'}"
-        return
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def make_config(instance: Path, database_url: str, **env: str) -> Config:
-    values = {
-        "GOVPKI_INSTANCE_DIR": str(instance),
-        "GOVPKI_DATABASE_URL": database_url,
-        "GOVPKI_TESTING": "1",
-        "GOVPKI_ROOT_KEY_ALGORITHM": "ec-p384",
-        "GOVPKI_ISSUING_KEY_ALGORITHM": "ec-p384",
-    }
-    values.update(env)
-    return Config.from_env(values)
-
 
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
-    yield from _fresh_database(tmp_path)
+    yield from fresh_database(tmp_path)
 
 
 @pytest.fixture

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from ca import lint
+from govpki.config import Config
 
 AnyKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
@@ -58,3 +63,35 @@ def openssl_verify(
 def assert_lints_clean(der: bytes) -> None:
     bad = [f for f in lint.lint_certificate(der) if f.refuses]
     assert not bad, bad
+
+
+PG_ADMIN_URL = os.environ.get("GOVPKI_TEST_DATABASE_URL", "")
+
+
+def fresh_database(tmp: Path) -> Iterator[str]:
+    """A new empty database (SQLite file, or a new PostgreSQL database); dropped when closed."""
+    if not PG_ADMIN_URL:
+        yield f"sqlite:///{tmp / 'govpki.sqlite3'}"
+        return
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def make_config(instance: Path, database_url: str, **env: str) -> Config:
+    values = {
+        "GOVPKI_INSTANCE_DIR": str(instance),
+        "GOVPKI_DATABASE_URL": database_url,
+        "GOVPKI_TESTING": "1",
+        "GOVPKI_ROOT_KEY_ALGORITHM": "ec-p384",
+        "GOVPKI_ISSUING_KEY_ALGORITHM": "ec-p384",
+    }
+    values.update(env)
+    return Config.from_env(values)

@@ -12,8 +12,7 @@ from sqlalchemy import select
 from ca.models import CaKind, CertificateAuthority
 from govpki.principal import SYSTEM
 from keymgmt import KeyExportRefusedError, Pkcs11KeyStore
-from tests.conftest import make_config
-from tests.helpers import assert_lints_clean, csr_pem, openssl_verify
+from tests.helpers import assert_lints_clean, csr_pem, make_config, openssl_verify
 from tests.softhsm import softhsm_settings
 from web.bootstrap import initialize
 from web.container import build_services

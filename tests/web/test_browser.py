@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from govpki.config import Config
+from tests.helpers import fresh_database, make_config
 from web.app import create_app
 from web.bootstrap import FIRST_ADMIN, initialize
 from web.container import Services, build_services
@@ -49,7 +49,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("browser")
-    config = Config.from_env({"GOVPKI_INSTANCE_DIR": str(folder / "inst"), "GOVPKI_TESTING": "1"})
+    databases = fresh_database(folder)
+    config = make_config(folder / "inst", next(databases))
     services = build_services(config)
     report = initialize(services)
     assert report.admin_password
@@ -64,6 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         thread.join(timeout=10)
         server.server_close()
         services.dispose()
+        databases.close()
 
 
 def shot(page: Page, name: str) -> None:

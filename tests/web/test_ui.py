@@ -22,9 +22,8 @@ from werkzeug.test import TestResponse
 
 from authz.models import Account, ApiToken
 from govpki.audit import AuditEntry
-from govpki.config import Config
 from govpki.principal import SYSTEM, Role
-from tests.helpers import csr_pem
+from tests.helpers import csr_pem, fresh_database, make_config
 from web.app import create_app
 from web.bootstrap import FIRST_ADMIN, initialize
 from web.container import Services, build_services
@@ -45,7 +44,8 @@ class Portal:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
     folder = tmp_path_factory.mktemp("ui")
-    config = Config.from_env({"GOVPKI_INSTANCE_DIR": str(folder / "inst"), "GOVPKI_TESTING": "1"})
+    databases = fresh_database(folder)
+    config = make_config(folder / "inst", next(databases))
     services = build_services(config)
     report = initialize(services)
     assert report.admin_password
@@ -54,6 +54,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         yield Portal(app, services, report.admin_password)
     finally:
         services.dispose()
+        databases.close()
 
 
 def csrf(page: TestResponse) -> str:
