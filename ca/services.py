@@ -10,7 +10,9 @@ entry in its own transaction; see ca.ledger for what that asks of callers.
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
+import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -207,7 +209,7 @@ class CaService:
         settings = self.settings
         store_name, store = self._store(CaKind.ROOT)
         now = self._clock.now()
-        handle = store.generate(f"root-{now:%Y%m%d%H%M%S}", settings.root_key_algorithm)
+        handle = store.generate(_key_label("root", now), settings.root_key_algorithm)
         signer = store.signer(handle)
         public_key = _public(signer)
         profile = self.profiles.get("subordinate-ca").model_copy(
@@ -247,9 +249,11 @@ class CaService:
             raise ForbiddenError("only a security administrator may create a CA")
         settings = self.settings
         root = self.active_ca(session, CaKind.ROOT)
+        # the root key must be at hand before a new issuing key is made for it
+        self._keystores[root.key_store].signer(root.key_handle)
         store_name, store = self._store(CaKind.ISSUING)
         now = self._clock.now()
-        handle = store.generate(f"issuing-{now:%Y%m%d%H%M%S}", settings.issuing_key_algorithm)
+        handle = store.generate(_key_label("issuing", now), settings.issuing_key_algorithm)
         signer = store.signer(handle)
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -432,6 +436,10 @@ class CaService:
         der = cert.public_bytes(serialization.Encoding.DER)
         self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der), not_after=not_after)
         return session.get_one(CertificateRecord, reservation.record_id)
+
+
+def _key_label(purpose: str, now: _dt.datetime) -> str:
+    return f"{purpose}-{now:%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
 def normalize_serial(serial: str) -> str:

@@ -37,6 +37,8 @@ def load_services() -> Services:
         return build_services(Config.from_env())
     except ConfigError as exc:
         fail(f"configuration error: {exc}")
+    except GovpkiError as exc:  # a key store that cannot be opened, for one
+        fail(f"cannot start: {exc.reason}")
 
 
 def report_error(exc: GovpkiError) -> NoReturn:

@@ -4,6 +4,8 @@ that knows every domain; it builds them here and hands them to views and CLI."""
 from __future__ import annotations
 
 import secrets
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ class Services:
     sessions: sessionmaker[Session]
     profiles: ProfileSet
     region: RegionFile
-    keystores: dict[str, KeyStore]
+    keystores: KeyStores
     ca: CaService
     accounts: AccountService
     tokens: TokenService
@@ -47,26 +49,58 @@ def _inside(path: Path | None, folder: Path) -> bool:
     return path is not None and folder in path.resolve().parents
 
 
+def _is_new_demo_store(settings: KeyStoreSettings, instance_dir: Path) -> bool:
+    """A file key store inside the instance folder that has never held a key: its
+    passphrase may be made here. An existing store never gets a new passphrase, and
+    secrets configured outside the instance are never invented."""
+    return (
+        settings.kind == "file"
+        and _inside(settings.passphrase_file, instance_dir)
+        and settings.passphrase_file is not None
+        and not settings.passphrase_file.exists()
+        and (settings.path is None or not settings.path.exists() or not any(settings.path.iterdir()))
+    )
+
+
 def prepare_instance(config: Config) -> None:
-    """Create the instance folder and the demo secrets that live in it (0600).
-    Secrets configured elsewhere are never invented: they must exist."""
+    """Create the instance folder and its session secret (0600)."""
     config.instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if _inside(config.secret_key_file, config.instance_dir) and not config.secret_key_file.exists():
         fd = config.secret_key_file.open("x", encoding="ascii")
         config.secret_key_file.chmod(0o600)
         with fd:
             fd.write(secrets.token_urlsafe(48))
-    for store in (config.root_keystore, config.online_keystore):
-        if store.kind == "file" and _inside(store.passphrase_file, config.instance_dir):
-            assert store.passphrase_file is not None
-            ensure_passphrase_file(store.passphrase_file)
 
 
-def _open_stores(config: Config) -> dict[str, KeyStore]:
-    stores: dict[str, KeyStore] = {}
-    for name, settings in (("root", config.root_keystore), ("online", config.online_keystore)):
-        stores[name] = open_keystore(settings)
-    return stores
+class KeyStores(Mapping[str, KeyStore]):
+    """The key stores by name ("root", "online"), each opened on first use.
+
+    The root store is needed only for ceremonies (and, later, the root's CRL): a
+    running service must not need it, so the root key can be kept offline."""
+
+    def __init__(self, settings: Mapping[str, KeyStoreSettings], instance_dir: Path) -> None:
+        self._settings = dict(settings)
+        self._instance_dir = instance_dir
+        self._open: dict[str, KeyStore] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> KeyStore:
+        with self._lock:
+            store = self._open.get(name)
+            if store is None:
+                settings = self._settings[name]
+                if _is_new_demo_store(settings, self._instance_dir):
+                    assert settings.passphrase_file is not None
+                    ensure_passphrase_file(settings.passphrase_file)
+                store = open_keystore(settings)
+                self._open[name] = store
+            return store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settings)
+
+    def __len__(self) -> int:
+        return len(self._settings)
 
 
 def ca_settings(config: Config) -> CaSettings:
@@ -93,7 +127,8 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     if run_migrations:
         migrate(engine)
     sessions = make_sessionmaker(engine)
-    keystores = _open_stores(config)
+    keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
+    keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
     ca = CaService(
         settings=ca_settings(config),
         profiles=profiles,
