@@ -48,7 +48,7 @@ if str(BENCH_DIR) not in sys.path:
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import _stats  # noqa: E402
+from bench import _stats  # noqa: E402
 
 PROFILE = "service-tls-server"
 ISSUE_PATH = "/api/v1/certificates"

@@ -4,22 +4,17 @@ Every ``services`` fixture gets a fresh database and instance folder."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
 
-from ca import lint
-from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from govpki.config import Config
 from govpki.principal import SYSTEM
-from tests.helpers import fresh_database, make_config, write_pem
+from tests.helpers import check_every_issued_certificate, fresh_database, make_config
 from web.app import create_app
 from web.bootstrap import InitReport, initialize
 from web.container import Services, build_services
@@ -60,33 +55,6 @@ def services(bare_services: Services, init_report: InitReport, tmp_path: Path) -
     ERROR/FATAL, and ``openssl verify -CAfile root -untrusted issuing`` accepts it."""
     yield bare_services
     check_every_issued_certificate(bare_services, tmp_path / "issued-check")
-
-
-def check_every_issued_certificate(services: Services, folder: Path) -> None:
-    folder.mkdir(exist_ok=True)
-    with services.sessions() as session:
-        root = services.ca.active_ca(session, CaKind.ROOT)
-        issuing = session.scalars(select(CertificateAuthority).where(CertificateAuthority.kind == "issuing")).all()
-        leaves = session.scalars(
-            select(CertificateRecord).where(CertificateRecord.cert_der.is_not(None), CertificateRecord.ca_id != root.id)
-        ).all()
-        for record in leaves:
-            assert record.cert_der is not None
-            bad = [f for f in lint.lint_certificate(record.cert_der) if f.refuses]
-            assert not bad, (record.serial, bad)
-        if not leaves:
-            return
-        root_pem = write_pem(folder / "root.pem", root.cert_der)
-        untrusted = folder / "issuing.pem"
-        untrusted.write_bytes(b"".join(x509.load_der_x509_certificate(ca.cert_der).public_bytes(PEM) for ca in issuing))
-        files = [str(write_pem(folder / f"{r.serial}.pem", r.cert_der or b"")) for r in leaves]
-    result = subprocess.run(
-        ["openssl", "verify", "-x509_strict", "-CAfile", str(root_pem), "-untrusted", str(untrusted), *files],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture

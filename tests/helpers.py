@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from ca import lint
+from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from govpki.config import Config
+from web.container import Services
 
+PEM = Encoding.PEM
 AnyKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 
 
@@ -26,7 +30,7 @@ def csr_pem(
     *,
     cn: str | None = "svc.example.gov.cn",
     names: Sequence[x509.GeneralName] | None = None,
-    attrs: Sequence[x509.NameAttribute] = (),
+    attrs: Sequence[x509.NameAttribute[str]] = (),
 ) -> bytes:
     key = key or ec.generate_private_key(ec.SECP256R1())
     subject = list(attrs)
@@ -68,7 +72,7 @@ def assert_lints_clean(der: bytes) -> None:
 PG_ADMIN_URL = os.environ.get("GOVPKI_TEST_DATABASE_URL", "")
 
 
-def fresh_database(tmp: Path) -> Iterator[str]:
+def fresh_database(tmp: Path) -> Generator[str, None, None]:
     """A new empty database (SQLite file, or a new PostgreSQL database); dropped when closed."""
     if not PG_ADMIN_URL:
         yield f"sqlite:///{tmp / 'govpki.sqlite3'}"
@@ -95,3 +99,30 @@ def make_config(instance: Path, database_url: str, **env: str) -> Config:
     }
     values.update(env)
     return Config.from_env(values)
+
+
+def check_every_issued_certificate(services: Services, folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    with services.sessions() as session:
+        root = services.ca.active_ca(session, CaKind.ROOT)
+        issuing = session.scalars(select(CertificateAuthority).where(CertificateAuthority.kind == "issuing")).all()
+        leaves = session.scalars(
+            select(CertificateRecord).where(CertificateRecord.cert_der.is_not(None), CertificateRecord.ca_id != root.id)
+        ).all()
+        for record in leaves:
+            assert record.cert_der is not None
+            bad = [f for f in lint.lint_certificate(record.cert_der) if f.refuses]
+            assert not bad, (record.serial, bad)
+        if not leaves:
+            return
+        root_pem = write_pem(folder / "root.pem", root.cert_der)
+        untrusted = folder / "issuing.pem"
+        untrusted.write_bytes(b"".join(x509.load_der_x509_certificate(ca.cert_der).public_bytes(PEM) for ca in issuing))
+        files = [str(write_pem(folder / f"{r.serial}.pem", r.cert_der or b"")) for r in leaves]
+    result = subprocess.run(
+        ["openssl", "verify", "-x509_strict", "-CAfile", str(root_pem), "-untrusted", str(untrusted), *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -88,6 +88,7 @@ def test_key_usage_follows_key_type_for_encryption(services: Services):
             csr=csr_pem(rsa.generate_private_key(65537, 2048), cn="李四", names=[]),
         )
         session.commit()
+    assert ec_rec.cert_der is not None and rsa_rec.cert_der is not None
     ec_ku = x509.load_der_x509_certificate(ec_rec.cert_der).extensions.get_extension_for_class(x509.KeyUsage).value
     rsa_ku = x509.load_der_x509_certificate(rsa_rec.cert_der).extensions.get_extension_for_class(x509.KeyUsage).value
     assert ec_ku.key_agreement and not ec_ku.key_encipherment
@@ -189,6 +190,7 @@ def test_tls_server_eku_and_san(services: Services):
             ),
         )
         session.commit()
+    assert record.cert_der is not None
     cert = x509.load_der_x509_certificate(record.cert_der)
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.SERVER_AUTH

@@ -185,6 +185,7 @@ def test_openapi_document_is_valid_and_complete(client: FlaskClient):
     response = client.get("/api/v1/openapi.json")
     assert response.status_code == 200
     doc = response.json
+    assert doc is not None
     validate(doc)
     assert {"/api/v1/certificates", "/api/v1/certificates/{serial}", "/api/v1/openapi.json"} <= set(doc["paths"])
     post = doc["paths"]["/api/v1/certificates"]["post"]
