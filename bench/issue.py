@@ -413,7 +413,7 @@ def run_service(args: argparse.Namespace, work: Path, pool: list[Csr], stop: thr
         )
         result["server"] = {
             "workers": env.get("GOVPKI_WORKERS", "default (2)"),
-            "threads": env.get("GOVPKI_THREADS", "default (4)"),
+            "threads": env.get("GOVPKI_THREADS", "default (2)"),
             "processes": len(_stats.process_tree(proc.pid)),
             "database": database_url.split(":", 1)[0],
         }
