@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ca import lint
@@ -152,16 +152,6 @@ class CaService:
     def list_cas(self, session: Session) -> list[CertificateAuthority]:
         return list(session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)))
 
-    def is_initialized(self, session: Session) -> bool:
-        return (
-            session.scalar(
-                select(func.count())
-                .select_from(CertificateAuthority)
-                .where(CertificateAuthority.kind == CaKind.ISSUING.value)
-            )
-            != 0
-        )
-
     def get_certificate(self, session: Session, principal: Principal, serial: str) -> CertificateRecord:
         if not can_read(principal):
             raise ForbiddenError("your role may not read certificate records", field="serial")
@@ -260,11 +250,13 @@ class CaService:
             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, settings.issuing_name)]))
             .sign(signer, signature_hash(_public(signer)))
         )
+        profile = self.profiles.get("subordinate-ca")
+        profile = profile.model_copy(update={"validity_days": settings.issuing_validity_days})
         record = self._issue(
             session,
             principal,
-            profile=self.profiles.get("subordinate-ca"),
-            checked=check_csr(csr.public_bytes(serialization.Encoding.DER), self.profiles.get("subordinate-ca")),
+            profile=profile,
+            checked=check_csr(csr.public_bytes(serialization.Encoding.DER), profile),
             identity={},
             issuer=root,
         )

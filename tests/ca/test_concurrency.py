@@ -44,6 +44,8 @@ def test_rsa_4096_root_with_ecdsa_issuing_ca(tmp_path: Path, database_url: str):
         database_url,
         GOVPKI_ROOT_KEY_ALGORITHM="rsa-4096",
         GOVPKI_ISSUING_KEY_ALGORITHM="ec-p256",
+        GOVPKI_ROOT_VALIDITY_DAYS="9000",
+        GOVPKI_ISSUING_VALIDITY_DAYS="1000",
     )
     services = build_services(config)
     try:
@@ -52,6 +54,9 @@ def test_rsa_4096_root_with_ecdsa_issuing_ca(tmp_path: Path, database_url: str):
         root = x509.load_der_x509_certificate(report.root.cert_der)
         assert root.public_key().key_size == 4096
         assert root.signature_hash_algorithm is not None and root.signature_hash_algorithm.name == "sha384"
+        issuing = x509.load_der_x509_certificate(report.issuing.cert_der)
+        assert (root.not_valid_after_utc - root.not_valid_before_utc).days == 9000
+        assert (issuing.not_valid_after_utc - issuing.not_valid_before_utc).days == 1000
         with services.sessions() as session:
             services.ca.issue(session, SYSTEM, profile="official-signing", csr=csr_pem(cn="王五", names=[]))
             session.commit()
