@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -57,10 +57,6 @@ class Config:
     profiles_file: Path
     api_token_days: int
     testing: bool = False
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-    def with_(self, **changes: object) -> Config:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def listen_url(self) -> str:
@@ -156,5 +152,4 @@ class Config:
             profiles_file=Path(get("PROFILES_FILE", str(PACKAGE_ROOT / "ca" / "data" / "profiles.toml"))),
             api_token_days=integer("API_TOKEN_DAYS", 90),
             testing=get("TESTING", "0") == "1",
-            extra={k: v for k, v in env.items() if k.startswith("GOVPKI_")},
         )
