@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from authz.models import ApiToken
 from ca.models import CertificateRecord
 from govpki.audit import AuditEntry
+from tests.ca.test_bad_input import BAD as BAD_CSRS
 from tests.helpers import csr_pem, openssl_verify
 from web.container import Services
 
@@ -201,3 +202,19 @@ def test_openapi_document_is_valid_and_complete(client: FlaskClient):
     }
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     assert routes == documented
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length must be:UserWarning")
+@pytest.mark.parametrize("case", sorted(BAD_CSRS))
+def test_every_bad_csr_through_the_api(client: FlaskClient, operator_token: str, services: Services, case: str):
+    """The service-level bad-CSR cases, end to end: 422 problem naming the field, nothing stored."""
+    profile, make, field = BAD_CSRS[case]
+    data = make()
+    csr = data.decode("latin-1") if data.startswith(b"-----") or not data else base64.b64encode(data).decode()
+    before = counts(services)
+    response = client.post("/api/v1/certificates", json={"profile": profile, "csr": csr}, headers=auth(operator_token))
+    if not data:  # an empty string is refused by the request schema before the CSR check
+        assert_problem(response, 422, "csr")
+    else:
+        assert_problem(response, 422, field)
+    assert counts(services) == before
