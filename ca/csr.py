@@ -126,6 +126,12 @@ def check_text(value: str, field: str, max_length: int) -> str:
 
 def check_subject_value(name: SubjectField, value: str, field: str) -> str:
     check_text(value, field, MAX_LENGTH[name])
+    if name == "CN" and len(value.encode("utf-8")) > MAX_LENGTH["CN"]:
+        # the X.509 library counts ub-common-name in UTF-8 bytes: 21 Chinese characters fit
+        raise InvalidError(
+            f"is {len(value.encode('utf-8'))} bytes in UTF-8; a common name may be at most {MAX_LENGTH['CN']} bytes",
+            field=field,
+        )
     if name == "C" and not re.fullmatch(r"[A-Z]{2}", value):
         raise InvalidError("must be a two-letter ISO 3166 country code such as CN", field=field)
     return value

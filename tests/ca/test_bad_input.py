@@ -75,6 +75,11 @@ BAD = {
         lambda: csr_pem(cn=None, names=[], attrs=[x509.NameAttribute(NameOID.COMMON_NAME, "张" * 65, _validate=False)]),
         "csr.subject.CN",
     ),
+    "cn-too-many-utf8-bytes": (
+        "official-signing",
+        lambda: csr_pem(cn=None, names=[], attrs=[x509.NameAttribute(NameOID.COMMON_NAME, "新" * 22, _validate=False)]),
+        "csr.subject.CN",
+    ),
     "no-cn": ("official-signing", lambda: csr_pem(cn=None, names=[]), "csr.subject.CN"),
     "unknown-attribute": (
         "official-signing",

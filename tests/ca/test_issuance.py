@@ -197,3 +197,11 @@ def test_tls_server_eku_and_san(services: Services):
     ]
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["portal.xj.gov.cn"]
+
+
+def test_longest_chinese_common_name_fits(services: Services):
+    """21 CJK characters are 63 UTF-8 bytes: within the 64 the X.509 library allows."""
+    with services.sessions() as session:
+        record = services.ca.issue(session, OPERATOR, profile="official-signing", csr=csr_pem(cn="新" * 21, names=[]))
+        session.commit()
+    assert record.state == "issued"
