@@ -20,7 +20,7 @@ JSON = st.recursive(
 )
 
 
-def _is_problem(response) -> bool:
+def _is_problem(response):
     return 400 <= response.status_code < 500 and response.mimetype == "application/problem+json"
 
 
