@@ -13,9 +13,6 @@ from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from govpki.db import Base, UTCDateTime
-from govpki.principal import Role
-
-ROLE_VALUES = tuple(r.value for r in Role)
 
 
 class Account(Base):

@@ -36,7 +36,7 @@ from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.faults import crash_point
 from govpki.principal import Principal, PrincipalKind, Role
-from keymgmt.interfaces import KeyStore, PublicKey, SignerHandle, signature_hash
+from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
 
 READ_ROLES = frozenset({Role.CA_OPERATOR, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})
 ISSUE_ROLES = frozenset({Role.CA_OPERATOR})
@@ -201,7 +201,7 @@ class CaService:
         now = self._clock.now()
         handle = store.generate(_key_label("root", now), settings.root_key_algorithm)
         signer = store.signer(handle)
-        public_key = _public(signer)
+        public_key = signer.public_key()
         profile = self.profiles.get("subordinate-ca").model_copy(
             update={"name": "root", "path_length": None, "validity_days": settings.root_validity_days}
         )
@@ -219,19 +219,17 @@ class CaService:
         )
         self._lint_copy(builder, public_key)
         cert = builder.sign(signer, signature_hash(public_key))
-        ca = self._add_ca(
-            session, CaKind.ROOT, settings.root_name, None, store_name, handle, settings.root_key_algorithm, cert
-        )
-        audit.record(
+        return self._add_ca(
             session,
             principal,
-            CaEvent.ROOT_CREATE.value,
-            object_type="ca",
-            object_id=str(ca.id),
-            details=_ca_details(ca),
-            clock=self._clock,
+            CaKind.ROOT,
+            settings.root_name,
+            None,
+            store_name,
+            handle,
+            settings.root_key_algorithm,
+            cert,
         )
-        return ca
 
     def create_issuing(self, session: Session, principal: Principal) -> CertificateAuthority:
         """A new online issuing CA key and its certificate from the root (pathLen 0), through the pipeline."""
@@ -248,7 +246,7 @@ class CaService:
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, settings.issuing_name)]))
-            .sign(signer, signature_hash(_public(signer)))
+            .sign(signer, signature_hash(signer.public_key()))
         )
         profile = self.profiles.get("subordinate-ca")
         profile = profile.model_copy(update={"validity_days": settings.issuing_validity_days})
@@ -262,8 +260,9 @@ class CaService:
         )
         assert record.cert_der is not None
         cert = x509.load_der_x509_certificate(record.cert_der)
-        ca = self._add_ca(
+        return self._add_ca(
             session,
+            principal,
             CaKind.ISSUING,
             settings.issuing_name,
             root.id,
@@ -272,20 +271,11 @@ class CaService:
             settings.issuing_key_algorithm,
             cert,
         )
-        audit.record(
-            session,
-            principal,
-            CaEvent.ISSUING_CREATE.value,
-            object_type="ca",
-            object_id=str(ca.id),
-            details=_ca_details(ca),
-            clock=self._clock,
-        )
-        return ca
 
     def _add_ca(
         self,
         session: Session,
+        principal: Principal,
         kind: CaKind,
         name: str,
         parent_id: int | None,
@@ -315,6 +305,15 @@ class CaService:
         )
         session.add(ca)
         session.flush()
+        audit.record(
+            session,
+            principal,
+            (CaEvent.ROOT_CREATE if kind is CaKind.ROOT else CaEvent.ISSUING_CREATE).value,
+            object_type="ca",
+            object_id=str(ca.id),
+            details=_ca_details(ca),
+            clock=self._clock,
+        )
         return ca
 
     # ----- issuance --------------------------------------------------------
@@ -440,10 +439,6 @@ def normalize_serial(serial: str) -> str:
     if not text or len(text) > 42 or any(c not in "0123456789abcdef" for c in text):
         raise InvalidError("must be a hexadecimal serial number (colons allowed)", field="serial")
     return text.lstrip("0") or "0"
-
-
-def _public(signer: SignerHandle) -> PublicKey:
-    return signer.public_key()
 
 
 def _public_of(cert: x509.Certificate) -> PublicKey:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography import x509
@@ -13,13 +14,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+from flask import Flask
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from ca import lint
 from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from govpki.config import Config
-from web.container import Services
+from web.app import create_app
+from web.bootstrap import initialize
+from web.container import Services, build_services
 
 PEM = Encoding.PEM
 AnyKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
@@ -126,3 +130,18 @@ def check_every_issued_certificate(services: Services, folder: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@contextmanager
+def initialised_portal(folder: Path) -> Iterator[tuple[Flask, Services, str]]:
+    """A fresh database and instance with the demo ceremony done: (app, services, one-time password)."""
+    databases = fresh_database(folder)
+    config = make_config(folder / "inst", next(databases))
+    services = build_services(config)
+    try:
+        report = initialize(services)
+        assert report.admin_password
+        yield create_app(config, services=services), services, report.admin_password
+    finally:
+        services.dispose()
+        databases.close()

@@ -3,6 +3,7 @@ that knows every domain; it builds them here and hands them to views and CLI."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections.abc import Iterator, Mapping
@@ -66,10 +67,9 @@ def prepare_instance(config: Config) -> None:
     """Create the instance folder and its session secret (0600)."""
     config.instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if _inside(config.secret_key_file, config.instance_dir) and not config.secret_key_file.exists():
-        fd = config.secret_key_file.open("x", encoding="ascii")
-        config.secret_key_file.chmod(0o600)
-        with fd:
-            fd.write(secrets.token_urlsafe(48))
+        fd = os.open(config.secret_key_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # 0600 from the first byte
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_urlsafe(48))
 
 
 class KeyStores(Mapping[str, KeyStore]):

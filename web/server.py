@@ -47,8 +47,11 @@ class _Server(BaseApplication):  # type: ignore[misc]
         # queue behind it (bench/issue: 50 → ~100 certificates/s with 1 ms).
         sys.setswitchinterval(0.001)
         from web.app import create_app
+        from web.container import build_services
 
-        return create_app(self._govpki_config)
+        # `govpki serve` migrated the schema before forking; workers only connect
+        config = self._govpki_config
+        return create_app(config, services=build_services(config, run_migrations=False))
 
 
 def run(config: Config) -> None:

@@ -18,10 +18,9 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.helpers import fresh_database, make_config
-from web.app import create_app
-from web.bootstrap import FIRST_ADMIN, initialize
-from web.container import Services, build_services
+from tests.helpers import initialised_portal
+from web.bootstrap import FIRST_ADMIN
+from web.container import Services
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -48,24 +47,16 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("browser")
-    databases = fresh_database(folder)
-    config = make_config(folder / "inst", next(databases))
-    services = build_services(config)
-    report = initialize(services)
-    assert report.admin_password
-    app = create_app(config, services=services)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="portal", daemon=True)
-    thread.start()
-    try:
-        yield Served(f"http://127.0.0.1:{server.server_port}", services, report.admin_password)
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-        services.dispose()
-        databases.close()
+    with initialised_portal(tmp_path_factory.mktemp("browser")) as (app, services, password):
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="portal", daemon=True)
+        thread.start()
+        try:
+            yield Served(f"http://127.0.0.1:{server.server_port}", services, password)
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+            server.server_close()
 
 
 def shot(page: Page, name: str) -> None:

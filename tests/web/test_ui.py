@@ -23,10 +23,9 @@ from werkzeug.test import TestResponse
 from authz.models import Account, ApiToken
 from govpki.audit import AuditEntry
 from govpki.principal import SYSTEM, Role
-from tests.helpers import csr_pem, fresh_database, make_config
-from web.app import create_app
-from web.bootstrap import FIRST_ADMIN, initialize
-from web.container import Services, build_services
+from tests.helpers import csr_pem, initialised_portal
+from web.bootstrap import FIRST_ADMIN
+from web.container import Services
 
 NEW_PASSWORD = "Tianshan-Snow-2024"
 _CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
@@ -43,18 +42,8 @@ class Portal:
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
-    folder = tmp_path_factory.mktemp("ui")
-    databases = fresh_database(folder)
-    config = make_config(folder / "inst", next(databases))
-    services = build_services(config)
-    report = initialize(services)
-    assert report.admin_password
-    app = create_app(config, services=services)
-    try:
-        yield Portal(app, services, report.admin_password)
-    finally:
-        services.dispose()
-        databases.close()
+    with initialised_portal(tmp_path_factory.mktemp("ui")) as (app, services, password):
+        yield Portal(app, services, password)
 
 
 def csrf(page: TestResponse) -> str:
