@@ -56,6 +56,7 @@ class Config:
     region_file: Path
     profiles_file: Path
     api_token_days: int
+    extra_trust_anchors_file: Path | None = None
     testing: bool = False
 
     @property
@@ -151,5 +152,6 @@ class Config:
             region_file=Path(get("REGION_FILE", str(PACKAGE_ROOT / "ra" / "data" / "xinjiang.json"))),
             profiles_file=Path(get("PROFILES_FILE", str(PACKAGE_ROOT / "ca" / "data" / "profiles.toml"))),
             api_token_days=integer("API_TOKEN_DAYS", 90),
+            extra_trust_anchors_file=Path(anchors) if (anchors := get("EXTRA_TRUST_ANCHORS_FILE", "")) else None,
             testing=get("TESTING", "0") == "1",
         )

@@ -19,7 +19,9 @@ import ra.models  # noqa: F401
 from authz.services import AccountService, TokenService
 from ca.ledger import IssuanceLedger
 from ca.profiles import ProfileSet, load_profiles
+from ca.revocation_status import CrlStatus
 from ca.services import CaIdentity, CaService, CaSettings
+from ca.validation_service import ValidationService, load_trust_anchors
 from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
 from govpki.config import Config, KeyStoreSettings
@@ -41,6 +43,7 @@ class Services:
     accounts: AccountService
     tokens: TokenService
     regions: RegionService
+    validation: ValidationService
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -122,6 +125,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     clock = clock or SystemClock()
     profiles = load_profiles(config.profiles_file)
     region = load_region(config.region_file)
+    extra_anchors = load_trust_anchors(config.extra_trust_anchors_file) if config.extra_trust_anchors_file else []
     prepare_instance(config)
     engine = make_engine(config.database_url)
     if run_migrations:
@@ -148,6 +152,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         accounts=AccountService(clock),
         tokens=TokenService(clock),
         regions=RegionService(clock),
+        validation=ValidationService(clock=clock, crl_status=CrlStatus(clock), extra_anchors=extra_anchors),
     )
 
 
