@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, json, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ca.models import CertificateRecord
+from ca.validation import PathEntry, Purpose, ValidationResult
 from govpki.errors import FieldProblem, InvalidError
 from govpki.principal import Principal
 from web.container import Services
@@ -60,6 +61,59 @@ class CertificateList(BaseModel):
     offset: int
 
 
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    certificate: str = Field(
+        min_length=1, max_length=65536, description="The certificate to validate: PEM, or base64 of the DER encoding"
+    )
+    intermediates: list[str] = Field(
+        default_factory=list,
+        description="Intermediate CA certificates (PEM or base64 DER), at most 10; ours are added automatically",
+    )
+    purpose: Literal["tls_client", "tls_server", "document_signing"] = Field(
+        description="What the certificate is to be used for"
+    )
+    host: str | None = Field(
+        default=None, max_length=253, description="DNS name or IP address the client connected to (tls_server only)"
+    )
+    time: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Validate as of this moment (RFC 3339, e.g. 2026-01-31T12:00:00Z); default now",
+    )
+
+
+class RevocationOut(BaseModel):
+    status: Literal["good", "revoked", "unknown", "not_checked"]
+    source: str | None = Field(description="database, crl <url>, or trust anchor")
+    reason: str | None = Field(description="why the status is unknown or not checked, or a note")
+    revoked_at: _dt.datetime | None
+    revocation_reason: str | None = Field(description="RFC 5280 CRLReason, when revoked")
+
+
+class PathEntryOut(BaseModel):
+    role: Literal["end_entity", "intermediate", "trust_anchor"]
+    subject: str
+    issuer: str
+    serial: str = Field(description="lower-case hexadecimal")
+    fingerprint_sha256: str
+    not_before: _dt.datetime
+    not_after: _dt.datetime
+    revocation: RevocationOut
+
+
+class ValidationOut(BaseModel):
+    valid: bool
+    code: str = Field(description="validation.ok, or a stable dotted reason code such as validation.expired")
+    reason: str = Field(description="what was found, in words")
+    detail: str | None = Field(description="the path validator's own message, when it refused")
+    purpose: Literal["tls_client", "tls_server", "document_signing"]
+    host: str | None
+    validated_at: _dt.datetime
+    certificate: PathEntryOut | None = Field(description="the certificate sent, as read")
+    path: list[PathEntryOut] = Field(description="the built path, end entity first, trust anchor last; empty if none")
+
+
 def services() -> Services:
     services: Services = current_app.extensions["govpki"]
     return services
@@ -96,6 +150,66 @@ def _csr_bytes(text: str) -> bytes:
         return base64.b64decode(stripped, validate=True)
     except (ValueError, binascii.Error):
         raise InvalidError("is neither PEM nor base64-encoded DER", field="csr") from None
+
+
+def _cert_bytes(text: str, field: str) -> bytes:
+    stripped = text.strip()
+    if stripped.startswith("-----BEGIN"):
+        return stripped.encode("utf-8")
+    try:
+        return base64.b64decode(stripped, validate=True)
+    except (ValueError, binascii.Error):
+        raise InvalidError(
+            "is not an X.509 certificate (PEM or DER): neither PEM nor base64",
+            field=field,
+            code="validation.malformed_input",
+        ) from None
+
+
+def _rfc3339(text: str) -> _dt.datetime:
+    try:
+        value = _dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or "T" not in text.upper():
+        raise InvalidError(
+            f"{text!r} is not an RFC 3339 date-time with a time zone, e.g. 2026-01-31T12:00:00Z", field="time"
+        )
+    return value
+
+
+def _entry(entry: PathEntry) -> PathEntryOut:
+    rev = entry.revocation
+    return PathEntryOut(
+        role=entry.role,
+        subject=entry.subject,
+        issuer=entry.issuer,
+        serial=entry.serial,
+        fingerprint_sha256=entry.fingerprint_sha256,
+        not_before=entry.not_before,
+        not_after=entry.not_after,
+        revocation=RevocationOut(
+            status=rev.status,
+            source=rev.source,
+            reason=rev.reason,
+            revoked_at=rev.revoked_at,
+            revocation_reason=rev.revocation_reason,
+        ),
+    )
+
+
+def render_validation(result: ValidationResult) -> dict[str, Any]:
+    return ValidationOut(
+        valid=result.valid,
+        code=result.code,
+        reason=result.reason,
+        detail=result.detail,
+        purpose=result.purpose.value,
+        host=result.host,
+        validated_at=result.validated_at,
+        certificate=_entry(result.certificate) if result.certificate else None,
+        path=[_entry(p) for p in result.path],
+    ).model_dump(mode="json")
 
 
 def _pem(der: bytes) -> str:
@@ -223,6 +337,30 @@ def _int_arg(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidError(f"{raw!r} is not a whole number", field=name) from None
+
+
+@bp.post("/validate")
+@operation(
+    "POST",
+    "/api/v1/validate",
+    summary="Validate a certificate for a purpose: path, RFC 5280 checks, revocation",
+    tag="validation",
+    body=ValidateRequest,
+    responses={200: Doc("Answered: valid or not, why, the built path and each certificate's status", ValidationOut)},
+)
+def validate_certificate() -> Response:
+    who = principal()
+    body: ValidateRequest = parse_body(ValidateRequest)
+    result = services().validation.validate(
+        g.db,
+        who,
+        certificate=_cert_bytes(body.certificate, "certificate"),
+        intermediates=[_cert_bytes(text, f"intermediates.{i}") for i, text in enumerate(body.intermediates)],
+        purpose=Purpose(body.purpose),
+        host=body.host,
+        at=_rfc3339(body.time) if body.time is not None else None,
+    )
+    return _json(render_validation(result))
 
 
 @bp.get("/openapi.json")
