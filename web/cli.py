@@ -178,7 +178,12 @@ def show(serial: str, pem: bool) -> None:
             ("sha256", record.fingerprint_sha256 or "-"),
             ("created", _dt(record.created_at)),
             ("issued", _dt(record.issued_at)),
+            ("status", record.revocation_reason or ("good" if record.state in ("issued", "approved") else "-")),
         ]
+        if record.revoked_at:
+            rows.append(("revoked at", _dt(record.revoked_at)))
+        if record.invalidity_date:
+            rows.append(("invalid since", _dt(record.invalidity_date)))
         if record.failure:
             rows.append(("failure", record.failure))
         if record.state == "approved":
@@ -221,6 +226,86 @@ def list_(state: str | None, limit: int, as_json: bool) -> None:
                 )
             else:
                 click.echo(f"{r.serial:>34}  {r.state:9} {r.profile:20} {_dt(r.not_after):21} {r.subject}")
+
+
+_REASONS = click.Choice(
+    [
+        "unspecified",
+        "keyCompromise",
+        "cACompromise",
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+        "privilegeWithdrawn",
+        "aACompromise",
+    ],
+    case_sensitive=False,
+)
+
+
+def _status_line(record: Any) -> str:
+    when = f" at {_dt(record.revoked_at)}" if record.revoked_at else ""
+    return f"{record.serial}: {record.revocation_reason or 'good'}{when}"
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--reason", type=_REASONS, default="unspecified", show_default=True, help="RFC 5280 CRLReason.")
+@click.option(
+    "--invalidity-date",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"]),
+    help="When the key was (suspected) compromised; UTC if no zone is given.",
+)
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def revoke(serial: str, reason: str, invalidity_date: Any, ca_id: int | None) -> None:
+    """Revoke a certificate for good."""
+    from govpki.clock import UTC
+
+    if invalidity_date is not None and invalidity_date.tzinfo is None:
+        invalidity_date = invalidity_date.replace(tzinfo=UTC)
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.revoke(
+                session, cli_principal(), serial, reason=reason, invalidity_date=invalidity_date, ca_id=ca_id
+            )
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"revoked {_status_line(record)}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def hold(serial: str, ca_id: int | None) -> None:
+    """Suspend a certificate (certificateHold)."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.hold(session, cli_principal(), serial, ca_id=ca_id)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"on hold {_status_line(record)}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def release(serial: str, ca_id: int | None) -> None:
+    """Resume a suspended certificate."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.release(session, cli_principal(), serial, ca_id=ca_id)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"released {_status_line(record)}")
 
 
 @main.group()

@@ -19,6 +19,7 @@ import ra.models  # noqa: F401
 from authz.services import AccountService, TokenService
 from ca.ledger import IssuanceLedger
 from ca.profiles import ProfileSet, load_profiles
+from ca.revocation import RevocationService
 from ca.services import CaIdentity, CaService, CaSettings
 from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
@@ -38,6 +39,7 @@ class Services:
     region: RegionFile
     keystores: KeyStores
     ca: CaService
+    revocation: RevocationService
     accounts: AccountService
     tokens: TokenService
     regions: RegionService
@@ -145,6 +147,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         region=region,
         keystores=keystores,
         ca=ca,
+        revocation=RevocationService(clock),
         accounts=AccountService(clock),
         tokens=TokenService(clock),
         regions=RegionService(clock),
