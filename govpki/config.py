@@ -66,6 +66,7 @@ class Config:
     ocsp_refresh_hours: int = 12  # re-sign a response when it is this old
     ocsp_responder_days: int = 30  # delegated OCSP signing certificate lifetime
     ocsp_responder_renew_days: int = 7  # rotate it when less than this is left
+    jobs_interval_seconds: int = 60  # how often `serve` runs the due jobs (CRLs, OCSP); 0: never
     testing: bool = False
 
     @property
@@ -170,5 +171,6 @@ class Config:
             ocsp_refresh_hours=integer("OCSP_REFRESH_HOURS", 12),
             ocsp_responder_days=integer("OCSP_RESPONDER_DAYS", 30),
             ocsp_responder_renew_days=integer("OCSP_RESPONDER_RENEW_DAYS", 7),
+            jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
             testing=get("TESTING", "0") == "1",
         )

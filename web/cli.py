@@ -5,6 +5,7 @@ Each command is a unit of work: it commits once when the service call succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
@@ -108,11 +109,58 @@ def serve(no_init: bool) -> None:
         _print_init(services, report)
     services.dispose()
     config = services.config
+    if config.jobs_interval_seconds > 0:
+        _start_jobs_loop(config.jobs_interval_seconds)
     click.echo("")
     click.echo(f"govpki is serving on {config.listen_url}/  (sign in at {config.base_url}/login)")
     click.echo(f"API: {config.base_url}/api/v1/openapi.json   CA certificates: {config.base_url}/ca/chain.pem")
     sys.stdout.flush()
     run(config)
+
+
+def _start_jobs_loop(interval: int) -> None:
+    """The scheduled jobs run in a child process beside gunicorn; it exits when we do."""
+    import atexit
+    import os
+    import subprocess
+
+    child = subprocess.Popen(  # noqa: S603  (our own interpreter and module, fixed arguments)
+        [sys.executable, "-m", "web.cli", "jobs", "run", "--loop", "--interval", str(interval)],
+        env={**os.environ, "GOVPKI_JOBS_PARENT_PID": str(os.getpid())},
+    )
+    atexit.register(child.terminate)
+    click.echo(f"scheduled jobs (CRLs, OCSP) run every {interval} s in process {child.pid}")
+
+
+@main.group()
+def jobs() -> None:
+    """Scheduled work: new CRLs, OCSP responder rotation, re-signing OCSP responses."""
+
+
+@jobs.command(name="run")
+@click.option("--loop", is_flag=True, help="Keep running the due jobs until stopped.")
+@click.option("--interval", type=click.IntRange(min=1), default=60, show_default=True, help="Seconds between rounds.")
+def jobs_run(loop: bool, interval: int) -> None:
+    """Run the jobs that are due (once, or every --interval seconds with --loop)."""
+    import logging
+    import os
+
+    from web.jobs import run_due, run_forever
+
+    services = load_services()
+    if loop:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s [jobs] %(levelname)s %(message)s")
+        parent = os.environ.get("GOVPKI_JOBS_PARENT_PID")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_forever(services, interval, parent_pid=int(parent) if parent else None)
+        return
+    failed = False
+    for result in run_due(services):
+        for line in result.lines or ("nothing due",):
+            click.echo(f"{result.name}: {line}")
+        failed |= not result.ok
+    if failed:
+        fail("some jobs failed; see above", code=1)
 
 
 @main.command()
