@@ -11,7 +11,18 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from govpki.db import Base, UTCDateTime
@@ -27,6 +38,27 @@ class CertState(enum.StrEnum):
     APPROVED = "approved"  # linted; exact TBS stored; the CA key may sign next
     ISSUED = "issued"  # signed and stored
     FAILED = "failed"  # refused after reservation (lint); never signed
+
+
+# A certificate that may exist in the wild: ``approved`` records were possibly
+# signed before a crash, so revocation, CRLs and OCSP treat them as issued.
+POSSIBLY_ISSUED = (CertState.APPROVED.value, CertState.ISSUED.value)
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RevocationReason(enum.StrEnum):
+    """RFC 5280 CRLReason names, as in ``cryptography.x509.ReasonFlags`` values."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    CA_COMPROMISE = "cACompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+    CERTIFICATE_HOLD = "certificateHold"
+    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
+    AA_COMPROMISE = "aACompromise"
 
 
 class CertificateAuthority(Base):
@@ -59,6 +91,9 @@ class CertificateRecord(Base):
         CheckConstraint("state IN ('reserved', 'approved', 'issued', 'failed')", name="state"),
         CheckConstraint("state != 'issued' OR cert_der IS NOT NULL", name="issued_has_cert"),
         CheckConstraint("state NOT IN ('approved', 'issued') OR tbs_der IS NOT NULL", name="approved_has_tbs"),
+        CheckConstraint("(revocation_reason IS NULL) = (revoked_at IS NULL)", name="revoked_has_time"),
+        Index("ix_certificates_ca_revoked", "ca_id", "revocation_reason"),
+        Index("ix_certificates_ca_status_seq", "ca_id", "status_seq"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -82,5 +117,95 @@ class CertificateRecord(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     issued_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # Revocation status. ``revocation_reason`` NULL: not revoked; "certificateHold":
+    # suspended; any other RFC 5280 reason: revoked for good.
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    invalidity_date: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # When a hold was last released, and the time that hold began (delta CRLs list
+    # the certificate with removeFromCRL when the hold was on their base CRL).
+    released_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    released_hold_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # The issuing CA's status sequence number at this record's last status change
+    # (0: never changed). Delta CRLs list the records changed after their base.
+    status_seq: Mapped[int] = mapped_column(BigId, default=0, server_default="0")
 
     ca: Mapped[CertificateAuthority] = relationship()
+
+
+class CaStatus(Base):
+    """Per-CA counters, one row per CA, updated (and so row-locked) by every status
+    change and every CRL: status changes and CRL generation are serialised per CA,
+    which keeps delta CRLs exact."""
+
+    __tablename__ = "ca_status"
+
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"), primary_key=True)
+    status_seq: Mapped[int] = mapped_column(BigId, default=0)
+    crl_number: Mapped[int] = mapped_column(BigId, default=0)  # the last CRL number used (full and delta share it)
+    updated_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+
+
+class CrlKind(enum.StrEnum):
+    FULL = "full"
+    DELTA = "delta"
+
+
+class CrlRecord(Base):
+    """Every CRL a CA signed, kept (the latest of each kind is served)."""
+
+    __tablename__ = "crls"
+    __table_args__ = (
+        UniqueConstraint("ca_id", "number", name="uq_crls_ca_id_number"),
+        CheckConstraint("kind IN ('full', 'delta')", name="kind"),
+        CheckConstraint("kind = 'full' OR base_number IS NOT NULL", name="delta_has_base"),
+        Index("ix_crls_ca_kind_number", "ca_id", "kind", "number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    number: Mapped[int] = mapped_column(BigId)
+    kind: Mapped[str] = mapped_column(String(10))
+    base_number: Mapped[int | None] = mapped_column(BigId)
+    status_seq: Mapped[int] = mapped_column(BigId)  # the CA's status sequence this CRL reflects
+    this_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    next_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary())
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+
+
+class OcspResponder(Base):
+    """A delegated OCSP signing certificate (id-kp-OCSPSigning, ocsp-nocheck) of one
+    CA, its key in the online key store. The newest active one signs."""
+
+    __tablename__ = "ocsp_responders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"), index=True)
+    key_store: Mapped[str] = mapped_column(String(20))
+    key_handle: Mapped[str] = mapped_column(String(200))
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"))
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary())
+    not_before: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+
+
+class OcspResponse(Base):
+    """A pre-signed OCSP response for one certificate and CertID hash algorithm.
+    The responder's hot path looks these up and returns the bytes."""
+
+    __tablename__ = "ocsp_responses"
+    __table_args__ = (PrimaryKeyConstraint("ca_id", "serial", "hash_algorithm"),)
+
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42))
+    hash_algorithm: Mapped[str] = mapped_column(String(10))  # "sha1" or "sha256"
+    status_seq: Mapped[int] = mapped_column(BigId)
+    responder_id: Mapped[int] = mapped_column(ForeignKey("ocsp_responders.id"))
+    this_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    next_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary())

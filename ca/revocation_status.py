@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ca.models import CertificateAuthority, CertificateRecord, CertState
+from ca.models import POSSIBLY_ISSUED, CertificateAuthority, CertificateRecord
+from ca.revocation import RevocationService
 from ca.validation import RevocationStatus, StatusLookup
 from govpki.clock import Clock
 
@@ -204,11 +205,35 @@ class RevocationRecords(Protocol):
     def revoked(self, session: Session, ca_id: int, serial: str) -> RevokedEntry | None: ...
 
 
+class DatabaseRecords:
+    """:class:`RevocationRecords` from the revocation data model (``ca.revocation``).
+
+    A certificate on hold counts as revoked (reason ``certificateHold``), as OCSP says."""
+
+    def __init__(self, revocation: RevocationService) -> None:
+        self._revocation = revocation
+
+    def revoked(self, session: Session, ca_id: int, serial: str) -> RevokedEntry | None:
+        status = self._revocation.status(session, serial, ca_id=ca_id)
+        if not status.is_revoked or status.revoked_at is None:
+            return None
+        return RevokedEntry(status.revoked_at, status.reason)
+
+
+def _same_certificate(record: CertificateRecord, cert: x509.Certificate) -> bool:
+    if record.cert_der is not None:
+        return record.cert_der == cert.public_bytes(serialization.Encoding.DER)
+    # left "approved" by a crash: possibly signed; the stored lint copy has the exact TBS
+    if record.tbs_der is None:
+        return False
+    return x509.load_der_x509_certificate(record.tbs_der).tbs_certificate_bytes == cert.tbs_certificate_bytes
+
+
 class OwnCaStatus:
     """Status of certificates our CAs issued, from our records; anything else goes to ``others``.
 
-    ``records`` is the revocation data model; without it (this release has no
-    revocation yet) the status of our certificates is ``unknown``."""
+    ``records`` is the revocation data model; without it the status of our
+    certificates is ``unknown``."""
 
     def __init__(
         self,
@@ -230,11 +255,7 @@ class OwnCaStatus:
         record = self._session.scalars(
             select(CertificateRecord).where(CertificateRecord.serial == serial, CertificateRecord.ca_id == ca.id)
         ).first()
-        if (
-            record is None
-            or record.state != CertState.ISSUED.value
-            or record.cert_der != cert.public_bytes(serialization.Encoding.DER)
-        ):
+        if record is None or record.state not in POSSIBLY_ISSUED or not _same_certificate(record, cert):
             return RevocationStatus(
                 "unknown",
                 source="database",
@@ -242,7 +263,7 @@ class OwnCaStatus:
             )
         if self._records is None:
             return RevocationStatus(
-                "unknown", source="database", reason="revocation records are not available in this release"
+                "unknown", source="database", reason="revocation records are not wired to this service"
             )
         entry = self._records.revoked(self._session, ca.id, serial)
         if entry is None:

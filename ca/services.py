@@ -28,7 +28,7 @@ from ca.builder import IssuerUrls, build_name, certificate_builder, validity
 from ca.csr import CheckedRequest, check_csr, check_subject_value
 from ca.events import CaEvent
 from ca.ledger import IssuanceLedger, new_serial, serial_hex
-from ca.models import CaKind, CertificateAuthority, CertificateRecord, CertState
+from ca.models import CaKind, CaStatus, CertificateAuthority, CertificateRecord, CertState
 from ca.profiles import Profile, ProfileSet, SubjectField
 from govpki import audit
 from govpki.clock import Clock
@@ -305,6 +305,7 @@ class CaService:
         )
         session.add(ca)
         session.flush()
+        session.add(CaStatus(ca_id=ca.id, status_seq=0, crl_number=0, updated_at=self._clock.now()))
         audit.record(
             session,
             principal,

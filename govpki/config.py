@@ -57,6 +57,17 @@ class Config:
     profiles_file: Path
     api_token_days: int
     extra_trust_anchors_file: Path | None = None
+    # revocation: CRL and OCSP timing
+    crl_validity_hours: int = 24  # full CRL: nextUpdate - thisUpdate
+    crl_refresh_hours: int = 6  # a new full CRL when the newest is this old
+    delta_crl_validity_minutes: int = 60
+    delta_crl_refresh_minutes: int = 15
+    arl_validity_days: int = 30  # the root's CRL (signed at ceremonies; the root key is offline)
+    ocsp_validity_hours: int = 24  # pre-signed responses: nextUpdate - thisUpdate
+    ocsp_refresh_hours: int = 12  # re-sign a response when it is this old
+    ocsp_responder_days: int = 30  # delegated OCSP signing certificate lifetime
+    ocsp_responder_renew_days: int = 7  # rotate it when less than this is left
+    jobs_interval_seconds: int = 60  # how often `serve` runs the due jobs (CRLs, OCSP); 0: never
     testing: bool = False
 
     @property
@@ -153,5 +164,15 @@ class Config:
             profiles_file=Path(get("PROFILES_FILE", str(PACKAGE_ROOT / "ca" / "data" / "profiles.toml"))),
             api_token_days=integer("API_TOKEN_DAYS", 90),
             extra_trust_anchors_file=Path(anchors) if (anchors := get("EXTRA_TRUST_ANCHORS_FILE", "")) else None,
+            crl_validity_hours=integer("CRL_VALIDITY_HOURS", 24),
+            crl_refresh_hours=integer("CRL_REFRESH_HOURS", 6),
+            delta_crl_validity_minutes=integer("DELTA_CRL_VALIDITY_MINUTES", 60),
+            delta_crl_refresh_minutes=integer("DELTA_CRL_REFRESH_MINUTES", 15),
+            arl_validity_days=integer("ARL_VALIDITY_DAYS", 30),
+            ocsp_validity_hours=integer("OCSP_VALIDITY_HOURS", 24),
+            ocsp_refresh_hours=integer("OCSP_REFRESH_HOURS", 12),
+            ocsp_responder_days=integer("OCSP_RESPONDER_DAYS", 30),
+            ocsp_responder_renew_days=integer("OCSP_RESPONDER_RENEW_DAYS", 7),
+            jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
             testing=get("TESTING", "0") == "1",
         )

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, current_app, g, json, request, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ca.models import CertificateRecord
+from ca.revocation import status_of
 from ca.validation import PathEntry, Purpose, ValidationResult
 from govpki.errors import FieldProblem, InvalidError
 from govpki.principal import Principal
@@ -35,6 +36,32 @@ class IssueRequest(BaseModel):
     csr: str = Field(min_length=1, max_length=65536, description="PKCS#10 request: PEM, or base64 of the DER encoding")
 
 
+REVOKE_REASONS = Literal[
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+    "aACompromise",
+]
+
+
+class RevokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: REVOKE_REASONS = Field(default="unspecified", description="RFC 5280 CRLReason")
+    invalidity_date: _dt.datetime | None = Field(
+        default=None, description="RFC 3339; when the key is known or suspected to have been compromised"
+    )
+    ca_id: int | None = Field(default=None, description="Refuse (404) unless this CA issued the certificate")
+
+
+class StatusChangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_id: int | None = Field(default=None, description="Refuse (404) unless this CA issued the certificate")
+
+
 class CertificateOut(BaseModel):
     serial: str = Field(description="lower-case hexadecimal")
     state: Literal["reserved", "approved", "issued", "failed"]
@@ -50,6 +77,12 @@ class CertificateOut(BaseModel):
     fingerprint_sha256: str | None
     created_at: _dt.datetime
     issued_at: _dt.datetime | None
+    status: Literal["good", "revoked", "on_hold", "unknown"] = Field(
+        description="revocation status: unknown for records that were never signed"
+    )
+    revocation_reason: str | None = None
+    revoked_at: _dt.datetime | None = None
+    invalidity_date: _dt.datetime | None = None
     certificate_pem: str | None = None
     chain_pem: str | None = Field(default=None, description="issuing CA certificate(s), without the root")
     failure: str | None = None
@@ -233,6 +266,10 @@ def render(record: CertificateRecord, *, with_pem: bool = True) -> dict[str, Any
         created_at=record.created_at,
         issued_at=record.issued_at,
         failure=record.failure,
+        status=status_of(record).status.value,
+        revocation_reason=record.revocation_reason,
+        revoked_at=record.revoked_at,
+        invalidity_date=record.invalidity_date,
     )
     if with_pem and record.cert_der is not None:
         out.certificate_pem = _pem(record.cert_der)
@@ -327,6 +364,69 @@ def list_certificates() -> Response:
         g.db, who, state=request.args.get("state") or None, limit=limit, offset=offset
     )
     return _json({"items": [render(r, with_pem=False) for r in records], "limit": limit, "offset": offset})
+
+
+def _optional_body(model: type[BaseModel]) -> Any:
+    """A body that may be left out entirely (no Content-Type, no bytes)."""
+    if not request.get_data(cache=True) and not request.is_json:
+        return model()
+    return parse_body(model)
+
+
+@bp.post("/certificates/<serial>/revoke")
+@operation(
+    "POST",
+    "/api/v1/certificates/{serial}/revoke",
+    summary="Revoke a certificate with an RFC 5280 reason (for good; a held certificate may be revoked)",
+    tag="revocation",
+    parameters=(SERIAL_PARAM,),
+    body=RevokeRequest,
+    responses={
+        200: Doc("Revoked; OCSP and the next CRL show it at once", CertificateOut),
+        409: Doc("Already revoked, expired, or never signed"),
+    },
+)
+def revoke_certificate(serial: str) -> Response:
+    who = principal()
+    body: RevokeRequest = _optional_body(RevokeRequest)
+    record = services().revocation.revoke(
+        g.db, who, serial, reason=body.reason, invalidity_date=body.invalidity_date, ca_id=body.ca_id
+    )
+    return _json(render(record, with_pem=False))
+
+
+@bp.post("/certificates/<serial>/hold")
+@operation(
+    "POST",
+    "/api/v1/certificates/{serial}/hold",
+    summary="Suspend a certificate (certificateHold)",
+    tag="revocation",
+    parameters=(SERIAL_PARAM,),
+    body=StatusChangeRequest,
+    responses={200: Doc("On hold", CertificateOut), 409: Doc("Already on hold or revoked")},
+)
+def hold_certificate(serial: str) -> Response:
+    who = principal()
+    body: StatusChangeRequest = _optional_body(StatusChangeRequest)
+    record = services().revocation.hold(g.db, who, serial, ca_id=body.ca_id)
+    return _json(render(record, with_pem=False))
+
+
+@bp.post("/certificates/<serial>/release")
+@operation(
+    "POST",
+    "/api/v1/certificates/{serial}/release",
+    summary="Resume a suspended certificate (removeFromCRL in the next delta CRL)",
+    tag="revocation",
+    parameters=(SERIAL_PARAM,),
+    body=StatusChangeRequest,
+    responses={200: Doc("Good again", CertificateOut), 409: Doc("Not on hold")},
+)
+def release_certificate(serial: str) -> Response:
+    who = principal()
+    body: StatusChangeRequest = _optional_body(StatusChangeRequest)
+    record = services().revocation.release(g.db, who, serial, ca_id=body.ca_id)
+    return _json(render(record, with_pem=False))
 
 
 def _int_arg(name: str, default: int) -> int:

@@ -5,6 +5,7 @@ Each command is a unit of work: it commits once when the service call succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
@@ -108,11 +109,58 @@ def serve(no_init: bool) -> None:
         _print_init(services, report)
     services.dispose()
     config = services.config
+    if config.jobs_interval_seconds > 0:
+        _start_jobs_loop(config.jobs_interval_seconds)
     click.echo("")
     click.echo(f"govpki is serving on {config.listen_url}/  (sign in at {config.base_url}/login)")
     click.echo(f"API: {config.base_url}/api/v1/openapi.json   CA certificates: {config.base_url}/ca/chain.pem")
     sys.stdout.flush()
     run(config)
+
+
+def _start_jobs_loop(interval: int) -> None:
+    """The scheduled jobs run in a child process beside gunicorn; it exits when we do."""
+    import atexit
+    import os
+    import subprocess
+
+    child = subprocess.Popen(  # noqa: S603  (our own interpreter and module, fixed arguments)
+        [sys.executable, "-m", "web.cli", "jobs", "run", "--loop", "--interval", str(interval)],
+        env={**os.environ, "GOVPKI_JOBS_PARENT_PID": str(os.getpid())},
+    )
+    atexit.register(child.terminate)
+    click.echo(f"scheduled jobs (CRLs, OCSP) run every {interval} s in process {child.pid}")
+
+
+@main.group()
+def jobs() -> None:
+    """Scheduled work: new CRLs, OCSP responder rotation, re-signing OCSP responses."""
+
+
+@jobs.command(name="run")
+@click.option("--loop", is_flag=True, help="Keep running the due jobs until stopped.")
+@click.option("--interval", type=click.IntRange(min=1), default=60, show_default=True, help="Seconds between rounds.")
+def jobs_run(loop: bool, interval: int) -> None:
+    """Run the jobs that are due (once, or every --interval seconds with --loop)."""
+    import logging
+    import os
+
+    from web.jobs import run_due, run_forever
+
+    services = load_services()
+    if loop:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s [jobs] %(levelname)s %(message)s")
+        parent = os.environ.get("GOVPKI_JOBS_PARENT_PID")
+        with contextlib.suppress(KeyboardInterrupt):
+            run_forever(services, interval, parent_pid=int(parent) if parent else None)
+        return
+    failed = False
+    for result in run_due(services):
+        for line in result.lines or ("nothing due",):
+            click.echo(f"{result.name}: {line}")
+        failed |= not result.ok
+    if failed:
+        fail("some jobs failed; see above", code=1)
 
 
 @main.command()
@@ -178,7 +226,12 @@ def show(serial: str, pem: bool) -> None:
             ("sha256", record.fingerprint_sha256 or "-"),
             ("created", _dt(record.created_at)),
             ("issued", _dt(record.issued_at)),
+            ("status", record.revocation_reason or ("good" if record.state in ("issued", "approved") else "-")),
         ]
+        if record.revoked_at:
+            rows.append(("revoked at", _dt(record.revoked_at)))
+        if record.invalidity_date:
+            rows.append(("invalid since", _dt(record.invalidity_date)))
         if record.failure:
             rows.append(("failure", record.failure))
         if record.state == "approved":
@@ -221,6 +274,86 @@ def list_(state: str | None, limit: int, as_json: bool) -> None:
                 )
             else:
                 click.echo(f"{r.serial:>34}  {r.state:9} {r.profile:20} {_dt(r.not_after):21} {r.subject}")
+
+
+_REASONS = click.Choice(
+    [
+        "unspecified",
+        "keyCompromise",
+        "cACompromise",
+        "affiliationChanged",
+        "superseded",
+        "cessationOfOperation",
+        "privilegeWithdrawn",
+        "aACompromise",
+    ],
+    case_sensitive=False,
+)
+
+
+def _status_line(record: Any) -> str:
+    when = f" at {_dt(record.revoked_at)}" if record.revoked_at else ""
+    return f"{record.serial}: {record.revocation_reason or 'good'}{when}"
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--reason", type=_REASONS, default="unspecified", show_default=True, help="RFC 5280 CRLReason.")
+@click.option(
+    "--invalidity-date",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"]),
+    help="When the key was (suspected) compromised; UTC if no zone is given.",
+)
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def revoke(serial: str, reason: str, invalidity_date: Any, ca_id: int | None) -> None:
+    """Revoke a certificate for good."""
+    from govpki.clock import UTC
+
+    if invalidity_date is not None and invalidity_date.tzinfo is None:
+        invalidity_date = invalidity_date.replace(tzinfo=UTC)
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.revoke(
+                session, cli_principal(), serial, reason=reason, invalidity_date=invalidity_date, ca_id=ca_id
+            )
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"revoked {_status_line(record)}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def hold(serial: str, ca_id: int | None) -> None:
+    """Suspend a certificate (certificateHold)."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.hold(session, cli_principal(), serial, ca_id=ca_id)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"on hold {_status_line(record)}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+def release(serial: str, ca_id: int | None) -> None:
+    """Resume a suspended certificate."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            record = services.revocation.release(session, cli_principal(), serial, ca_id=ca_id)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        click.echo(f"released {_status_line(record)}")
 
 
 @main.group()

@@ -19,7 +19,8 @@ import ra.models  # noqa: F401
 from authz.services import AccountService, TokenService
 from ca.ledger import IssuanceLedger
 from ca.profiles import ProfileSet, load_profiles
-from ca.revocation_status import CrlStatus
+from ca.revocation import RevocationService
+from ca.revocation_status import CrlStatus, DatabaseRecords
 from ca.services import CaIdentity, CaService, CaSettings
 from ca.validation_service import ValidationService, load_trust_anchors
 from govpki import audit  # noqa: F401
@@ -40,6 +41,7 @@ class Services:
     region: RegionFile
     keystores: KeyStores
     ca: CaService
+    revocation: RevocationService
     accounts: AccountService
     tokens: TokenService
     regions: RegionService
@@ -140,6 +142,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ledger=IssuanceLedger(engine, clock, WriteGate(config.database_url)),
         clock=clock,
     )
+    revocation = RevocationService(clock)
     return Services(
         config=config,
         clock=clock,
@@ -149,10 +152,16 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         region=region,
         keystores=keystores,
         ca=ca,
+        revocation=revocation,
         accounts=AccountService(clock),
         tokens=TokenService(clock),
         regions=RegionService(clock),
-        validation=ValidationService(clock=clock, crl_status=CrlStatus(clock), extra_anchors=extra_anchors),
+        validation=ValidationService(
+            clock=clock,
+            crl_status=CrlStatus(clock),
+            extra_anchors=extra_anchors,
+            records=DatabaseRecords(revocation),
+        ),
     )
 
 

@@ -65,3 +65,20 @@ def test_any_authorization_header(client: FlaskClient, header: str):
     except ValueError:
         return  # werkzeug refuses to send it at all
     assert _is_problem(response), (response.status_code, response.data[:300])
+
+
+@FUZZ
+@given(
+    body=JSON | st.fixed_dictionaries({"reason": JSON, "invalidity_date": JSON, "ca_id": JSON}),
+    action=st.sampled_from(["revoke", "hold", "release"]),
+)
+def test_any_revocation_body(client: FlaskClient, operator_token: str, services: Services, body: object, action: str):
+    """Against a serial nobody has: every answer is a 4xx problem and nothing changes."""
+    before = counts(services)
+    response = client.post(
+        f"/api/v1/certificates/7a3f9c/{action}",
+        data=json.dumps(body),
+        headers={**auth(operator_token), "Content-Type": "application/json"},
+    )
+    assert _is_problem(response), (response.status_code, response.data[:300])
+    assert counts(services) == before

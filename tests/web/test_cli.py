@@ -82,3 +82,27 @@ def test_token_create_and_audit_verify(services: Services):
     assert again.exit_code == 2 and "exists" in again.output
     verified = run(services, "audit", "verify")
     assert verified.exit_code == 0 and "audit chain OK" in verified.output
+
+
+def test_revoke_hold_release_from_the_cli(services: Services, tmp_path: Path):
+    csr = tmp_path / "r.csr"
+    csr.write_bytes(csr_pem(cn="revoke-cli.example.gov.cn"))
+    out = tmp_path / "c.pem"
+    assert run(services, "issue", "-p", "service-tls-server", "--csr", str(csr), "--out", str(out)).exit_code == 0
+    serial = format(x509.load_pem_x509_certificate(out.read_bytes()).serial_number, "x")
+
+    held = run(services, "hold", serial)
+    assert held.exit_code == 0 and "certificateHold" in held.output, held.output
+    released = run(services, "release", serial)
+    assert released.exit_code == 0 and "good" in released.output
+    not_held = run(services, "release", serial)
+    assert not_held.exit_code == 2 and "not on hold" in not_held.output
+
+    revoked = run(services, "revoke", serial, "--reason", "keycompromise", "--invalidity-date", "2026-01-01")
+    assert revoked.exit_code == 0 and "keyCompromise" in revoked.output, revoked.output
+    shown = run(services, "show", serial)
+    assert "keyCompromise" in shown.output and "invalid since" in shown.output
+    twice = run(services, "revoke", serial)
+    assert twice.exit_code == 2 and "already revoked" in twice.output and "Traceback" not in twice.output
+    bad_reason = run(services, "revoke", serial, "--reason", "because")
+    assert bad_reason.exit_code == 2 and "reason" in bad_reason.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import time
 
 import pytest
 from cryptography import x509
@@ -53,9 +54,9 @@ def test_tls_server_certificate_we_issued_validates(
     cert = x509.load_pem_x509_certificate(issued["service-tls-server"].encode())
     assert leaf["serial"] == format(cert.serial_number, "x")
     assert leaf["fingerprint_sha256"] == cert.fingerprint(hashes.SHA256()).hex()
-    # our own certificates: revocation from our records (none in this release), the anchor is not checked
-    assert leaf["revocation"]["source"] == "database" and leaf["revocation"]["status"] == "unknown"
-    assert issuing["revocation"]["source"] == "database"
+    # our own certificates: revocation from our records; the anchor is not checked
+    assert leaf["revocation"] == {**leaf["revocation"], "source": "database", "status": "good"}
+    assert issuing["revocation"]["source"] == "database" and issuing["revocation"]["status"] == "good"
     assert root["revocation"]["status"] == "not_checked"
     # with the intermediate given, as base64 DER, and an IP-less host in upper case
     der = cert.public_bytes(serialization.Encoding.DER)
@@ -185,3 +186,29 @@ def test_openapi_documents_validate(client: FlaskClient):
     assert post["security"] == [{"operatorToken": []}]
     assert set(doc["components"]["schemas"]["ValidateRequest"]["required"]) == {"certificate", "purpose"}
     assert "ValidationOut" in doc["components"]["schemas"]
+
+
+def test_revoked_certificate_is_invalid(
+    client: FlaskClient, operator_token: str, services: Services, issued: dict[str, str]
+):
+    cert = x509.load_pem_x509_certificate(issued["service-tls-client"].encode())
+    serial = format(cert.serial_number, "x")
+    time.sleep(1.1)  # revoked_at a whole second after notBefore, so "before the revocation" exists
+    revoke = client.post(
+        f"/api/v1/certificates/{serial}/revoke", json={"reason": "keyCompromise"}, headers=auth(operator_token)
+    )
+    assert revoke.status_code == 200, revoke.json
+    before = counts(services)
+    answer = check(client, operator_token, certificate=issued["service-tls-client"], purpose="tls_client")
+    assert answer["valid"] is False and answer["code"] == "validation.revoked", answer
+    assert answer["path"][0]["revocation"]["status"] == "revoked"
+    assert answer["path"][0]["revocation"]["revocation_reason"] == "keyCompromise"
+    assert "revoked on" in answer["reason"]
+    # as of a moment before the revocation, it was good
+    revoked_at = dt.datetime.fromisoformat(revoke.json["revoked_at"])
+    assert cert.not_valid_before_utc < revoked_at
+    earlier = (cert.not_valid_before_utc + (revoked_at - cert.not_valid_before_utc) / 2).isoformat()
+    then = check(client, operator_token, certificate=issued["service-tls-client"], purpose="tls_client", time=earlier)
+    assert then["valid"] is True, then
+    assert then["path"][0]["revocation"]["status"] == "good"
+    assert counts(services) == before

@@ -1,0 +1,81 @@
+"""Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses):
+each job is a domain service's ``refresh_due``, run as its own unit of work.
+
+``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
+``govpki serve`` starts that loop in a child process beside gunicorn (the loop
+stops when its parent goes away). Running the jobs twice at once is harmless:
+each service serialises its writes on database rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from govpki.principal import SYSTEM, Principal
+from web.container import Services
+
+log = logging.getLogger("govpki.jobs")
+
+JobFunction = Callable[[Services, Session, Principal], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: JobFunction
+
+
+@dataclass(frozen=True)
+class JobResult:
+    name: str
+    ok: bool
+    lines: tuple[str, ...]
+
+
+def default_jobs() -> list[Job]:
+    return []
+
+
+def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:
+    """Run each job in its own transaction; one failing job does not stop the others."""
+    results = []
+    for job in default_jobs() if jobs is None else jobs:
+        with services.sessions() as session:
+            try:
+                lines = tuple(job.run(services, session, principal))
+                session.commit()
+            except Exception as exc:  # a job must not take the loop down; the error is logged
+                session.rollback()
+                log.exception("job %s failed", job.name)
+                results.append(JobResult(job.name, False, (f"failed: {exc}",)))
+                continue
+        results.append(JobResult(job.name, True, lines))
+    return results
+
+
+def run_forever(
+    services: Services,
+    interval: float,
+    *,
+    jobs: Sequence[Job] | None = None,
+    parent_pid: int | None = None,
+    rounds: int | None = None,
+) -> None:
+    """Run the due jobs every ``interval`` seconds until the parent process is gone."""
+    done = 0
+    while rounds is None or done < rounds:
+        for result in run_due(services, jobs):
+            for line in result.lines:
+                log.info("%s: %s", result.name, line)
+        done += 1
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                return
+            time.sleep(min(1.0, interval))
