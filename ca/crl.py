@@ -424,8 +424,13 @@ class CrlService:
         is_root = ca.kind == CaKind.ROOT.value
         base_url = self.settings.base_url
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        # The issuing CA's CRLs name the distribution point of its certificates. The
+        # root's ARL names none: the root certificate has no CRL distribution point, and
+        # a CRL whose IDP names one is out of scope for such a certificate (RFC 5280
+        # 6.3.3 (b)(2); ``openssl verify -crl_check_all`` checks the root too and
+        # refuses it with "different CRL scope"). onlyContainsCACerts is its scope.
         idp = x509.IssuingDistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(crl_url(base_url, ca.id))],
+            full_name=None if is_root else [x509.UniformResourceIdentifier(crl_url(base_url, ca.id))],
             relative_name=None,
             only_contains_user_certs=not is_root,
             only_contains_ca_certs=is_root,
@@ -492,7 +497,7 @@ class CrlService:
             ).where(*self._listed(ca_id, when), CertificateRecord.status_seq > base.status_seq)
         ).all()
         released = self._released_since(session, ca_id, base, when)
-        rows: list[_Row] = [r._tuple() for r in changed]
+        rows: list[_Row] = [tuple(r) for r in changed]  # type: ignore[misc]
         rows.extend((serial, released_at, REMOVE_FROM_CRL, None) for serial, released_at in released)
         return len(rows), rows
 
@@ -566,4 +571,4 @@ def _encode(rows: tuple[int, Iterable[_Row]], progress: Progress | None) -> tupl
 def _rows(partitions: Iterable[Sequence[Row[*_Row]]]) -> Iterator[_Row]:
     for partition in partitions:
         for row in partition:
-            yield row._tuple()
+            yield tuple(row)  # type: ignore[misc]
