@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import func, select
 
-from ca.crl import encode_entry, splice_entries
+from ca.crl import encode_entry, splice_entries, utc_digits
 from ca.models import CaKind, CrlKind, CrlRecord
 from govpki.audit import AuditEntry
 from govpki.clock import UTC
@@ -333,8 +333,8 @@ def test_entry_encoding_matches_the_cryptography_builder_byte_for_byte(count: in
         serial = secrets.randbits(127 if i % 3 else 159) | (1 << (i % 120))
         when = now - dt.timedelta(days=i) if i % 5 else dt.datetime(2051, 1, 2, 3, 4, 5, tzinfo=UTC)
         reason = reasons[i % len(reasons)]
-        invalid = now - dt.timedelta(days=30 + i) if i % 4 == 0 else None
-        ours += encode_entry(format(serial, "x"), when, reason, invalid)
+        invalid = now - dt.timedelta(days=30 + i) if i % 4 == 0 else None  # also with no reason code
+        ours += encode_entry(format(serial, "x"), utc_digits(when), reason, utc_digits(invalid) if invalid else None)
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
         if reason not in (None, "unspecified"):
             flag = x509.ReasonFlags.remove_from_crl if reason == "removeFromCRL" else x509.ReasonFlags(reason)
