@@ -58,7 +58,7 @@ from ca.models import (
     CrlRecord,
     RevocationReason,
 )
-from ca.services import _LINT_KEYS, can_issue, can_read
+from ca.services import _LINT_KEYS, can_issue
 from govpki import audit
 from govpki.clock import Clock
 from govpki.errors import ForbiddenError, InvalidError, NotFoundError, UnavailableError
@@ -284,19 +284,6 @@ class CrlService:
         if ca is None:
             raise NotFoundError(f"no CA with id {ca_id}", field="ca")
         return ca
-
-    def history(self, session: Session, principal: Principal, ca_id: int, *, limit: int = 20) -> list[CrlRecord]:
-        if not can_read(principal):
-            raise ForbiddenError("your role may not read CRL records", field="ca")
-        return list(
-            session.scalars(
-                select(CrlRecord)
-                .options(defer(CrlRecord.der))
-                .where(CrlRecord.ca_id == ca_id)
-                .order_by(CrlRecord.number.desc())
-                .limit(limit)
-            )
-        )
 
     # ----- generating --------------------------------------------------------
 

@@ -175,12 +175,22 @@ def test_full_crl_and_arl_are_accepted_by_openssl(pki: Services, tmp_path: Path)
     # without the ARL, -crl_check_all cannot check the issuing CA
     assert "unable to get certificate CRL" in ossl.verify(good_der, crl_file, flags=("-crl_check_all",))
 
+    # the root revokes the issuing CA: its next ARL lists it, and every leaf fails -crl_check_all
+    with pki.sessions() as session:
+        issuing_serial = pki.ca.active_ca(session, CaKind.ISSUING).serial
+    _change(pki, "revoke", issuing_serial, reason="cACompromise")
+    arl2 = _generate(pki, root_id)
+    assert _reason(_entries(arl2.der)[issuing_serial]) is x509.ReasonFlags.ca_compromise
+    arl2_file = ossl.crl("arl2.pem", arl2.der)
+    assert ossl.crl_verifies(arl2_file, ossl.root)
+    assert "certificate revoked" in ossl.verify(good_der, arl2_file, crl_file, flags=("-crl_check_all",))
+
     with pki.sessions() as session:
         logged = session.scalars(
             select(AuditEntry).where(AuditEntry.action == "ca:crl:generate").order_by(AuditEntry.seq)
         ).all()
-    assert [e.object_id for e in logged][-1] == f"{issuing_id}/{full.number}"
-    assert len(logged) == 3  # the ARL and first CRL at init, this one
+    assert [e.object_id for e in logged][-2:] == [f"{issuing_id}/{full.number}", f"{root_id}/{arl2.number}"]
+    assert len(logged) == 4  # the ARL and first CRL at init, this one, the second ARL
 
 
 def test_delta_crls_with_openssl_use_deltas_and_shared_numbers(pki: Services, tmp_path: Path) -> None:
