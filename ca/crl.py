@@ -15,6 +15,15 @@ newest full CRL, reflecting status sequence S) lists the certificates whose stat
 changed after S and that are now revoked or on hold, and ``removeFromCRL`` for those
 whose hold was on B and has been released since (see ``_released_since``).
 
+Delta CRLs and openssl (``verify -crl_check -use_deltas -CRLfile full -CRLfile delta``,
+OpenSSL 3.0, checked in the tests): openssl fetches nothing, so both files must be
+given; it looks for a delta only when the certificate or the full CRL carries a
+Freshest CRL extension (our certificates' CDP names only the full CRL, so the full
+CRL carries it); and it takes a delta only if its AKI and IDP extensions equal the
+full CRL's byte for byte, its base number is at most the full CRL's number and its
+own number is greater. A delta made before the newest full CRL is therefore ignored
+(``refresh_due`` makes a delta on each new full CRL).
+
 Encoding. The CRL is shaped by ``cryptography``'s ``CertificateRevocationListBuilder``
 (header, extensions, algorithm identifier; signed with a throw-away key of the same
 shape), but the revokedCertificates list is DER-encoded here and spliced into the
