@@ -59,6 +59,11 @@ def test_delta_is_made_on_demand_and_the_root_serves_its_arl(client: FlaskClient
     with services.sessions() as session:  # the request committed it (and its audit entry)
         assert services.crl.latest(session, issuing_id, CrlKind.DELTA) is not None
     assert client.get(f"/crl/{issuing_id}-delta.crl").data == delta.data  # served, not re-made
+    with services.sessions() as session:
+        newer = services.crl.generate(session, SYSTEM, issuing_id, CrlKind.DELTA)
+        session.commit()
+        newer_der = newer.der
+    assert client.get(f"/crl/{issuing_id}-delta.crl").data == newer_der  # the newest, not a cached one
 
     arl = client.get(f"/crl/{root_id}.crl")
     assert arl.status_code == 200
