@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, pki, ui
+from web import api, crl, pki, ui
 from web.container import Services, build_services
 from web.problems import from_error, problem
 
@@ -65,7 +65,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
             db.close()
 
     def wants_problem() -> bool:
-        return request.path.startswith(("/api/", "/ca/"))
+        return request.path.startswith(("/api/", "/ca/", "/crl/"))
 
     @app.errorhandler(GovpkiError)
     def _domain_error(error: GovpkiError) -> Response | tuple[str, int]:
@@ -90,5 +90,6 @@ def create_app(config: Config | None = None, *, services: Services | None = None
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pki.bp)
+    app.register_blueprint(crl.bp)
     ui.init_app(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from authz.services import one_time_password
-from ca.models import CaKind, CertificateAuthority
+from ca.models import CaKind, CertificateAuthority, CrlKind
 from govpki.errors import NotFoundError
 from govpki.principal import SYSTEM, Principal, Role
 from web.container import Services
@@ -24,6 +24,7 @@ class InitReport:
 def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin: bool = True) -> InitReport:
     report = InitReport()
     ca = services.ca
+    root_key_at_hand = False  # only a run that made a CA has used the root key
     with services.sessions() as session:
         try:
             report.root = ca.active_ca(session, CaKind.ROOT)
@@ -31,6 +32,7 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
             report.root = ca.create_root(session, principal)
             session.commit()
             report.created.append(f"root CA {report.root.name}")
+            root_key_at_hand = True
     with services.sessions() as session:
         try:
             report.issuing = ca.active_ca(session, CaKind.ISSUING)
@@ -38,6 +40,8 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
             report.issuing = ca.create_issuing(session, principal)
             session.commit()
             report.created.append(f"issuing CA {report.issuing.name}")
+            root_key_at_hand = True
+    _first_crls(services, principal, report, root_key_at_hand)
     with services.sessions() as session:
         added = services.regions.seed(session, principal, services.region)
         session.commit()
@@ -59,3 +63,18 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
                 report.admin_password = password
                 report.created.append(f"security administrator account '{FIRST_ADMIN}'")
     return report
+
+
+def _first_crls(services: Services, principal: Principal, report: InitReport, root_key_at_hand: bool) -> None:
+    """The root's ARL while its key is at hand (later ones: ``govpki crl generate --root``
+    at a ceremony) and the issuing CA's first full CRL."""
+    assert report.root is not None and report.issuing is not None
+    wanted = [(report.issuing, "CRL")]
+    if root_key_at_hand:
+        wanted.insert(0, (report.root, "ARL"))
+    for authority, what in wanted:
+        with services.sessions() as session:
+            if services.crl.latest(session, authority.id, CrlKind.FULL, with_der=False) is None:
+                crl = services.crl.generate(session, principal, authority.id, CrlKind.FULL)
+                session.commit()
+                report.created.append(f"{what} number {crl.number} of {authority.name}")

@@ -357,6 +357,125 @@ def release(serial: str, ca_id: int | None) -> None:
 
 
 @main.group()
+def crl() -> None:
+    """Certificate revocation lists (full, delta, and the root's ARL)."""
+
+
+PROGRESS_FROM = 10_000  # entries: show a progress bar from this size
+
+
+class _CrlProgress:
+    """A click progress bar, opened only once the list turns out to be large."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total < PROGRESS_FROM:
+                return
+            self._bar = click.progressbar(length=total, label="signing CRL entries", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._done)
+        self._done = done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+def _crl_ca(services: Services, session: Any, ca_id: int | None, root: bool) -> Any:
+    from ca.models import CaKind
+
+    if ca_id is not None and root:
+        fail("give --ca or --root, not both")
+    if ca_id is not None:
+        return services.crl.find_ca(session, ca_id)
+    return services.ca.active_ca(session, CaKind.ROOT if root else CaKind.ISSUING)
+
+
+def _crl_summary(record: Any, ca: Any) -> list[tuple[str, str]]:
+    what = "ARL" if ca.kind == "root" else f"{record.kind} CRL"
+    rows = [
+        ("CA", f"{ca.id} {ca.subject}"),
+        ("kind", what),
+        ("number", str(record.number)),
+    ]
+    if record.base_number is not None:
+        rows.append(("base number", str(record.base_number)))
+    rows += [
+        ("entries", str(record.entries)),
+        ("this update", _dt(record.this_update)),
+        ("next update", _dt(record.next_update)),
+        ("status seq", str(record.status_seq)),
+        ("sha256", record.sha256),
+    ]
+    return rows
+
+
+@crl.command(name="generate")
+@click.option("--ca", "ca_id", type=int, help="CA id (default: the active issuing CA).")
+@click.option("--root", is_flag=True, help="The root's ARL: needs the root key store (a ceremony).")
+@click.option("--delta", is_flag=True, help="A delta CRL on the newest full CRL.")
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write it here (DER; PEM if *.pem)."
+)
+def crl_generate(ca_id: int | None, root: bool, delta: bool, out_file: Path | None) -> None:
+    """Sign a new CRL now (audited) and print its summary."""
+    from ca.models import CrlKind
+
+    services = load_services()
+    progress = _CrlProgress()
+    with services.sessions() as session:
+        try:
+            ca = _crl_ca(services, session, ca_id, root)
+            record = services.crl.generate(
+                session, cli_principal(), ca.id, CrlKind.DELTA if delta else CrlKind.FULL, progress
+            )
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            progress.close()
+            report_error(exc)
+        progress.close()
+        if out_file is not None:
+            data = record.der
+            if out_file.suffix.lower() == ".pem":
+                data = x509.load_der_x509_crl(data).public_bytes(serialization.Encoding.PEM)
+            out_file.write_bytes(data)
+        for key, value in _crl_summary(record, ca):
+            click.echo(f"{key:12} {value}")
+        if out_file is not None:
+            click.echo(f"{'written to':12} {out_file}")
+
+
+@crl.command(name="show")
+@click.option("--ca", "ca_id", type=int, help="CA id (default: the active issuing CA).")
+@click.option("--root", is_flag=True, help="The root's ARL.")
+@click.option("--delta", is_flag=True, help="The newest delta CRL instead of the full one.")
+def crl_show(ca_id: int | None, root: bool, delta: bool) -> None:
+    """Summarise the newest CRL of a CA."""
+    from ca.models import CrlKind
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            ca = _crl_ca(services, session, ca_id, root)
+        except GovpkiError as exc:
+            report_error(exc)
+        kind = CrlKind.DELTA if delta else CrlKind.FULL
+        record = services.crl.latest(session, ca.id, kind, with_der=False)
+        if record is None:
+            fail(f"CA {ca.id} has no {kind.value} CRL yet; 'govpki crl generate' makes one", code=1)
+        for key, value in _crl_summary(record, ca):
+            click.echo(f"{key:12} {value}")
+        url = services.config.base_url + f"/crl/{ca.id}{'-delta' if delta else ''}.crl"
+        click.echo(f"{'url':12} {url}")
+
+
+@main.group()
 def token() -> None:
     """Operator API tokens."""
 

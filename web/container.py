@@ -8,6 +8,7 @@ import secrets
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -17,6 +18,7 @@ import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.services import AccountService, TokenService
+from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
 from ca.profiles import ProfileSet, load_profiles
 from ca.revocation import RevocationService
@@ -42,6 +44,7 @@ class Services:
     keystores: KeyStores
     ca: CaService
     revocation: RevocationService
+    crl: CrlService
     accounts: AccountService
     tokens: TokenService
     regions: RegionService
@@ -121,6 +124,17 @@ def ca_settings(config: Config) -> CaSettings:
     )
 
 
+def crl_settings(config: Config) -> CrlSettings:
+    return CrlSettings(
+        base_url=config.base_url,
+        crl_validity=timedelta(hours=config.crl_validity_hours),
+        crl_refresh=timedelta(hours=config.crl_refresh_hours),
+        delta_validity=timedelta(minutes=config.delta_crl_validity_minutes),
+        delta_refresh=timedelta(minutes=config.delta_crl_refresh_minutes),
+        arl_validity=timedelta(days=config.arl_validity_days),
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -153,6 +167,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         keystores=keystores,
         ca=ca,
         revocation=revocation,
+        crl=CrlService(crl_settings(config), keystores, clock),
         accounts=AccountService(clock),
         tokens=TokenService(clock),
         regions=RegionService(clock),

@@ -38,8 +38,16 @@ class JobResult:
     lines: tuple[str, ...]
 
 
+def _crls(services: Services, session: Session, principal: Principal) -> list[str]:
+    return [
+        f"signed {crl.kind} CRL #{crl.number} of CA {crl.ca_id} ({crl.entries} entries, next update "
+        f"{crl.next_update:%Y-%m-%d %H:%M:%SZ})"
+        for crl in services.crl.refresh_due(session, principal)
+    ]
+
+
 def default_jobs() -> list[Job]:
-    return []
+    return [Job("crl", _crls)]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:

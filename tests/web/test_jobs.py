@@ -41,3 +41,13 @@ def test_run_forever_runs_rounds(services: Services) -> None:
     before = _entries(services)
     run_forever(services, 0.01, jobs=[Job("writes", _writes)], rounds=3)
     assert _entries(services) == before + 3
+
+
+def test_the_default_jobs_sign_due_crls(services: Services) -> None:
+    """Right after init the issuing CA's full CRL exists, so only the first delta is due."""
+    first = run_due(services)
+    assert all(r.ok for r in first), first
+    crl_lines = next(r.lines for r in first if r.name == "crl")
+    assert any("delta CRL" in line for line in crl_lines), crl_lines
+    again = run_due(services)
+    assert next(r.lines for r in again if r.name == "crl") == ()
