@@ -445,7 +445,7 @@ def test_a_token_is_shown_once_works_and_can_be_revoked(portal: Portal) -> None:
     listing = text(client.get("/tokens"))
     assert name in listing
     assert secret not in listing
-    assert secret.split("_")[2] not in listing
+    assert secret.split("_", 2)[2] not in listing  # the random part may itself contain "_"
 
     api = portal.app.test_client()
     works = api.get("/api/v1/certificates", headers={"Authorization": f"Bearer {secret}"})
