@@ -16,6 +16,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.revocation import REVOKE_REASONS
 from govpki.audit import verify_chain
 from govpki.config import Config
 from govpki.errors import ConfigError, GovpkiError
@@ -276,19 +277,7 @@ def list_(state: str | None, limit: int, as_json: bool) -> None:
                 click.echo(f"{r.serial:>34}  {r.state:9} {r.profile:20} {_dt(r.not_after):21} {r.subject}")
 
 
-_REASONS = click.Choice(
-    [
-        "unspecified",
-        "keyCompromise",
-        "cACompromise",
-        "affiliationChanged",
-        "superseded",
-        "cessationOfOperation",
-        "privilegeWithdrawn",
-        "aACompromise",
-    ],
-    case_sensitive=False,
-)
+_REASONS = click.Choice(REVOKE_REASONS, case_sensitive=False)
 
 
 def _status_line(record: Any) -> str:

@@ -59,3 +59,12 @@ def test_bad_revocation_requests(client: FlaskClient, operator_token: str, servi
         if field is not None:
             assert response.json["errors"][0]["field"] == field, response.json
     assert counts(services) == before
+
+
+def test_the_api_offers_exactly_the_revocation_reasons_of_the_service() -> None:
+    from typing import get_args
+
+    from ca.revocation import REVOKE_REASONS
+    from web.api import REVOKE_REASONS as API_REASONS
+
+    assert set(get_args(API_REASONS)) == set(REVOKE_REASONS)
