@@ -247,6 +247,12 @@ def _issuer_hashes(cert_der: bytes) -> tuple[dict[str, bytes], dict[str, bytes]]
     return names, keys
 
 
+def cert_id_hashes(issuer_der: bytes, algorithm: str = "sha1") -> tuple[bytes, bytes]:
+    """(issuerNameHash, issuerKeyHash) of an issuer certificate for a CertID hash."""
+    names, keys = _issuer_hashes(issuer_der)
+    return names[algorithm], keys[algorithm]
+
+
 def _insert_for(dialect: str) -> Any:
     return postgresql.insert(_T_RESP) if dialect == "postgresql" else sqlite.insert(_T_RESP)
 
@@ -476,12 +482,6 @@ class OcspService:
             self._load_issuers(conn)
             issuer = self._issuers.get(key)
         return issuer
-
-    def issuer_hashes(self, session: Session, ca_id: int, algorithm: str = "sha1") -> tuple[bytes, bytes]:
-        """(issuerNameHash, issuerKeyHash) of a CA for a CertID hash."""
-        ca = self._ca.find_ca(session, ca_id)
-        names, keys = _issuer_hashes(ca.cert_der)
-        return names[algorithm], keys[algorithm]
 
     # ----- signing ---------------------------------------------------------
 
