@@ -26,6 +26,7 @@ Results: a table on stdout and bench/results/ocsp-<UTC timestamp>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import multiprocessing as mp
@@ -288,28 +289,44 @@ def prepare(folder: Path, env: dict[str, str], size: int, sample: int, nonce: bo
     return facts
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, body: bytes) -> None:
+    """Wait until the server answers a real OCSP request (an empty connection makes an
+    openssl 3.0 ocsp child spin on it)."""
+    raw = (
+        b"POST /ocsp HTTP/1.0\r\nContent-Type: application/ocsp-request\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(raw)
+                if sock.recv(64).startswith(b"HTTP/1."):
+                    return
         except OSError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise RuntimeError("server did not come up")
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
+    """Stop the server and its children (its own process group: gunicorn via a new session,
+    openssl -multi by its own setpgid)."""
+    if proc is None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        pass
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children left behind (openssl's forked responders)
+    proc.wait()
 
 
 def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -346,11 +363,18 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             proc = None
             logfile = (folder / f"{name}.log").open("wb")
             try:
+                # openssl -multi puts itself in its own process group (setpgid fails for a
+                # session leader, so it must not get a new session)
                 proc = subprocess.Popen(
-                    servers[name], cwd=REPO, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+                    servers[name],
+                    cwd=REPO,
+                    env=env,
+                    stdout=logfile,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=name != "openssl",
                 )
                 try:
-                    wait_port(port, proc, 900)
+                    wait_port(port, proc, 900, bodies[0])
                 except RuntimeError:
                     logfile.flush()
                     log((folder / f"{name}.log").read_text(errors="replace")[-2000:])
