@@ -338,6 +338,10 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         facts = prepare(folder, env, size, args.sample, args.nonce)
         bodies = facts.pop("_bodies")
         out["setup"] = facts
+
+        def command(name: str, port: int) -> list[str]:
+            return servers[name] if name == "govpki" else [*servers[name], "-port", str(port)]
+
         servers: dict[str, list[str]] = {
             "govpki": [sys.executable, "-m", "web.cli", "serve", "--no-init"],
             "openssl": [
@@ -351,8 +355,6 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 str(folder / "resp.pem"),
                 "-rkey",
                 str(folder / "resp.key"),
-                "-port",
-                str(port),
                 "-multi",
                 "2",
                 "-nmin",
@@ -366,7 +368,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 # openssl -multi puts itself in its own process group (setpgid fails for a
                 # session leader, so it must not get a new session)
                 proc = subprocess.Popen(
-                    servers[name],
+                    command(name, port),
                     cwd=REPO,
                     env=env,
                     stdout=logfile,
