@@ -327,9 +327,13 @@ class CaService:
         profile: str,
         csr: bytes | str,
         identity: Mapping[SubjectField, str] | None = None,
+        issuer_id: int | None = None,
+        validity_days: int | None = None,
     ) -> CertificateRecord:
         """Issue one certificate. ``identity`` holds subject fields from the registered
-        identity (the RA's); they override the CSR's. C, ST and O always come from the CA."""
+        identity (the RA's); they override the CSR's. C, ST and O always come from the CA.
+        ``issuer_id`` names the issuing CA (default: the active CA the profile names);
+        ``validity_days`` may shorten the profile's validity, never lengthen it."""
         if not can_issue(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
         chosen = self.profiles.get(profile)
@@ -339,8 +343,20 @@ class CaService:
             )
         if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
             raise RuntimeError("CaService.issue needs a session without uncommitted writes (see ca.ledger)")
+        if validity_days is not None:
+            if not 1 <= validity_days <= chosen.validity_days:
+                raise InvalidError(
+                    f"must be between 1 and {chosen.validity_days} (profile {chosen.name})", field="validity_days"
+                )
+            chosen = chosen.model_copy(update={"validity_days": validity_days})
         checked = check_csr(csr, chosen)
-        issuer = self.active_ca(session, CaKind.ROOT if chosen.issuer == "root" else CaKind.ISSUING)
+        kind = CaKind.ROOT if chosen.issuer == "root" else CaKind.ISSUING
+        if issuer_id is None:
+            issuer = self.active_ca(session, kind)
+        else:
+            issuer = self.find_ca(session, issuer_id)
+            if issuer.kind != kind.value:
+                raise InvalidError(f"CA {issuer.id} is not a {kind.value} CA", field="issuer_id")
         return self._issue(session, principal, profile=chosen, checked=checked, identity=identity or {}, issuer=issuer)
 
     def _subject(self, profile: Profile, checked: CheckedRequest, identity: Mapping[SubjectField, str]) -> x509.Name:

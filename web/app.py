@@ -12,6 +12,7 @@ from govpki.config import Config
 from govpki.errors import GovpkiError
 from web import api, crl, pki, ui
 from web.container import Services, build_services
+from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
 
 log = logging.getLogger("govpki.web")
@@ -92,4 +93,6 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     app.register_blueprint(pki.bp)
     app.register_blueprint(crl.bp)
     ui.init_app(app)
+    # /ocsp is answered in front of Flask (see web.ocsp): one look-up, the stored bytes
+    app.wsgi_app = OcspDispatcher(app.wsgi_app, services.ocsp, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     return app

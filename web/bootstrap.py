@@ -43,6 +43,15 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
             root_key_at_hand = True
     _first_crls(services, principal, report, root_key_at_hand)
     with services.sessions() as session:
+        # the issuing CA's delegated OCSP responder (rotated later by `govpki ocsp refresh`)
+        issuing = ca.active_ca(session, CaKind.ISSUING)
+        if services.ocsp.active_responder(session, issuing.id) is None:
+            responder = services.ocsp.ensure_responder(session, principal, issuing)
+            session.commit()
+            report.created.append(
+                f"OCSP responder certificate for {issuing.name} (until {responder.not_after:%Y-%m-%d})"
+            )
+    with services.sessions() as session:
         added = services.regions.seed(session, principal, services.region)
         session.commit()
         if added:

@@ -488,6 +488,61 @@ def token_create(name: str, days: int | None) -> None:
 
 
 @main.group()
+def ocsp() -> None:
+    """The OCSP responder: delegated responder certificates and pre-signed responses."""
+
+
+@ocsp.command(name="refresh")
+@click.option("--limit", type=int, default=None, help="Handle at most this many responses in this run.")
+@click.option("--batch", "batch_size", type=int, default=500, show_default=True, help="Responses per commit.")
+def ocsp_refresh(limit: int | None, batch_size: int) -> None:
+    """Rotate responders that are due, re-sign old responses and pre-sign missing ones.
+
+    Commits after every batch: stopping it keeps what was done; run it again to go on."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            pending = services.ocsp.pending(session)
+            session.rollback()
+            if limit is not None:
+                pending = min(pending, limit)
+            with click.progressbar(length=pending, label="OCSP responses", file=sys.stderr) as bar:
+                report = services.ocsp.refresh_due(
+                    session,
+                    cli_principal(),
+                    limit=limit,
+                    progress=bar.update,
+                    checkpoint=session.commit,
+                    batch_size=batch_size,
+                )
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    for ca_id in report.rotated:
+        click.echo(f"new OCSP responder for CA {ca_id}")
+    click.echo(f"re-signed {report.resigned}, pre-signed {report.presigned}, dropped (expired) {report.dropped}")
+
+
+@ocsp.command(name="responders")
+def ocsp_responders() -> None:
+    """List the delegated OCSP responder certificates."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            responders = services.ocsp.list_responders(session, cli_principal())
+        except GovpkiError as exc:
+            report_error(exc)
+        for r in responders:
+            cert = x509.load_der_x509_certificate(r.cert_der)
+            state = "active" if r.active else "retired"
+            click.echo(
+                f"{r.id:>4}  CA {r.ca_id}  {state:7}  {_dt(r.not_before)} .. {_dt(r.not_after)}  "
+                f"serial {cert.serial_number:x}  key {r.key_store}:{r.key_handle}"
+            )
+
+
+@main.group()
 def audit() -> None:
     """The audit log."""
 

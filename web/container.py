@@ -20,6 +20,7 @@ import ra.models  # noqa: F401
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
+from ca.ocsp import OcspService
 from ca.profiles import ProfileSet, load_profiles
 from ca.revocation import RevocationService
 from ca.revocation_status import CrlStatus, DatabaseRecords
@@ -29,6 +30,7 @@ from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
 from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
+from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from ra.services import RegionFile, RegionService, load_region
 
@@ -45,6 +47,7 @@ class Services:
     ca: CaService
     revocation: RevocationService
     crl: CrlService
+    ocsp: OcspService
     accounts: AccountService
     tokens: TokenService
     regions: RegionService
@@ -149,14 +152,31 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     sessions = make_sessionmaker(engine)
     keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
+    gate = WriteGate(config.database_url)
     ca = CaService(
         settings=ca_settings(config),
         profiles=profiles,
         keystores=keystores,
-        ledger=IssuanceLedger(engine, clock, WriteGate(config.database_url)),
+        ledger=IssuanceLedger(engine, clock, gate),
         clock=clock,
     )
+    try:
+        ocsp = OcspService(
+            ca=ca,
+            keystores=keystores,
+            engine=engine,
+            gate=gate,
+            clock=clock,
+            validity_hours=config.ocsp_validity_hours,
+            refresh_hours=config.ocsp_refresh_hours,
+            responder_days=config.ocsp_responder_days,
+            renew_days=config.ocsp_responder_renew_days,
+        )
+    except InvalidError as exc:
+        raise ConfigError(f"GOVPKI_{(exc.field or '').upper()}: {exc.reason}") from None
     revocation = RevocationService(clock)
+    # a status change re-signs the certificate's OCSP responses in its own transaction
+    revocation.on_change(ocsp.on_status_change)
     return Services(
         config=config,
         clock=clock,
@@ -168,6 +188,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ca=ca,
         revocation=revocation,
         crl=CrlService(crl_settings(config), keystores, clock),
+        ocsp=ocsp,
         accounts=AccountService(clock),
         tokens=TokenService(clock),
         regions=RegionService(clock),

@@ -46,8 +46,17 @@ def _crls(services: Services, session: Session, principal: Principal) -> list[st
     ]
 
 
+def _ocsp(services: Services, session: Session, principal: Principal) -> list[str]:
+    # commits after the rotation and after every batch, so a long first run keeps its progress
+    report = services.ocsp.refresh_due(session, principal, checkpoint=session.commit)
+    lines = [f"rotated the OCSP responder of CA {ca_id}" for ca_id in report.rotated]
+    if report.resigned or report.presigned:
+        lines.append(f"re-signed {report.resigned} and pre-signed {report.presigned} OCSP responses")
+    return lines
+
+
 def default_jobs() -> list[Job]:
-    return [Job("crl", _crls)]
+    return [Job("crl", _crls), Job("ocsp", _ocsp)]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:

@@ -43,11 +43,14 @@ def test_run_forever_runs_rounds(services: Services) -> None:
     assert _entries(services) == before + 3
 
 
-def test_the_default_jobs_sign_due_crls(services: Services) -> None:
-    """Right after init the issuing CA's full CRL exists, so only the first delta is due."""
+def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -> None:
+    """Right after init the issuing CA's full CRL exists, so only the first delta is due;
+    the certificates issued so far (the OCSP responder's own) get pre-signed responses."""
     first = run_due(services)
     assert all(r.ok for r in first), first
     crl_lines = next(r.lines for r in first if r.name == "crl")
     assert any("delta CRL" in line for line in crl_lines), crl_lines
+    ocsp_lines = next(r.lines for r in first if r.name == "ocsp")
+    assert any("pre-signed" in line for line in ocsp_lines), ocsp_lines
     again = run_due(services)
-    assert next(r.lines for r in again if r.name == "crl") == ()
+    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ())]
