@@ -209,3 +209,20 @@ def test_ocsp_for_another_issuer_and_unreachable(ocsp_server):
         GovpkiClient("http://unused.invalid", timeout=2).ocsp_status(leaf, _root, url="http://127.0.0.1:9/ocsp")
     with pytest.raises(OcspError, match="no OCSP responder"):
         GovpkiClient("http://unused.invalid").ocsp_status(leaf, _root)
+
+
+def test_ocsp_status_against_the_real_responder(base_url: str, services: Services):
+    """The client library and govpki's own /ocsp agree: good, then revoked with the reason."""
+    with services.sessions() as session:
+        record = services.ca.issue(session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn=HOST))
+        issuer_der = record.ca.cert_der
+        assert record.cert_der is not None
+        leaf_der, serial = record.cert_der, record.serial
+    client = GovpkiClient(base_url, timeout=10)
+    good = client.ocsp_status(leaf_der, issuer_der, url=f"{base_url}/ocsp")
+    assert good.status == "good" and good.next_update is not None
+    with services.sessions() as session:
+        services.revocation.revoke(session, SYSTEM, serial, reason="keyCompromise")
+        session.commit()
+    revoked = client.ocsp_status(leaf_der, issuer_der, url=f"{base_url}/ocsp", hash_algorithm=hashes.SHA256())
+    assert revoked.status == "revoked" and revoked.revocation_reason == "key_compromise"
