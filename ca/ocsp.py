@@ -766,6 +766,18 @@ class OcspService:
 
     def respond(self, request_der: bytes) -> OcspAnswer:
         """Answer one DER OCSPRequest. Never raises."""
+        answer = self._respond(request_der, sign=True)
+        assert answer is not None  # with sign=True there is always one
+        return answer
+
+    def respond_stored(self, request_der: bytes) -> OcspAnswer | None:
+        """The answer when it needs no signing (a stored response, or an error status);
+        ``None`` when :meth:`respond` would sign one (nonce, several requests, unknown
+        serial, no or an old stored response). For servers that keep signing off their
+        event loop. Never raises."""
+        return self._respond(request_der, sign=False)
+
+    def _respond(self, request_der: bytes, *, sign: bool) -> OcspAnswer | None:
         try:
             if not request_der or len(request_der) > MAX_REQUEST_BYTES:
                 return _error(OcspStatus.MALFORMED_REQUEST)
@@ -774,7 +786,7 @@ class OcspService:
             except NotImplementedError:  # several requests in one message
                 queries, nonce = self._parse_many(request_der)
             with self._engine.connect() as conn:
-                return self._answer(conn, queries, nonce)
+                return self._answer(conn, queries, nonce, sign=sign)
         except _RefusedError as refusal:
             return _error(refusal.status)
         except Exception:
@@ -841,7 +853,7 @@ class OcspService:
             raise _RefusedError(OcspStatus.MALFORMED_REQUEST)
         return queries, self._check_nonce(nonce)
 
-    def _answer(self, conn: Connection, queries: list[_Query], nonce: bytes | None) -> OcspAnswer:
+    def _answer(self, conn: Connection, queries: list[_Query], nonce: bytes | None, *, sign: bool) -> OcspAnswer | None:
         issuers = [self._issuer(conn, q) for q in queries]
         ca_ids = {i.ca_id if i is not None and i.kind == CaKind.ISSUING.value else None for i in issuers}
         if None in ca_ids or len(ca_ids) != 1:
@@ -858,6 +870,8 @@ class OcspService:
                 row = conn.execute(_LOOKUP, {"ca_id": ca_id, "serial": serial, "alg": query.hash_algorithm}).first()
                 if row is not None and row.this_update <= now < row.next_update:
                     return OcspAnswer(row.der, OcspStatus.SUCCESSFUL, row.this_update, row.next_update, True)
+        if not sign:
+            return None
         responder = self._responder_for(conn, ca_id)
         if responder is None:
             return _error(OcspStatus.TRY_LATER)
