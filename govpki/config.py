@@ -68,6 +68,9 @@ class Config:
     ocsp_responder_days: int = 30  # delegated OCSP signing certificate lifetime
     ocsp_responder_renew_days: int = 7  # rotate it when less than this is left
     jobs_interval_seconds: int = 60  # how often `serve` runs the due jobs (CRLs, OCSP); 0: never
+    # the dedicated OCSP responder (`govpki ocsp serve`; `serve` starts it too): None is "off"
+    ocsp_listen: tuple[str, int] | None = ("127.0.0.1", 8001)
+    ocsp_workers: int = 2  # its processes (one port, SO_REUSEPORT)
     testing: bool = False
 
     @property
@@ -134,12 +137,16 @@ class Config:
                 kind="pkcs11", pkcs11_module=Path(module), pkcs11_token_label=label, pkcs11_pin_file=Path(pin)
             )
 
-        listen = get("LISTEN", "127.0.0.1:8000")
-        host, _, port_text = listen.rpartition(":")
-        if not host or not port_text.isdigit():
-            raise ConfigError(f"GOVPKI_LISTEN: {listen!r} is not HOST:PORT")
-        port = int(port_text)
+        def address(name: str, default: str) -> tuple[str, int]:
+            listen = get(name, default)
+            host, _, port_text = listen.rpartition(":")
+            if not host or not port_text.isdigit() or int(port_text) > 65535:
+                raise ConfigError(f"GOVPKI_{name}: {listen!r} is not HOST:PORT")
+            return host, int(port_text)
+
+        host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
+        ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
 
         return cls(
             instance_dir=instance,
@@ -174,5 +181,7 @@ class Config:
             ocsp_responder_days=integer("OCSP_RESPONDER_DAYS", 30),
             ocsp_responder_renew_days=integer("OCSP_RESPONDER_RENEW_DAYS", 7),
             jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
+            ocsp_listen=ocsp_listen,
+            ocsp_workers=integer("OCSP_WORKERS", 2),
             testing=get("TESTING", "0") == "1",
         )

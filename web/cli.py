@@ -112,6 +112,8 @@ def serve(no_init: bool) -> None:
     config = services.config
     if config.jobs_interval_seconds > 0:
         _start_jobs_loop(config.jobs_interval_seconds)
+    if config.ocsp_listen is not None:
+        _start_ocsp_server()
     click.echo("")
     click.echo(f"govpki is serving on {config.listen_url}/  (sign in at {config.base_url}/login)")
     click.echo(f"API: {config.base_url}/api/v1/openapi.json   CA certificates: {config.base_url}/ca/chain.pem")
@@ -131,6 +133,20 @@ def _start_jobs_loop(interval: int) -> None:
     )
     atexit.register(child.terminate)
     click.echo(f"scheduled jobs (CRLs, OCSP) run every {interval} s in process {child.pid}")
+
+
+def _start_ocsp_server() -> None:
+    """The dedicated OCSP responder runs in a child process beside gunicorn; it exits when we do."""
+    import atexit
+    import os
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "ocsp", "serve"],
+        env={**os.environ, "GOVPKI_OCSP_PARENT_PID": str(os.getpid())},
+    )
+    atexit.register(child.terminate)
+    click.echo(f"the dedicated OCSP responder (GOVPKI_OCSP_LISTEN) runs in process {child.pid}")
 
 
 @main.group()
@@ -522,6 +538,39 @@ def ocsp_refresh(limit: int | None, batch_size: int) -> None:
     for ca_id in report.rotated:
         click.echo(f"new OCSP responder for CA {ca_id}")
     click.echo(f"re-signed {report.resigned}, pre-signed {report.presigned}, dropped (expired) {report.dropped}")
+
+
+@ocsp.command(name="serve")
+@click.option("--listen", metavar="HOST:PORT", help="Default GOVPKI_OCSP_LISTEN (127.0.0.1:8001); port 0 picks one.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default GOVPKI_OCSP_WORKERS, 2).")
+def ocsp_serve(listen: str | None, workers: int | None) -> None:
+    """Serve OCSP only (POST /ocsp, GET /ocsp/<base64>): the dedicated responder, without gunicorn.
+
+    Does not initialise or migrate: run `govpki init` (or `serve`) first."""
+    import logging
+    import os
+
+    from web.ocsp_server import serve as serve_ocsp
+
+    env = dict(os.environ)
+    if listen is not None:
+        env["GOVPKI_OCSP_LISTEN"] = listen
+    try:
+        config = Config.from_env(env)
+    except ConfigError as exc:
+        fail(f"configuration error: {exc}")
+    if config.ocsp_listen is None:
+        fail("GOVPKI_OCSP_LISTEN is 'off'; give --listen HOST:PORT")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [ocsp %(process)d] %(levelname)s %(message)s")
+    parent = os.environ.get("GOVPKI_OCSP_PARENT_PID")
+    host, port = config.ocsp_listen
+    try:
+        code = serve_ocsp(
+            config, host, port, workers or config.ocsp_workers, parent_pid=int(parent) if parent else None
+        )
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sys.exit(code)
 
 
 @ocsp.command(name="responders")

@@ -1,0 +1,178 @@
+"""The dedicated OCSP responder (`govpki ocsp serve`) for real: a subprocess with two
+worker processes on one port, `openssl ocsp` and raw sockets as clients."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp
+
+from govpki.principal import SYSTEM
+from tests.web.test_ocsp_http import _request, openssl_ocsp, pki, serial_of  # noqa: F401  (pki: a fixture)
+from web.container import Services
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def responder(services: Services, tmp_path: Path) -> Iterator[int]:
+    """`govpki ocsp serve --listen 127.0.0.1:0` on the test's instance; yields its port."""
+    config = services.config
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")}
+    env.update(
+        {
+            "GOVPKI_INSTANCE_DIR": str(config.instance_dir),
+            "GOVPKI_DATABASE_URL": config.database_url,
+            "GOVPKI_TESTING": "1",
+            "GOVPKI_OCSP_WORKERS": "2",
+        }
+    )
+    log = (tmp_path / "ocsp-server.log").open("w+b")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "ocsp", "serve", "--listen", "127.0.0.1:0"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/ocsp", line)
+        assert match, line + (tmp_path / "ocsp-server.log").read_text()
+        port = int(match.group(1))
+        deadline = time.monotonic() + 30
+        while True:  # the workers are up when one answers
+            try:
+                assert post(port, b"x")[0] == 200
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ocsp-server.log").read_text()
+                time.sleep(0.05)
+        yield port
+        assert proc.poll() is None, "the responder died"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def post(port: int, body: bytes, path: str = "/ocsp") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/ocsp-request"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def raw(port: int, data: bytes) -> bytes:
+    """Send ``data``, half-close, and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_openssl_good_then_revoked_with_reason(services: Services, pki: dict[str, Path], responder: int):  # noqa: F811
+    a = str(pki["a"])
+    for url in (f"http://127.0.0.1:{responder}/ocsp", f"http://127.0.0.1:{responder}"):  # POST /ocsp and POST /
+        out = openssl_ocsp(pki, url, "-no_nonce", "-cert", a)
+        assert f"{a}: good" in out and "Response verify OK" in out
+    out = openssl_ocsp(pki, f"http://127.0.0.1:{responder}/ocsp", "-cert", a, "-resp_text")  # nonce: signed now
+    assert f"{a}: good" in out and "Response verify OK" in out and "OCSP Nonce" in out
+    with services.sessions() as session:
+        services.revocation.revoke(session, SYSTEM, serial_of(pki["a"]), reason="keyCompromise")
+        session.commit()
+    out = openssl_ocsp(pki, f"http://127.0.0.1:{responder}/ocsp", "-no_nonce", "-cert", a)
+    assert f"{a}: revoked" in out and "Reason: keyCompromise" in out and "Response verify OK" in out
+
+
+def test_get_base64_and_keep_alive(services: Services, pki: dict[str, Path], responder: int):  # noqa: F811
+    der = _request(pki)
+    conn = http.client.HTTPConnection("127.0.0.1", responder, timeout=10)
+    try:
+        conn.request("GET", "/ocsp/" + base64.urlsafe_b64encode(der).decode().rstrip("="))
+        first = conn.getresponse()
+        body = first.read()
+        assert first.status == 200 and first.getheader("Content-Type") == "application/ocsp-response"
+        assert first.getheader("Connection") is None and first.getheader("Date")
+        assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
+        assert "max-age=" in (first.getheader("Cache-Control") or "") and first.getheader("ETag")
+        sock = conn.sock
+        # a second request on the same connection: POST, with its own no-store answer
+        conn.request("POST", "/ocsp", der, {"Content-Type": "application/ocsp-request"})
+        second = conn.getresponse()
+        assert conn.sock is sock and second.status == 200 and second.getheader("Cache-Control") == "no-store"
+        assert second.read() == body
+        conn.request("HEAD", "/ocsp/" + base64.b64encode(der).decode())
+        third = conn.getresponse()
+        assert third.status == 200 and third.getheader("Content-Length") == str(len(body)) and third.read() == b""
+    finally:
+        conn.close()
+    # two pipelined requests in one write, then HTTP/1.0: answered in order, then closed
+    one = b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(der), der)
+    last = b"GET /ocsp/%s HTTP/1.0\r\n\r\n" % base64.b64encode(der)
+    answer = raw(responder, one + last)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2 and answer.count(body) == 2
+    assert answer.removesuffix(body).endswith(b"\r\n\r\n") and b"Connection: close" in answer
+
+
+def test_bad_requests_get_clear_answers(pki: dict[str, Path], responder: int):  # noqa: F811
+    status, headers, body = post(responder, b"not an OCSP request")
+    assert status == 200 and headers["Content-Type"] == "application/ocsp-response"
+    assert ocsp.load_der_ocsp_response(body).response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    get_bad = raw(responder, b"GET /ocsp/!!!notbase64 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert get_bad.startswith(b"HTTP/1.1 200 OK") and get_bad.endswith(b"\x30\x03\x0a\x01\x01")
+    assert raw(responder, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    big = raw(responder, b"POST /ocsp HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n")
+    assert big.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in big
+    wrong = raw(responder, b"PUT /ocsp HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+    assert wrong.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD, POST" in wrong
+    chunked = raw(responder, b"POST /ocsp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ")
+    assert raw(responder, b"GET /admin HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(100))
+    assert raw(responder, b"GET /ocsp/AA HTTP/1.1\r\n" + many + b"\r\n").startswith(b"HTTP/1.1 431 ")
+    huge = b"X-Big: " + b"v" * 20_000 + b"\r\n"
+    assert raw(responder, b"GET /ocsp/AA HTTP/1.1\r\n" + huge + b"\r\n").startswith(b"HTTP/1.1 431 ")
+    long_url = b"GET /ocsp/" + b"A" * 9000 + b" HTTP/1.1\r\n\r\n"
+    assert raw(responder, long_url).startswith(b"HTTP/1.1 414 ")
+
+
+def test_garbage_never_kills_it(pki: dict[str, Path], responder: int):  # noqa: F811
+    rng = random.Random(6960)
+    der = _request(pki)
+    prefixes = [b"", b"POST /ocsp HTTP/1.1\r\n", b"GET /ocsp/", b"POST /ocsp HTTP/1.1\r\nContent-Length: 9\r\n\r\n"]
+    for i in range(40):
+        data = prefixes[i % len(prefixes)] + rng.randbytes(rng.randint(1, 3000))
+        with socket.create_connection(("127.0.0.1", responder), timeout=10) as sock:
+            sock.sendall(data)
+            if i % 2:  # some hang up at once, some wait for whatever comes back
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(10)
+                while sock.recv(65536):
+                    pass
+    status, _headers, body = post(responder, der)
+    assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
