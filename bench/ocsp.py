@@ -9,15 +9,20 @@ For each size N (default 1,000 and 1,000,000 certificates in the database):
 * the answers for the queried serials pre-signed (``--sample`` serials, all of them at
   1,000) through the service's own path (sign once, store), and at 1,000 the whole set
   through ``refresh_due`` to time bulk pre-signing;
-* ``govpki serve --no-init`` (gunicorn; production defaults: 2 workers × 2 threads,
-  ``GOVPKI_WORKERS`` / ``GOVPKI_THREADS`` override) and ``openssl ocsp -index index.txt
-  -multi 2 -nmin 60`` serving the same serials (an ``index.txt`` written from the same
-  rows, a throw-away delegated OCSP signing certificate with a P-256 key like ours);
-* the same load generator for both: ``--procs`` processes × ``--threads`` threads, each
-  request a new TCP connection (openssl closes after every answer; govpki runs without
+* ``govpki-gunicorn``: ``govpki serve --no-init`` (gunicorn; production defaults: 2
+  workers × 2 threads, ``GOVPKI_WORKERS`` / ``GOVPKI_THREADS`` override; the dedicated
+  responder off); ``govpki-dedicated``: ``govpki ocsp serve`` (the asyncio responder,
+  ``GOVPKI_OCSP_WORKERS`` processes, default 2); ``openssl``: ``openssl ocsp -index
+  index.txt -multi 2 -nmin 60`` serving the same serials (an ``index.txt`` written from
+  the same rows, a throw-away delegated OCSP signing certificate with a P-256 key like
+  ours);
+* the same load generator for all: ``--procs`` processes × ``--threads`` threads, each
+  request a new TCP connection (openssl closes after every answer; gunicorn runs without
   keep-alive) sending a pre-built RFC 5019 request (SHA-1 CertID, one request, no nonce
   unless ``--nonce``) as ``POST /ocsp``; every answer must be HTTP 200 with a successful
-  OCSP response.
+  OCSP response. ``govpki-dedicated-keepalive`` (only with ``--servers``) is the same
+  server driven over kept-alive HTTP/1.1 connections, one per client thread: not
+  comparable with openssl, which closes every connection.
 
 Run:  .venv/bin/python bench/ocsp.py [--sizes 1000,1000000] [--seconds 10]
 Results: a table on stdout and bench/results/ocsp-<UTC timestamp>.json.
@@ -58,8 +63,40 @@ def log(message: str) -> None:
 # ----- the load generator -----------------------------------------------------
 
 
-def _client_proc(port: int, requests: list[bytes], threads: int, start_at: float, stop_at: float) -> dict[str, Any]:
-    """One client process: ``threads`` threads, a new connection per request."""
+def _ok(head: bytes, body: bytes) -> bool:
+    # 200, and OCSPResponseStatus successful (ENUMERATED 0) near the start of the DER
+    return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")) and b"\x0a\x01\x00" in body[:8]
+
+
+def _keepalive_exchange(sock: socket.socket, raw: bytes, pending: bytearray) -> bool:
+    """One request and its answer on a kept-alive connection (answers carry Content-Length)."""
+    sock.sendall(raw)
+    while b"\r\n\r\n" not in pending:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        pending += chunk
+    end = pending.index(b"\r\n\r\n") + 4
+    head = bytes(pending[:end])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    while len(pending) < end + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("closed")
+        pending += chunk
+    body = bytes(pending[end : end + length])
+    del pending[: end + length]
+    return _ok(head, body)
+
+
+def _client_proc(
+    port: int, requests: list[bytes], threads: int, start_at: float, stop_at: float, keepalive: bool = False
+) -> dict[str, Any]:
+    """One client process: ``threads`` threads, a new connection per request (or one
+    kept-alive connection per thread)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -68,6 +105,8 @@ def _client_proc(port: int, requests: list[bytes], threads: int, start_at: float
         mine: list[float] = []
         bad = 0
         i = offset
+        sock: socket.socket | None = None
+        pending = bytearray()
         while time.time() < start_at:
             time.sleep(0.001)
         while True:
@@ -76,6 +115,22 @@ def _client_proc(port: int, requests: list[bytes], threads: int, start_at: float
                 break
             raw = requests[i % len(requests)]
             i += threads
+            if keepalive:
+                try:
+                    if sock is None:
+                        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                        pending.clear()
+                    if not _keepalive_exchange(sock, raw, pending):
+                        bad += 1
+                        continue
+                except OSError:
+                    bad += 1
+                    if sock is not None:
+                        sock.close()
+                    sock = None
+                    continue
+                mine.append(time.perf_counter() - now)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                     sock.sendall(raw)
@@ -87,14 +142,15 @@ def _client_proc(port: int, requests: list[bytes], threads: int, start_at: float
                         chunks.append(chunk)
                 data = b"".join(chunks)
                 head, _, body = data.partition(b"\r\n\r\n")
-                # 200, and OCSPResponseStatus successful (ENUMERATED 0) near the start of the DER
-                if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")) or b"\x0a\x01\x00" not in body[:8]:
+                if not _ok(head, body):
                     bad += 1
                     continue
             except OSError:
                 bad += 1
                 continue
             mine.append(time.perf_counter() - now)
+        if sock is not None:
+            sock.close()
         with lock:
             latencies.extend(mine)
             errors[0] += bad
@@ -108,23 +164,34 @@ def _client_proc(port: int, requests: list[bytes], threads: int, start_at: float
     return {"latencies": latencies, "errors": errors[0], "cpu": time.process_time() - cpu0}
 
 
-def load(port: int, bodies: list[bytes], procs: int, threads: int, seconds: float, warmup: float) -> dict[str, Any]:
-    requests = [
-        b"POST /ocsp HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/ocsp-request\r\n"
-        + f"Content-Length: {len(b)}\r\nConnection: close\r\n\r\n".encode()
-        + b
-        for b in bodies
-    ]
+def load(
+    port: int, bodies: list[bytes], procs: int, threads: int, seconds: float, warmup: float, keepalive: bool = False
+) -> dict[str, Any]:
+    if keepalive:
+        requests = [
+            b"POST /ocsp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/ocsp-request\r\n"
+            + f"Content-Length: {len(b)}\r\n\r\n".encode()
+            + b
+            for b in bodies
+        ]
+    else:
+        requests = [
+            b"POST /ocsp HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/ocsp-request\r\n"
+            + f"Content-Length: {len(b)}\r\nConnection: close\r\n\r\n".encode()
+            + b
+            for b in bodies
+        ]
     ctx = mp.get_context("fork")
     # warm-up (not counted)
     with ctx.Pool(procs) as pool:
         t0 = time.time() + 0.3
-        pool.starmap(_client_proc, [(port, requests, threads, t0, t0 + warmup)] * procs)
+        pool.starmap(_client_proc, [(port, requests, threads, t0, t0 + warmup, keepalive)] * procs)
     with ctx.Pool(procs) as pool:
         start = time.time() + 0.5
         stop = start + seconds
         results = pool.starmap(
-            _client_proc, [(port, requests[k::procs] or requests, threads, start, stop) for k in range(procs)]
+            _client_proc,
+            [(port, requests[k::procs] or requests, threads, start, stop, keepalive) for k in range(procs)],
         )
     latencies = [x for r in results for x in r["latencies"]]
     summary = _stats.latency_summary(latencies)
@@ -149,6 +216,8 @@ def _env(folder: Path, port: int) -> dict[str, str]:
             "GOVPKI_LISTEN": f"127.0.0.1:{port}",
             "GOVPKI_WORKERS": os.environ.get("GOVPKI_WORKERS", "2"),
             "GOVPKI_THREADS": os.environ.get("GOVPKI_THREADS", "2"),
+            "GOVPKI_OCSP_LISTEN": "off",  # `serve` alone; the dedicated responder is its own row
+            "GOVPKI_OCSP_WORKERS": os.environ.get("GOVPKI_OCSP_WORKERS", "2"),
         }
     )
     return env
@@ -340,10 +409,17 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         out["setup"] = facts
 
         def command(name: str, port: int) -> list[str]:
-            return servers[name] if name == "govpki" else [*servers[name], "-port", str(port)]
+            if name == "openssl":
+                return [*servers[name], "-port", str(port)]
+            if name.startswith("govpki-dedicated"):
+                return [*servers[name], "--listen", f"127.0.0.1:{port}"]
+            return servers[name]
 
+        dedicated = [sys.executable, "-m", "web.cli", "ocsp", "serve"]
         servers: dict[str, list[str]] = {
-            "govpki": [sys.executable, "-m", "web.cli", "serve", "--no-init"],
+            "govpki-gunicorn": [sys.executable, "-m", "web.cli", "serve", "--no-init"],
+            "govpki-dedicated": dedicated,
+            "govpki-dedicated-keepalive": dedicated,
             "openssl": [
                 "openssl",
                 "ocsp",
@@ -386,7 +462,9 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 steal0 = _stats.system_cpu_times()
                 cpu.start()
                 log(f"{name} N={size:,}: {args.seconds} s, {args.procs}×{args.threads} clients")
-                result = load(port, bodies, args.procs, args.threads, args.seconds, args.warmup)
+                result = load(
+                    port, bodies, args.procs, args.threads, args.seconds, args.warmup, name.endswith("-keepalive")
+                )
                 result["server_cpu_ms_per_req"] = 1000 * cpu.stop() / max(result["count"], 1)
                 result["steal"] = _stats.steal_share(steal0, _stats.system_cpu_times())
                 out[name] = result
@@ -411,25 +489,30 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8, help="threads per client process")
     parser.add_argument("--sample", type=int, default=10_000, help="serials the clients ask for")
     parser.add_argument("--nonce", action="store_true", help="requests carry a nonce (signed per request)")
-    parser.add_argument("--servers", default="govpki,openssl")
+    parser.add_argument(
+        "--servers",
+        default="govpki-gunicorn,govpki-dedicated,openssl",
+        help="also: govpki-dedicated-keepalive (kept-alive connections; not comparable with openssl)",
+    )
     args = parser.parse_args()
     os.chdir(REPO)
     facts = {"machine": _stats.machine_facts(), "git": _stats.git_facts(REPO), "args": vars(args)}
     rows = [run_size(int(s), args) for s in args.sizes.split(",")]
     print()
-    print(f"{'server':8} {'N':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>10}")
+    print(f"{'server':26} {'N':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>10}")
     for row in rows:
         for name in args.servers.split(","):
             r = row.get(name)
             if r:
                 print(
-                    f"{name:8} {row['size']:>9,} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                    f"{name:26} {row['size']:>9,} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                     f"{r['errors']:>7} {r['server_cpu_ms_per_req']:>10.3f}"
                 )
     print()
     for row in rows:
-        if "govpki" in row and "openssl" in row:
-            print(f"N={row['size']:,}: govpki/openssl throughput {row['govpki']['rps'] / row['openssl']['rps']:.2f}")
+        for name in ("govpki-gunicorn", "govpki-dedicated"):
+            if name in row and "openssl" in row:
+                print(f"N={row['size']:,}: {name}/openssl throughput {row[name]['rps'] / row['openssl']['rps']:.2f}")
     if len(rows) >= 2:
         for name in args.servers.split(","):
             if name in rows[0] and name in rows[-1]:

@@ -65,6 +65,9 @@ MAX_HEADERS = 64
 MAX_URL_BYTES = 8 * 1024
 IDLE_SECONDS = 15.0
 SIGN_THREADS = 2
+# Stored answers are looked up on the event loop; False sends every request through the
+# thread pool (for measuring: bench/README has both)
+LOOKUP_INLINE = True
 BACKLOG = 1024
 
 
@@ -269,7 +272,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(call, HttpReply):
                 self._send(call, keep_alive=request.keep_alive)
                 return
-            stored = answer_stored(self._worker.service, call)
+            stored = answer_stored(self._worker.service, call) if LOOKUP_INLINE else None
         except Exception:  # never a 500, never a dead connection handler
             self._send(internal_error(), keep_alive=request.keep_alive)
             return

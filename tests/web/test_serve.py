@@ -26,12 +26,13 @@ def _free_port() -> int:
 
 
 def test_serve_initialises_prints_login_and_issues_over_http(tmp_path: Path, database_url: str):
-    port = _free_port()
+    port, ocsp_port = _free_port(), _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")},
         "GOVPKI_INSTANCE_DIR": str(tmp_path / "instance"),
         "GOVPKI_DATABASE_URL": database_url,
         "GOVPKI_LISTEN": f"127.0.0.1:{port}",
+        "GOVPKI_OCSP_LISTEN": f"127.0.0.1:{ocsp_port}",
     }
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("w+")
@@ -58,6 +59,17 @@ def test_serve_initialises_prints_login_and_issues_over_http(tmp_path: Path, dat
         assert "user name: secadmin" in output and "password:" in output
         assert "created 14 prefecture RAs" in output
         assert chain.count(b"BEGIN CERTIFICATE") == 2
+        # the dedicated OCSP responder runs beside gunicorn: garbage gets malformedRequest
+        assert "the dedicated OCSP responder" in output
+        while True:
+            try:
+                garbage = urllib.request.Request(f"http://127.0.0.1:{ocsp_port}/ocsp", data=b"x", method="POST")
+                with urllib.request.urlopen(garbage, timeout=2) as response:
+                    assert response.status == 200 and response.read() == b"\x30\x03\x0a\x01\x01"
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.3)
 
         token = subprocess.run(
             [sys.executable, "-m", "web.cli", "token", "create", "--name", "curl"],
