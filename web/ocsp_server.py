@@ -141,11 +141,8 @@ class _Connection(asyncio.Protocol):
     # ----- asyncio.Protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # uvloop's transport is not a subclass; both loops set TCP_NODELAY themselves
+        self._transport = cast(asyncio.Transport, transport)
         self._arm_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
