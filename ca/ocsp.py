@@ -29,6 +29,7 @@ serve ``unauthorized``, no usable responder ``tryLater``, anything else ``intern
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import enum
 import hashlib
@@ -224,6 +225,84 @@ _RECORD = select(
 ).where(_T_CERT.c.serial == bindparam("serial"))
 
 
+class _StoredReader:
+    """The hot path's read of a stored answer on a DB-API connection of its own per
+    thread (taken from the engine, so with its connect-time settings, then detached from
+    the pool; autocommit, so every read sees what is committed). SQLAlchemy Core's
+    execution path (pool checkout and reset, execution context, result object) costs
+    more than the primary-key read itself. The SQL and the column conversions are still
+    SQLAlchemy's: ``_LOOKUP`` compiled for the engine's dialect and its columns' result
+    processors. An error drops the connection; the caller then takes the Core path."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        dialect = engine.dialect
+        compiled = _LOOKUP.compile(dialect=dialect)
+        self._sql = compiled.string
+        self._order: list[str] | None = list(compiled.positiontup or []) if compiled.positional else None
+        self._processors = [
+            col.type.dialect_impl(dialect).result_processor(dialect, None) for col in _LOOKUP.selected_columns
+        ]
+        self._sqlite = dialect.name == "sqlite"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            fairy = self._engine.raw_connection()
+            fairy.detach()
+            conn = cast(Any, fairy.dbapi_connection)
+            if not self._sqlite:
+                conn.rollback()
+                conn.autocommit = True
+            self._local.conn = conn
+            with self._lock:
+                self._open.append(conn)
+        return conn
+
+    def read(self, ca_id: int, serial: str, alg: str) -> tuple[bytes, _dt.datetime, _dt.datetime] | None:
+        conn = self._connection()
+        values: dict[str, Any] = {"ca_id": ca_id, "serial": serial, "alg": alg}
+        params: Any = values if self._order is None else tuple(values[name] for name in self._order)
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(self._sql, params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            if self._sqlite and conn.in_transaction:
+                conn.rollback()
+        except Exception:
+            self._drop(conn)
+            raise
+        if row is None:
+            return None
+        converted: list[Any] = [
+            value if process is None else process(value) for process, value in zip(self._processors, row, strict=True)
+        ]
+        return bytes(converted[0]), converted[1], converted[2]
+
+    def _drop(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._lock:
+            if conn in self._open:
+                self._open.remove(conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown: none may be in use)."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = threading.local()
+
+
 def _now_seconds(clock: Clock) -> _dt.datetime:
     return clock.now().replace(microsecond=0)
 
@@ -311,6 +390,11 @@ class OcspService:
         self._issuers: dict[tuple[str, bytes, bytes], _Issuer] = {}
         self._issuers_loaded = float("-inf")
         self._responders: dict[int, _ActiveResponder | None] = {}
+        self._reader = _StoredReader(engine)
+
+    def close(self) -> None:
+        """Close the hot path's own database connections (``Services.dispose``)."""
+        self._reader.close()
 
     # ----- responders ------------------------------------------------------
 
@@ -785,6 +869,10 @@ class OcspService:
                 queries, nonce = self._parse_single(request_der)
             except NotImplementedError:  # several requests in one message
                 queries, nonce = self._parse_many(request_der)
+            if nonce is None and len(queries) == 1:
+                stored = self._stored_fast(queries[0])
+                if stored is not None:
+                    return stored
             with self._engine.connect() as conn:
                 return self._answer(conn, queries, nonce, sign=sign)
         except _RefusedError as refusal:
@@ -792,6 +880,30 @@ class OcspService:
         except Exception:
             log.exception("OCSP request failed")
             return _error(OcspStatus.INTERNAL_ERROR)
+
+    def _stored_fast(self, query: _Query) -> OcspAnswer | None:
+        """The stored answer through :class:`_StoredReader`, when there is a fresh one for a
+        known issuing CA; ``None`` sends the request down the full path (which also
+        reloads issuers, refuses, signs)."""
+        issuer = self._issuers.get((query.hash_algorithm, query.name_hash, query.key_hash))
+        if (
+            issuer is None
+            or issuer.kind != CaKind.ISSUING.value
+            or query.hash_algorithm not in STORED_HASHES
+            or query.serial < 0
+        ):
+            return None
+        try:
+            row = self._reader.read(issuer.ca_id, format(query.serial, "x"), query.hash_algorithm)
+        except Exception:
+            log.warning("OCSP fast read failed; taking the full path", exc_info=True)
+            return None
+        if row is None:
+            return None
+        der, this_update, next_update = row
+        if not this_update <= _now_seconds(self._clock) < next_update:
+            return None
+        return OcspAnswer(der, OcspStatus.SUCCESSFUL, this_update, next_update, True)
 
     @staticmethod
     def _check_nonce(nonce: bytes | None) -> bytes | None:

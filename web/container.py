@@ -54,6 +54,7 @@ class Services:
     validation: ValidationService
 
     def dispose(self) -> None:
+        self.ocsp.close()
         self.engine.dispose()
 
 
