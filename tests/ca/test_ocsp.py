@@ -193,3 +193,29 @@ def test_cli_refresh_and_responders(services: Services):
     assert result.exit_code == 0 and "active" in result.output
     with services.sessions() as session:
         assert session.scalar(select(func.count()).select_from(OcspResponder)) == 1
+
+
+def test_the_fast_stored_read_matches_the_full_path_and_recovers_from_a_dead_connection(services: Services):
+    cert = _issue(services, "fast.example.gov.cn")
+    with services.sessions() as session:
+        issuer = x509.load_der_x509_certificate(services.ca.active_ca(session, CaKind.ISSUING).cert_der)
+    der = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build().public_bytes(Encoding.DER)
+    first = services.ocsp.respond(der)  # loads the issuers; the answer was stored at issuance or now
+    stored = services.ocsp.respond_stored(der)
+    assert stored is not None and stored.der == first.der == _stored(services, cert)["sha1"].public_bytes(Encoding.DER)
+    assert stored.this_update == first.this_update and stored.this_update.tzinfo is not None
+    # the reader's own connection dies: the answer still comes (the Core path), then the reader reconnects
+    reader = services.ocsp._reader
+    reader._connection().close()
+    assert services.ocsp.respond_stored(der) == stored
+    assert services.ocsp.respond_stored(der) == stored and reader._open
+    # a status change is visible to the fast read at once (its connection is in autocommit)
+    with services.sessions() as session:
+        services.revocation.revoke(session, SYSTEM, format(cert.serial_number, "x"), reason="keyCompromise")
+        session.commit()
+    revoked = services.ocsp.respond_stored(der)
+    assert revoked is not None
+    assert ocsp.load_der_ocsp_response(revoked.der).certificate_status == ocsp.OCSPCertStatus.REVOKED
+    services.ocsp.close()
+    assert not reader._open
+    assert services.ocsp.respond_stored(der) == revoked  # and it opens a new one when asked again
