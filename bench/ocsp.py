@@ -22,7 +22,9 @@ For each size N (default 1,000 and 1,000,000 certificates in the database):
   unless ``--nonce``) as ``POST /ocsp``; every answer must be HTTP 200 with a successful
   OCSP response. ``govpki-dedicated-keepalive`` (only with ``--servers``) is the same
   server driven over kept-alive HTTP/1.1 connections, one per client thread: not
-  comparable with openssl, which closes every connection.
+  comparable with openssl, which closes every connection. ``null`` (only with
+  ``--servers``): ``bench/_null_http.py``, a server that answers without parsing: the
+  ceiling the load generator and the TCP connections leave on this machine.
 
 Run:  .venv/bin/python bench/ocsp.py [--sizes 1000,1000000] [--seconds 10]
 Results: a table on stdout and bench/results/ocsp-<UTC timestamp>.json.
@@ -413,6 +415,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 return [*servers[name], "-port", str(port)]
             if name.startswith("govpki-dedicated"):
                 return [*servers[name], "--listen", f"127.0.0.1:{port}"]
+            if name == "null":
+                return [*servers[name], str(port)]
             return servers[name]
 
         dedicated = [sys.executable, "-m", "web.cli", "ocsp", "serve"]
@@ -420,6 +424,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             "govpki-gunicorn": [sys.executable, "-m", "web.cli", "serve", "--no-init"],
             "govpki-dedicated": dedicated,
             "govpki-dedicated-keepalive": dedicated,
+            "null": [sys.executable, str(BENCH_DIR / "_null_http.py")],
             "openssl": [
                 "openssl",
                 "ocsp",
@@ -492,7 +497,8 @@ def main() -> int:
     parser.add_argument(
         "--servers",
         default="govpki-gunicorn,govpki-dedicated,openssl",
-        help="also: govpki-dedicated-keepalive (kept-alive connections; not comparable with openssl)",
+        help="also: govpki-dedicated-keepalive (kept-alive connections; not comparable with openssl), "
+        "null (a server that parses nothing: the ceiling of the load generator on this machine)",
     )
     args = parser.parse_args()
     os.chdir(REPO)
