@@ -337,13 +337,14 @@ class _Connection(asyncio.Protocol):
 # ----- processes ----------------------------------------------------------------
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
+def _listen_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
     host = host.strip("[]")
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:
         sock.close()
@@ -397,8 +398,12 @@ def serve(config: Config, host: str, port: int, workers: int, *, parent_pid: int
     (or until ``parent_pid`` is gone). Returns the exit code."""
     # The master holds a bound (not listening) socket of the same SO_REUSEPORT group: it
     # checks the address before forking, turns port 0 into a real one, and keeps it.
+    # First a bind without SO_REUSEPORT: it fails if anything listens there, also another
+    # responder (of another instance of the same user), which would otherwise silently
+    # share the port and its traffic with us.
+    with _listen_socket(host, port, share=False) as probe:
+        port = probe.getsockname()[1]
     reserve = _listen_socket(host, port)
-    port = reserve.getsockname()[1]
     master = os.getpid()
     stopping = False
     children: dict[int, float] = {}

@@ -176,3 +176,19 @@ def test_garbage_never_kills_it(pki: dict[str, Path], responder: int):  # noqa: 
                     pass
     status, _headers, body = post(responder, der)
     assert status == 200 and ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+
+def test_a_second_responder_on_the_same_port_refuses_to_start(services: Services, responder: int):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")}
+    env.update({"GOVPKI_INSTANCE_DIR": str(services.config.instance_dir), "GOVPKI_DATABASE_URL": "sqlite://"})
+    second = subprocess.run(
+        [sys.executable, "-m", "web.cli", "ocsp", "serve", "--listen", f"127.0.0.1:{responder}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 2 and "cannot listen" in second.stderr
+    assert post(responder, b"x")[0] == 200
