@@ -209,3 +209,37 @@ class OcspResponse(Base):
     this_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     next_update: Mapped[_dt.datetime] = mapped_column(UTCDateTime(), index=True)
     der: Mapped[bytes] = mapped_column(LargeBinary())
+
+
+class TlogEntry(Base):
+    """A leaf of the issuance transparency log (RFC 9162 hashing): every issued
+    certificate and every revocation, in order. ``idx`` is the leaf index (0-based);
+    ``leaf`` the exact bytes hashed as ``SHA-256(0x00 || leaf)``. Appended in the same
+    transaction as the issuance/revocation, after its audit entry (whose head-row lock
+    serialises appenders, so ``max(idx) + 1`` is safe)."""
+
+    __tablename__ = "tlog_entries"
+
+    idx: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(10))  # "issue" or "revoke"
+    ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42), index=True)
+    leaf: Mapped[bytes] = mapped_column(LargeBinary())
+    leaf_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+
+
+class TlogTreeHead(Base):
+    """A signed tree head (RFC 6962 style): size, root hash, time, signature."""
+
+    __tablename__ = "tlog_tree_heads"
+
+    tree_size: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    key_store: Mapped[str] = mapped_column(String(20))
+    key_handle: Mapped[str] = mapped_column(String(200))
+    algorithm: Mapped[str] = mapped_column(String(40))
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary())
+    signed_data: Mapped[bytes] = mapped_column(LargeBinary())
+    signature: Mapped[bytes] = mapped_column(LargeBinary())

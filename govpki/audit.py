@@ -20,7 +20,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Connection, Integer, String, Table, Text, bindparam, event, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    bindparam,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from govpki.clock import Clock, SystemClock
@@ -54,6 +67,41 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """A signed statement of the chain head: "entry ``seq`` has hash ``head_hash``".
+    Signed with the audit-signing key (through keymgmt) over ``signed_data``; also
+    exported outside the database, so deleting the tail of the log is detectable."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), unique=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    key_store: Mapped[str] = mapped_column(String(20))
+    key_handle: Mapped[str] = mapped_column(String(200))
+    algorithm: Mapped[str] = mapped_column(String(40))
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary())
+    signed_data: Mapped[bytes] = mapped_column(LargeBinary())
+    signature: Mapped[bytes] = mapped_column(LargeBinary())
+
+
+class AuditVerification(Base):
+    """One run of the full verification (the auditors' console shows the newest)."""
+
+    __tablename__ = "audit_verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    entries: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    checkpoints: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column()
+    first_bad_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    reason: Mapped[str | None] = mapped_column(Text())
 
 
 @dataclass(frozen=True)
