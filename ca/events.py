@@ -18,3 +18,4 @@ class CaEvent(enum.StrEnum):
     CRL_GENERATE = "ca:crl:generate"
     OCSP_RESPONDER_CREATE = "ca:ocsp_responder:create"
     OCSP_RESPONDER_RETIRE = "ca:ocsp_responder:retire"
+    TLOG_SIGN_HEAD = "ca:transparency:sign_head"

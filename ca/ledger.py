@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ca.events import CaEvent
 from ca.models import CertificateRecord, CertState
+from ca.transparency import TransparencyLog
 from govpki import audit
 from govpki.clock import Clock
 from govpki.db import WriteGate
@@ -67,10 +69,11 @@ class IssuanceLedger:
     """Each method is one short transaction through the write gate, in Core SQL
     (this is the hot critical section of issuance)."""
 
-    def __init__(self, engine: Engine, clock: Clock, gate: WriteGate) -> None:
+    def __init__(self, engine: Engine, clock: Clock, gate: WriteGate, tlog: TransparencyLog) -> None:
         self._engine = engine
         self._clock = clock
         self._gate = gate
+        self._tlog = tlog
 
     def reserve(
         self,
@@ -139,6 +142,7 @@ class IssuanceLedger:
         values: dict[str, Any],
         details: dict[str, Any],
         outcome: str = "success",
+        after: Callable[[Connection], object] | None = None,
     ) -> None:
         with self._gate, self._engine.begin() as conn:
             now = self._clock.now()
@@ -155,6 +159,8 @@ class IssuanceLedger:
                 outcome=outcome,
                 clock=self._clock,
             )
+            if after is not None:  # after the audit entry: its head-row lock serialises the log's appenders
+                after(conn)
 
     def approve(
         self,
@@ -201,6 +207,9 @@ class IssuanceLedger:
                 "fingerprint_sha256": fingerprint,
                 "not_after": not_after.isoformat(),
             },
+            after=lambda conn: self._tlog.append_issue(
+                conn, ca_id=reservation.ca_id, serial=reservation.serial_hex, cert_sha256=fingerprint
+            ),
         )
 
     def fail(self, principal: Principal, reservation: Reservation, reason: str) -> None:

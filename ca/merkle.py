@@ -47,10 +47,8 @@ def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
     largest first; folding it from the right gives the RFC 9162 tree (smaller
     subtrees hang on the right)."""
     stack: list[bytes] = []
-    count = 0
-    for h in hashes:
+    for count, h in enumerate(hashes, start=1):
         stack.append(h)
-        count += 1
         merges = count
         while merges & 1 == 0:  # one merge per trailing zero bit of the new count
             right = stack.pop()

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ca.events import CaEvent
 from ca.models import POSSIBLY_ISSUED, CaStatus, CertificateRecord, RevocationReason
 from ca.services import can_issue, normalize_serial
+from ca.transparency import TransparencyLog
 from govpki import audit
 from govpki.clock import Clock
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
@@ -92,8 +93,9 @@ def parse_reason(value: str) -> RevocationReason:
 
 
 class RevocationService:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, tlog: TransparencyLog) -> None:
         self._clock = clock
+        self._tlog = tlog
         self._listeners: list[StatusListener] = []
 
     def on_change(self, listener: StatusListener) -> None:
@@ -260,5 +262,7 @@ class RevocationService:
             details={"ca_id": record.ca_id, "status_seq": seq, **details},
             clock=self._clock,
         )
+        if record.revocation_reason is not None:  # a revocation or a hold (a release is not logged)
+            self._tlog.append_revoke(session, record)
         for listener in self._listeners:
             listener(session, record)

@@ -67,6 +67,7 @@ class Config:
     ocsp_refresh_hours: int = 12  # re-sign a response when it is this old
     ocsp_responder_days: int = 30  # delegated OCSP signing certificate lifetime
     ocsp_responder_renew_days: int = 7  # rotate it when less than this is left
+    tlog_sth_minutes: int = 10  # the jobs sign a transparency log tree head this often (when the log grew)
     jobs_interval_seconds: int = 60  # how often `serve` runs the due jobs (CRLs, OCSP); 0: never
     # the dedicated OCSP responder (`govpki ocsp serve`; `serve` starts it too): None is "off"
     ocsp_listen: tuple[str, int] | None = ("127.0.0.1", 8001)
@@ -180,6 +181,7 @@ class Config:
             ocsp_refresh_hours=integer("OCSP_REFRESH_HOURS", 12),
             ocsp_responder_days=integer("OCSP_RESPONDER_DAYS", 30),
             ocsp_responder_renew_days=integer("OCSP_RESPONDER_RENEW_DAYS", 7),
+            tlog_sth_minutes=integer("TLOG_STH_MINUTES", 10),
             jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
             ocsp_listen=ocsp_listen,
             ocsp_workers=integer("OCSP_WORKERS", 2),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ca.models import CertificateRecord
 from ca.revocation import status_of
 from ca.validation import PathEntry, Purpose, ValidationResult
-from govpki.errors import FieldProblem, InvalidError
+from govpki.errors import FieldProblem, InvalidError, NotFoundError
 from govpki.principal import Principal
 from web.container import Services
 from web.openapi import Parameter, document, operation
@@ -461,6 +461,175 @@ def validate_certificate() -> Response:
         at=_rfc3339(body.time) if body.time is not None else None,
     )
     return _json(render_validation(result))
+
+
+class TreeHeadOut(BaseModel):
+    tree_size: int
+    timestamp: _dt.datetime
+    sha256_root_hash: str = Field(description="base64, as in RFC 6962 get-sth")
+    root_hash_hex: str
+    tree_head_signature: str = Field(description="base64 DER ECDSA (P-256, SHA-256) over signed_data")
+    signed_data: str = Field(description="base64 of the exact signed bytes (canonical JSON)")
+    public_key: str = Field(description="base64 DER SubjectPublicKeyInfo of the log's signing key")
+
+
+class InclusionOut(BaseModel):
+    leaf_index: int
+    tree_size: int
+    leaf_hash: str = Field(description="hex")
+    root_hash: str = Field(description="hex: the root of the tree of tree_size leaves")
+    audit_path: list[str] = Field(description="base64 node hashes, RFC 9162 PATH order (leaf's sibling first)")
+
+
+class ConsistencyOut(BaseModel):
+    first: int
+    second: int
+    first_root_hash: str = Field(description="hex")
+    second_root_hash: str = Field(description="hex")
+    consistency: list[str] = Field(description="base64 node hashes, RFC 9162 PROOF order")
+
+
+class LogEntryOut(BaseModel):
+    index: int
+    kind: Literal["issue", "revoke"]
+    ca_id: int
+    serial: str
+    leaf_hash: str = Field(description="hex SHA-256(0x00 || leaf)")
+    leaf: str = Field(description="base64 of the leaf bytes (canonical JSON)")
+
+
+class LogEntriesOut(BaseModel):
+    entries: list[LogEntryOut]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _required_int(name: str) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw.strip() == "":
+        raise InvalidError("is required", field=name)
+    value = _int_arg(name, 0)
+    if not 0 <= value < 1 << 62:
+        raise InvalidError("must be 0 or more (and below 2^62)", field=name)
+    return value
+
+
+def _size_param(name: str, description: str) -> Parameter:
+    return Parameter(name, "query", description, {"type": "integer", "minimum": 0}, required=True)
+
+
+@bp.get("/transparency/sth")
+@operation(
+    "GET",
+    "/api/v1/transparency/sth",
+    summary="The newest signed tree head of the issuance transparency log (RFC 6962 get-sth)",
+    tag="transparency",
+    auth=False,
+    responses={200: Doc("The signed tree head", TreeHeadOut), 404: Doc("No tree head signed yet")},
+)
+def transparency_sth() -> Response:
+    head = services().tlog.latest_head(g.db)
+    if head is None:
+        raise NotFoundError("no tree head has been signed yet", field="tree_size")
+    return _json(
+        TreeHeadOut(
+            tree_size=head.tree_size,
+            timestamp=head.timestamp,
+            sha256_root_hash=_b64(bytes.fromhex(head.root_hash)),
+            root_hash_hex=head.root_hash,
+            tree_head_signature=_b64(head.signature),
+            signed_data=_b64(head.signed_data),
+            public_key=_b64(head.public_key_der),
+        ).model_dump(mode="json")
+    )
+
+
+@bp.get("/transparency/proof-by-hash")
+@operation(
+    "GET",
+    "/api/v1/transparency/proof-by-hash",
+    summary="Inclusion proof of a leaf, by its leaf hash, in the tree of tree_size leaves",
+    tag="transparency",
+    auth=False,
+    parameters=(
+        Parameter("hash", "query", "Leaf hash SHA-256(0x00 || leaf): hex or base64", {"type": "string"}, required=True),
+        _size_param("tree_size", "Size of the tree to prove inclusion in (at most the log's size)"),
+    ),
+    responses={200: Doc("The audit path", InclusionOut), 404: Doc("No such leaf in that tree")},
+)
+def transparency_proof_by_hash() -> Response:
+    raw = request.args.get("hash", "")
+    if not raw.strip():
+        raise InvalidError("is required", field="hash")
+    size = _required_int("tree_size")
+    proof = services().tlog.inclusion_proof(g.db, raw, size)
+    return _json(
+        InclusionOut(
+            leaf_index=proof.leaf_index,
+            tree_size=proof.tree_size,
+            leaf_hash=proof.leaf_hash,
+            root_hash=proof.root_hash,
+            audit_path=[_b64(bytes.fromhex(p)) for p in proof.audit_path],
+        ).model_dump(mode="json")
+    )
+
+
+@bp.get("/transparency/consistency")
+@operation(
+    "GET",
+    "/api/v1/transparency/consistency",
+    summary="Consistency proof between two tree sizes (RFC 6962 get-sth-consistency)",
+    tag="transparency",
+    auth=False,
+    parameters=(_size_param("first", "The older tree size"), _size_param("second", "The newer tree size")),
+    responses={200: Doc("The consistency proof", ConsistencyOut)},
+)
+def transparency_consistency() -> Response:
+    first = _required_int("first")
+    second = _required_int("second")
+    proof = services().tlog.consistency_proof(g.db, first, second)
+    return _json(
+        ConsistencyOut(
+            first=proof.first,
+            second=proof.second,
+            first_root_hash=proof.first_root,
+            second_root_hash=proof.second_root,
+            consistency=[_b64(bytes.fromhex(p)) for p in proof.consistency],
+        ).model_dump(mode="json")
+    )
+
+
+@bp.get("/transparency/entries")
+@operation(
+    "GET",
+    "/api/v1/transparency/entries",
+    summary="Log entries start..end inclusive, at most 1000 (RFC 6962 get-entries)",
+    tag="transparency",
+    auth=False,
+    parameters=(_size_param("start", "First leaf index"), _size_param("end", "Last leaf index (inclusive)")),
+    responses={200: Doc("The entries", LogEntriesOut)},
+)
+def transparency_entries() -> Response:
+    start = _required_int("start")
+    end = _required_int("end")
+    entries = services().tlog.entries(g.db, start, end)
+    return _json(
+        LogEntriesOut(
+            entries=[
+                LogEntryOut(
+                    index=e.idx,
+                    kind="issue" if e.kind == "issue" else "revoke",
+                    ca_id=e.ca_id,
+                    serial=e.serial,
+                    leaf_hash=e.leaf_hash,
+                    leaf=_b64(e.leaf),
+                )
+                for e in entries
+            ]
+        ).model_dump(mode="json")
+    )
 
 
 @bp.get("/openapi.json")

@@ -5,6 +5,7 @@ Each command is a unit of work: it commits once when the service call succeeds.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import json
@@ -606,6 +607,58 @@ def audit_verify() -> None:
         click.echo(f"audit chain OK: {result.entries} entries, head {result.head_seq}")
     else:
         fail(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.reason}", code=1)
+
+
+@main.group()
+def transparency() -> None:
+    """The issuance transparency log (RFC 9162 Merkle tree of issuances and revocations)."""
+
+
+@transparency.command(name="sth")
+def transparency_sth() -> None:
+    """Sign a tree head for the current log size now (unless the newest has it) and print it."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            head = services.tlog.sign_tree_head(session, cli_principal())
+            session.commit()
+        except GovpkiError as exc:
+            report_error(exc)
+        head = head or services.tlog.latest_head(session)
+        if head is None:
+            click.echo("the transparency log is empty: no tree head")
+            return
+        click.echo(
+            json.dumps(
+                {
+                    "tree_size": head.tree_size,
+                    "timestamp": head.timestamp.isoformat(),
+                    "root_hash": head.root_hash,
+                    "key_handle": head.key_handle,
+                    "signature": base64.b64encode(head.signature).decode("ascii"),
+                },
+                indent=2,
+            )
+        )
+
+
+@transparency.command(name="audit")
+def transparency_audit() -> None:
+    """Rebuild the tree from the database; check every tree head, that every certificate is
+    in the log and every log entry is in the database. Exit 1 naming each discrepancy."""
+    services = load_services()
+    with services.sessions() as session:
+        report = services.tlog.audit(session)
+    summary = (
+        f"{report.entries} log entries, {report.tree_heads} tree heads, {report.certificates} certificates, "
+        f"root {report.root_hash}"
+    )
+    if report.ok:
+        click.echo(f"transparency log OK: {summary}")
+        return
+    for problem in report.problems:
+        click.echo(f"DISCREPANCY: {problem}", err=True)
+    fail(f"transparency log audit FAILED ({len(report.problems)} discrepancies): {summary}", code=1)
 
 
 @main.command()

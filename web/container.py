@@ -25,6 +25,7 @@ from ca.profiles import ProfileSet, load_profiles
 from ca.revocation import RevocationService
 from ca.revocation_status import CrlStatus, DatabaseRecords
 from ca.services import CaIdentity, CaService, CaSettings
+from ca.transparency import TransparencyLog
 from ca.validation_service import ValidationService, load_trust_anchors
 from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
@@ -52,6 +53,7 @@ class Services:
     tokens: TokenService
     regions: RegionService
     validation: ValidationService
+    tlog: TransparencyLog
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -154,11 +156,12 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
     gate = WriteGate(config.database_url)
+    tlog = TransparencyLog(keystores, clock)
     ca = CaService(
         settings=ca_settings(config),
         profiles=profiles,
         keystores=keystores,
-        ledger=IssuanceLedger(engine, clock, gate),
+        ledger=IssuanceLedger(engine, clock, gate, tlog),
         clock=clock,
     )
     try:
@@ -175,7 +178,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         )
     except InvalidError as exc:
         raise ConfigError(f"GOVPKI_{(exc.field or '').upper()}: {exc.reason}") from None
-    revocation = RevocationService(clock)
+    revocation = RevocationService(clock, tlog)
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
     return Services(
@@ -199,6 +202,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             extra_anchors=extra_anchors,
             records=DatabaseRecords(revocation),
         ),
+        tlog=tlog,
     )
 
 

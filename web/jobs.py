@@ -1,4 +1,5 @@
-"""Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses):
+"""Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
+signed tree heads of the transparency log):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -14,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -55,8 +57,20 @@ def _ocsp(services: Services, session: Session, principal: Principal) -> list[st
     return lines
 
 
+def _tlog(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Sign a tree head when the log grew and the newest head is at least GOVPKI_TLOG_STH_MINUTES old."""
+    latest = services.tlog.latest_head(session)
+    due = latest is None or services.clock.now() - latest.timestamp >= timedelta(
+        minutes=services.config.tlog_sth_minutes
+    )
+    if not due:
+        return []
+    head = services.tlog.sign_tree_head(session, principal)
+    return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
+
+
 def default_jobs() -> list[Job]:
-    return [Job("crl", _crls), Job("ocsp", _ocsp)]
+    return [Job("crl", _crls), Job("ocsp", _ocsp), Job("tlog", _tlog)]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:
