@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete, func, select, text
@@ -34,9 +35,7 @@ def _entries(services: Services) -> list[TlogEntry]:
         return list(session.scalars(select(TlogEntry).order_by(TlogEntry.idx)))
 
 
-def _cli(services: Services, *args: str):  # type: ignore[no-untyped-def]
-    from click.testing import CliRunner
-
+def _cli(services: Services, *args: str) -> Result:
     env = {
         "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
         "GOVPKI_DATABASE_URL": services.config.database_url,
