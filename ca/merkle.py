@@ -62,6 +62,27 @@ def root_from_leaf_hashes(hashes: Iterable[bytes]) -> bytes:
     return root
 
 
+def roots_at(hashes: Iterable[bytes], sizes: Iterable[int]) -> dict[int, bytes]:
+    """The roots of the trees of the first ``size`` leaves for every size in ``sizes``
+    that ``hashes`` reaches, in one O(n) pass (an audit checks every signed tree head)."""
+    wanted = set(sizes)
+    roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in wanted else {}
+    stack: list[bytes] = []
+    for count, h in enumerate(hashes, start=1):
+        stack.append(h)
+        merges = count
+        while merges & 1 == 0:
+            right = stack.pop()
+            stack[-1] = node_hash(stack[-1], right)
+            merges >>= 1
+        if count in wanted:
+            root = stack[-1]
+            for left in reversed(stack[:-1]):
+                root = node_hash(left, root)
+            roots[count] = root
+    return roots
+
+
 def _mth(hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
     if hi - lo == 1:
         return hashes[lo]

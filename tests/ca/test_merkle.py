@@ -151,6 +151,13 @@ def test_known_consistency_proofs(first: int, second: int, path: list[str]) -> N
         assert not merkle.verify_consistency(first, second, r1, r2, bad)
 
 
+def test_roots_at_every_size_in_one_pass() -> None:
+    roots = merkle.roots_at(HASHES, range(0, 10))
+    assert roots[0] == merkle.EMPTY_ROOT
+    assert [roots[n].hex() for n in range(1, 9)] == ROOTS
+    assert 9 not in roots
+
+
 def test_trivial_consistency_cases() -> None:
     empty = merkle.EMPTY_ROOT
     assert merkle.verify_consistency(0, 5, empty, bytes.fromhex(ROOTS[4]), [])
