@@ -52,5 +52,7 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
     assert any("delta CRL" in line for line in crl_lines), crl_lines
     ocsp_lines = next(r.lines for r in first if r.name == "ocsp")
     assert any("pre-signed" in line for line in ocsp_lines), ocsp_lines
+    tlog_lines = next(r.lines for r in first if r.name == "tlog")
+    assert tlog_lines == ("signed the transparency log tree head at size 2",), tlog_lines
     again = run_due(services)
-    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ())]
+    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ()), ("tlog", ())]
