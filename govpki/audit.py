@@ -16,7 +16,7 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -228,45 +228,103 @@ class ChainReport:
     head_seq: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    head_hash: str = GENESIS_HASH
 
 
-def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
-    """Walk the whole chain; name the first entry that does not fit."""
+def timestamp(at: _dt.datetime) -> str:
+    """The form of a time inside hashed and signed data (UTC, microseconds, ``Z``)."""
+    return _timestamp(at)
+
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+_UTC = _dt.UTC
+
+
+def fast_entry_hash(
+    prev_hash: str,
+    seq: int,
+    at: _dt.datetime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    outcome: str,
+    details: str,
+) -> str:
+    """The same digest as :func:`entry_hash`, built without ``json.dumps``.
+
+    ``canonical_json`` sorts the keys (action, actor, at, details, object_id,
+    object_type, outcome, seq), uses ``,``/``:`` separators and ``ensure_ascii=False``:
+    each string value is then exactly ``json.encoder.encode_basestring(value)``
+    (the C encoder ``json.dumps`` itself uses) and the int is ``str(seq)``.
+    ``tests/govpki/test_audit.py`` checks the two agree, also on awkward strings."""
+    if at.utcoffset():
+        at = at.astimezone(_UTC)
+    body = (
+        f'{{"action":{_encode_str(action)},"actor":{_encode_str(actor)},'
+        f'"at":"{at.isoformat(timespec="microseconds")[:26]}Z","details":{_encode_str(details)},'
+        f'"object_id":{_encode_str(object_id)},"object_type":{_encode_str(object_type)},'
+        f'"outcome":{_encode_str(outcome)},"seq":{int(seq)}}}'
+    )
+    return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
+
+
+_CHAIN_COLUMNS = (
+    _T_LOG.c.seq,
+    _T_LOG.c.at,
+    _T_LOG.c.actor,
+    _T_LOG.c.action,
+    _T_LOG.c.object_type,
+    _T_LOG.c.object_id,
+    _T_LOG.c.outcome,
+    _T_LOG.c.details,
+    _T_LOG.c.prev_hash,
+    _T_LOG.c.hash,
+)
+
+
+def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
+    """Walk the whole chain; name the first entry that does not fit.
+
+    Checks: sequence numbers gap-free from 1, each entry's ``prev_hash`` is the
+    previous entry's hash, each hash recomputed from the entry, and the
+    ``audit_head`` row names the last entry. Rows are streamed with Core in
+    chunks of ``batch`` (a server-side cursor on PostgreSQL), not loaded as ORM objects."""
     prev = GENESIS_HASH
     expected = 1
-    count = 0
-    last = 0
-    while True:
-        rows = session.scalars(
-            select(AuditEntry).where(AuditEntry.seq >= expected).order_by(AuditEntry.seq).limit(batch)
-        ).all()
-        if not rows:
-            break
-        for row in rows:
-            if row.seq != expected:
-                return ChainReport(False, count, last, expected, f"entry {expected} is missing (next is {row.seq})")
-            if row.prev_hash != prev:
-                return ChainReport(False, count, last, row.seq, "prev_hash does not match the previous entry")
-            digest = entry_hash(
-                prev,
-                seq=row.seq,
-                at=row.at,
-                actor=row.actor,
-                action=row.action,
-                object_type=row.object_type,
-                object_id=row.object_id,
-                outcome=row.outcome,
-                details=row.details,
-            )
-            if digest != row.hash:
-                return ChainReport(False, count, last, row.seq, "entry content does not match its hash")
-            prev = row.hash
-            last = row.seq
-            expected += 1
-            count += 1
-    head = session.get(AuditHead, 1)
+    digest = fast_entry_hash
+    conn = session.connection()
+    result = conn.execution_options(yield_per=batch).execute(select(*_CHAIN_COLUMNS).order_by(_T_LOG.c.seq))
+    try:
+        for rows in result.partitions():
+            for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
+                if seq != expected:
+                    if seq < expected:  # a duplicate cannot happen with the primary key; be explicit anyway
+                        return ChainReport(False, expected - 1, expected - 1, seq, f"entry {seq} appears twice", prev)
+                    return ChainReport(
+                        False,
+                        expected - 1,
+                        expected - 1,
+                        expected,
+                        f"entry {expected} is missing (next is {seq})",
+                        prev,
+                    )
+                if prev_hash != prev:
+                    return ChainReport(
+                        False, expected - 1, expected - 1, seq, "prev_hash does not match the previous entry", prev
+                    )
+                if digest(prev, seq, at, actor, action, object_type, object_id, outcome, details) != hash_:
+                    return ChainReport(
+                        False, expected - 1, expected - 1, seq, "entry content does not match its hash", prev
+                    )
+                prev = hash_
+                expected += 1
+    finally:
+        result.close()
+    last = expected - 1
+    head = conn.execute(select(_T_HEAD.c.seq, _T_HEAD.c.hash).where(_T_HEAD.c.id == 1)).first()
     if head is None:
-        return ChainReport(False, count, last, None, "audit_head row is missing")
+        return ChainReport(False, last, last, None, "audit_head row is missing", prev)
     if head.seq != last or head.hash != prev:
-        return ChainReport(False, count, last, last + 1, f"chain ends at {last} but the head says {head.seq}")
-    return ChainReport(True, count, last)
+        return ChainReport(False, last, last, last + 1, f"chain ends at {last} but the head says {head.seq}", prev)
+    return ChainReport(True, last, last, head_hash=prev)

@@ -52,5 +52,8 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
     assert any("delta CRL" in line for line in crl_lines), crl_lines
     ocsp_lines = next(r.lines for r in first if r.name == "ocsp")
     assert any("pre-signed" in line for line in ocsp_lines), ocsp_lines
+    checkpoint_lines = next(r.lines for r in first if r.name == "audit-checkpoint")
+    assert any("signed audit checkpoint" in line for line in checkpoint_lines), checkpoint_lines
+    assert services.config.checkpoint_file.exists()
     again = run_due(services)
-    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ())]
+    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ()), ("audit-checkpoint", ())]
