@@ -294,7 +294,8 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     expected = 1
     digest = fast_entry_hash
     conn = session.connection()
-    result = conn.execution_options(yield_per=batch).execute(select(*_CHAIN_COLUMNS).order_by(_T_LOG.c.seq))
+    # per statement: Connection.execution_options() would change the session's connection for good
+    result = conn.execute(select(*_CHAIN_COLUMNS).order_by(_T_LOG.c.seq).execution_options(yield_per=batch))
     try:
         for rows in result.partitions():
             for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
@@ -325,6 +326,12 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     head = conn.execute(select(_T_HEAD.c.seq, _T_HEAD.c.hash).where(_T_HEAD.c.id == 1)).first()
     if head is None:
         return ChainReport(False, last, last, None, "audit_head row is missing", prev)
-    if head.seq != last or head.hash != prev:
+    if head.seq < last:  # entries beyond the head were added behind the writers' backs
+        return ChainReport(
+            False, head.seq, head.seq, head.seq + 1, f"the head says {head.seq} but the chain goes on to {last}", prev
+        )
+    if head.seq > last:  # the tail was cut
         return ChainReport(False, last, last, last + 1, f"chain ends at {last} but the head says {head.seq}", prev)
+    if head.hash != prev:
+        return ChainReport(False, last, last, last, f"entry {last}'s hash is not the one the head records", prev)
     return ChainReport(True, last, last, head_hash=prev)
