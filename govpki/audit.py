@@ -23,6 +23,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Connection,
+    DateTime,
     Integer,
     LargeBinary,
     String,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -269,18 +271,20 @@ def fast_entry_hash(
     return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
 
 
-_CHAIN_COLUMNS = (
-    _T_LOG.c.seq,
-    _T_LOG.c.at,
-    _T_LOG.c.actor,
-    _T_LOG.c.action,
-    _T_LOG.c.object_type,
-    _T_LOG.c.object_id,
-    _T_LOG.c.outcome,
-    _T_LOG.c.details,
-    _T_LOG.c.prev_hash,
-    _T_LOG.c.hash,
-)
+def _at_text(at: _dt.datetime | str) -> str:
+    """The hashed form of ``at`` without its ``Z``, from a datetime or SQLite's stored text."""
+    if isinstance(at, str):  # SQLite: what SQLAlchemy stored, in UTC without a zone
+        parsed = _dt.datetime.fromisoformat(at)
+        at = parsed.replace(tzinfo=_UTC) if parsed.tzinfo is None else parsed
+    return _timestamp(at)[:-1]
+
+
+def _chain_columns(dialect: str) -> tuple[Any, ...]:
+    # ``at`` without the UTCDateTime decorator: on SQLite the stored text (sliced below,
+    # no parsing), elsewhere the driver's aware datetime
+    at = type_coerce(_T_LOG.c.at, String() if dialect == "sqlite" else DateTime(timezone=True))
+    c = _T_LOG.c
+    return (c.seq, at, c.actor, c.action, c.object_type, c.object_id, c.outcome, c.details, c.prev_hash, c.hash)
 
 
 def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
@@ -289,32 +293,47 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     Checks: sequence numbers gap-free from 1, each entry's ``prev_hash`` is the
     previous entry's hash, each hash recomputed from the entry, and the
     ``audit_head`` row names the last entry. Rows are streamed with Core in
-    chunks of ``batch`` (a server-side cursor on PostgreSQL), not loaded as ORM objects."""
+    chunks of ``batch`` (a server-side cursor on PostgreSQL), not loaded as ORM
+    objects, and each entry's canonical JSON is built as in :func:`fast_entry_hash`,
+    inlined (``tests/govpki/test_audit.py`` checks it against :func:`entry_hash`)."""
     prev = GENESIS_HASH
     expected = 1
-    digest = fast_entry_hash
+    enc = _encode_str
+    sha256 = hashlib.sha256
+    utc = _UTC
     conn = session.connection()
+    columns = _chain_columns(conn.dialect.name)
     # per statement: Connection.execution_options() would change the session's connection for good
-    result = conn.execute(select(*_CHAIN_COLUMNS).order_by(_T_LOG.c.seq).execution_options(yield_per=batch))
+    result = conn.execute(select(*columns).order_by(_T_LOG.c.seq).execution_options(yield_per=batch))
     try:
         for rows in result.partitions():
             for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
                 if seq != expected:
                     if seq < expected:  # a duplicate cannot happen with the primary key; be explicit anyway
                         return ChainReport(False, expected - 1, expected - 1, seq, f"entry {seq} appears twice", prev)
-                    return ChainReport(
-                        False,
-                        expected - 1,
-                        expected - 1,
-                        expected,
-                        f"entry {expected} is missing (next is {seq})",
-                        prev,
-                    )
+                    missing = f"entry {expected} is missing (next is {seq})"
+                    return ChainReport(False, expected - 1, expected - 1, expected, missing, prev)
                 if prev_hash != prev:
                     return ChainReport(
                         False, expected - 1, expected - 1, seq, "prev_hash does not match the previous entry", prev
                     )
-                if digest(prev, seq, at, actor, action, object_type, object_id, outcome, details) != hash_:
+                # SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) -> "YYYY-MM-DDTHH:MM:SS.ffffff";
+                # the slicing is one-to-one, so a changed stored value always changes the hash
+                if at.__class__ is str and len(at) == 26 and at[10] == " ":
+                    ts = f"{at[:10]}T{at[11:]}"
+                elif at.__class__ is not str and at.utcoffset() is not None and not at.utcoffset():
+                    ts = at.isoformat(timespec="microseconds")[:26]
+                else:
+                    try:
+                        ts = _at_text(at.astimezone(utc) if isinstance(at, _dt.datetime) else at)
+                    except (ValueError, TypeError):
+                        return ChainReport(False, expected - 1, expected - 1, seq, "entry time is not a time", prev)
+                body = (
+                    f'{prev}{{"action":{enc(action)},"actor":{enc(actor)},"at":"{ts}Z","details":{enc(details)},'
+                    f'"object_id":{enc(object_id)},"object_type":{enc(object_type)},'
+                    f'"outcome":{enc(outcome)},"seq":{seq}}}'
+                )
+                if sha256(body.encode("utf-8")).hexdigest() != hash_:
                     return ChainReport(
                         False, expected - 1, expected - 1, seq, "entry content does not match its hash", prev
                     )
