@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     event,
+    func,
     insert,
     select,
     type_coerce,
@@ -281,8 +282,13 @@ def _at_text(at: _dt.datetime | str) -> str:
 
 def _chain_columns(dialect: str) -> tuple[Any, ...]:
     # ``at`` without the UTCDateTime decorator: on SQLite the stored text (sliced below,
-    # no parsing), elsewhere the driver's aware datetime
-    at = type_coerce(_T_LOG.c.at, String() if dialect == "sqlite" else DateTime(timezone=True))
+    # no parsing), on PostgreSQL the same text made by the server, elsewhere the driver's datetime
+    if dialect == "sqlite":
+        at: Any = type_coerce(_T_LOG.c.at, String())
+    elif dialect == "postgresql":  # the server formats it (on its own core): "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+        at = func.to_char(func.timezone("UTC", _T_LOG.c.at), "YYYY-MM-DD HH24:MI:SS.US")
+    else:
+        at = type_coerce(_T_LOG.c.at, DateTime(timezone=True))
     c = _T_LOG.c
     return (c.seq, at, c.actor, c.action, c.object_type, c.object_id, c.outcome, c.details, c.prev_hash, c.hash)
 
