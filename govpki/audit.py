@@ -16,7 +16,7 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -293,26 +293,61 @@ def _chain_columns(dialect: str) -> tuple[Any, ...]:
     return (c.seq, at, c.actor, c.action, c.object_type, c.object_id, c.outcome, c.details, c.prev_hash, c.hash)
 
 
+_RAW_SQL = {
+    # the stored text: "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+    "sqlite": "SELECT seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash "
+    "FROM audit_log ORDER BY seq",
+    # the same text, made by the server (on its own core)
+    "postgresql": "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), actor, action, "
+    "object_type, object_id, outcome, details, prev_hash, hash FROM audit_log ORDER BY seq",
+}
+
+
+def _chunks(conn: Connection, batch: int) -> Generator[Sequence[Any], None, None]:
+    """The entries in seq order as plain tuples, ``batch`` rows at a time.
+
+    On SQLite and PostgreSQL straight from a DB-API cursor of the session's connection
+    (a server-side cursor on PostgreSQL): SQLAlchemy's row objects cost about as much as
+    the hashing. Elsewhere a streamed Core statement."""
+    sql = _RAW_SQL.get(conn.dialect.name)
+    if sql is None:
+        # per statement: Connection.execution_options() would change the session's connection for good
+        stmt = select(*_chain_columns(conn.dialect.name)).order_by(_T_LOG.c.seq).execution_options(yield_per=batch)
+        result = conn.execute(stmt)
+        try:
+            yield from result.partitions()
+        finally:
+            result.close()
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor("govpki_audit_verify") if conn.dialect.name == "postgresql" else dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+    finally:
+        cursor.close()
+
+
 def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     """Walk the whole chain; name the first entry that does not fit.
 
     Checks: sequence numbers gap-free from 1, each entry's ``prev_hash`` is the
     previous entry's hash, each hash recomputed from the entry, and the
-    ``audit_head`` row names the last entry. Rows are streamed with Core in
-    chunks of ``batch`` (a server-side cursor on PostgreSQL), not loaded as ORM
-    objects, and each entry's canonical JSON is built as in :func:`fast_entry_hash`,
-    inlined (``tests/govpki/test_audit.py`` checks it against :func:`entry_hash`)."""
+    ``audit_head`` row names the last entry. Rows are streamed in chunks of
+    ``batch`` (see :func:`_chunks`), not loaded as ORM objects, and each entry's
+    canonical JSON is built as in :func:`fast_entry_hash`, inlined
+    (``tests/govpki/test_audit.py`` checks it against :func:`entry_hash`)."""
     prev = GENESIS_HASH
     expected = 1
     enc = _encode_str
     sha256 = hashlib.sha256
     utc = _UTC
     conn = session.connection()
-    columns = _chain_columns(conn.dialect.name)
-    # per statement: Connection.execution_options() would change the session's connection for good
-    result = conn.execute(select(*columns).order_by(_T_LOG.c.seq).execution_options(yield_per=batch))
+    chunks = _chunks(conn, batch)
     try:
-        for rows in result.partitions():
+        for rows in chunks:
             for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
                 if seq != expected:
                     if seq < expected:  # a duplicate cannot happen with the primary key; be explicit anyway
@@ -346,7 +381,7 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
                 prev = hash_
                 expected += 1
     finally:
-        result.close()
+        chunks.close()
     last = expected - 1
     head = conn.execute(select(_T_HEAD.c.seq, _T_HEAD.c.hash).where(_T_HEAD.c.id == 1)).first()
     if head is None:
