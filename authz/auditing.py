@@ -130,11 +130,11 @@ class AuditCheckpointService:
         last = self.latest(session)
         return last is None or self._clock.now() - last.created_at >= self._settings.checkpoint_interval
 
-    def _authorise(self, principal: Principal) -> None:
+    def _authorise(self, principal: Principal, what: str = "sign audit checkpoints") -> None:
         if principal.kind is PrincipalKind.SYSTEM:
             return
         if not (principal.has(Role.SECURITY_AUDITOR) or principal.has(Role.SECURITY_ADMIN)):
-            raise ForbiddenError("only the system or a security auditor may sign audit checkpoints")
+            raise ForbiddenError(f"only the system, a security auditor or a security administrator may {what}")
 
     def _signing_key(self, session: Session, last: AuditCheckpoint | None) -> tuple[str, bool]:
         store = self._keystores[KEY_STORE]
@@ -252,6 +252,7 @@ class AuditCheckpointService:
     ) -> VerificationReport:
         """The whole chain, every checkpoint and (optionally) an exported checkpoint
         file. Adds an ``AuditVerification`` row for the run; the caller commits."""
+        self._authorise(principal, "verify the audit log")
         started = self._clock.now()
         report = self._verify(session, checkpoints_file)
         session.add(
@@ -312,9 +313,9 @@ class AuditCheckpointService:
 
     def _trusted_key(self, store_name: str, handle: str, public_der: bytes) -> str | None:
         """None when the key is ours; else why not."""
-        store = self._keystores.get(store_name) if store_name in self._keystores else None
-        if store is None:
-            return f"key store {store_name!r} is not configured"
+        if store_name != KEY_STORE:  # never open another store (the root's is kept offline)
+            return f"key store {store_name!r} does not hold audit-signing keys"
+        store = self._keystores[KEY_STORE]
         if not store.has(handle):
             return f"signing key {handle!r} is not in the {store_name} key store"
         if _public_der(store.public_key(handle)) != public_der:

@@ -423,3 +423,52 @@ def test_failed_audit_write_blocks_a_revocation(services: Services) -> None:
         # and no checkpoint can be signed either
         with pytest.raises(RuntimeError, match="audit"):
             services.auditing.checkpoint(s, SYSTEM)
+
+
+def test_only_auditors_verify(bare_services: Services) -> None:
+    with bare_services.sessions() as s, pytest.raises(ForbiddenError):
+        bare_services.auditing.verify(s, OPERATOR)
+
+
+def test_checkpoint_naming_another_key_store_is_refused(bare_services: Services) -> None:
+    _append(bare_services, 2)
+    real = _checkpoint(bare_services)
+    _append(bare_services, 1)
+    with bare_services.sessions() as s:
+        head_hash = s.scalar(select(AuditEntry.hash).where(AuditEntry.seq == 4))
+        assert head_hash is not None
+        s.add(
+            AuditCheckpoint(
+                seq=4,
+                head_hash=head_hash,
+                created_at=real.created_at,
+                key_store="root",
+                key_handle=real.key_handle,
+                algorithm=real.algorithm,
+                public_key_der=real.public_key_der,
+                signed_data=real.signed_data,
+                signature=real.signature,
+            )
+        )
+        s.commit()
+    report = _verify(bare_services)
+    assert not report.ok and report.first_bad_checkpoint == 4, report  # the signature does not cover seq 4 either
+
+
+def test_sqlite_time_in_another_shape_is_parsed(bare_services: Services) -> None:
+    """verify_chain slices SQLite's usual stored time; another shape of the same time is parsed."""
+    _append(bare_services, 2)
+    with bare_services.engine.begin() as conn:
+        if conn.dialect.name != "sqlite":
+            pytest.skip("SQLite's stored text only")
+        _unguard(conn)
+        stored = conn.execute(text("SELECT at FROM audit_log WHERE seq = 2")).scalar_one()
+        assert len(stored) == 26 and stored[10] == " "
+        conn.execute(text("UPDATE audit_log SET at = :t WHERE seq = 2"), {"t": stored.replace(" ", "T") + "+00:00"})
+    with bare_services.sessions() as s:
+        assert verify_chain(s).ok  # the same instant
+    with bare_services.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET at = :t WHERE seq = 2"), {"t": stored[:-1] + "9"})
+    with bare_services.sessions() as s:
+        report = verify_chain(s)
+    assert not report.ok and report.first_bad_seq == 2
