@@ -131,7 +131,7 @@ def _start_jobs_loop(interval: int) -> None:
         env={**os.environ, "GOVPKI_JOBS_PARENT_PID": str(os.getpid())},
     )
     atexit.register(child.terminate)
-    click.echo(f"scheduled jobs (CRLs, OCSP) run every {interval} s in process {child.pid}")
+    click.echo(f"scheduled jobs (CRLs, OCSP, audit checkpoints) run every {interval} s in process {child.pid}")
 
 
 def _start_ocsp_server() -> None:
