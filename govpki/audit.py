@@ -16,13 +16,14 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Connection,
+    DateTime,
     Integer,
     LargeBinary,
     String,
@@ -30,8 +31,10 @@ from sqlalchemy import (
     Text,
     bindparam,
     event,
+    func,
     insert,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -228,45 +231,167 @@ class ChainReport:
     head_seq: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    head_hash: str = GENESIS_HASH
 
 
-def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
-    """Walk the whole chain; name the first entry that does not fit."""
+def timestamp(at: _dt.datetime) -> str:
+    """The form of a time inside hashed and signed data (UTC, microseconds, ``Z``)."""
+    return _timestamp(at)
+
+
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+_UTC = _dt.UTC
+
+
+def fast_entry_hash(
+    prev_hash: str,
+    seq: int,
+    at: _dt.datetime,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    outcome: str,
+    details: str,
+) -> str:
+    """The same digest as :func:`entry_hash`, built without ``json.dumps``.
+
+    ``canonical_json`` sorts the keys (action, actor, at, details, object_id,
+    object_type, outcome, seq), uses ``,``/``:`` separators and ``ensure_ascii=False``:
+    each string value is then exactly ``json.encoder.encode_basestring(value)``
+    (the C encoder ``json.dumps`` itself uses) and the int is ``str(seq)``.
+    ``tests/govpki/test_audit.py`` checks the two agree, also on awkward strings."""
+    if at.utcoffset():
+        at = at.astimezone(_UTC)
+    body = (
+        f'{{"action":{_encode_str(action)},"actor":{_encode_str(actor)},'
+        f'"at":"{at.isoformat(timespec="microseconds")[:26]}Z","details":{_encode_str(details)},'
+        f'"object_id":{_encode_str(object_id)},"object_type":{_encode_str(object_type)},'
+        f'"outcome":{_encode_str(outcome)},"seq":{int(seq)}}}'
+    )
+    return hashlib.sha256(prev_hash.encode("ascii") + body.encode("utf-8")).hexdigest()
+
+
+def _at_text(at: _dt.datetime | str) -> str:
+    """The hashed form of ``at`` without its ``Z``, from a datetime or SQLite's stored text."""
+    if isinstance(at, str):  # SQLite: what SQLAlchemy stored, in UTC without a zone
+        parsed = _dt.datetime.fromisoformat(at)
+        at = parsed.replace(tzinfo=_UTC) if parsed.tzinfo is None else parsed
+    return _timestamp(at)[:-1]
+
+
+def _chain_columns(dialect: str) -> tuple[Any, ...]:
+    # ``at`` without the UTCDateTime decorator: on SQLite the stored text (sliced below,
+    # no parsing), on PostgreSQL the same text made by the server, elsewhere the driver's datetime
+    if dialect == "sqlite":
+        at: Any = type_coerce(_T_LOG.c.at, String())
+    elif dialect == "postgresql":  # the server formats it (on its own core): "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+        at = func.to_char(func.timezone("UTC", _T_LOG.c.at), "YYYY-MM-DD HH24:MI:SS.US")
+    else:
+        at = type_coerce(_T_LOG.c.at, DateTime(timezone=True))
+    c = _T_LOG.c
+    return (c.seq, at, c.actor, c.action, c.object_type, c.object_id, c.outcome, c.details, c.prev_hash, c.hash)
+
+
+_RAW_SQL = {
+    # the stored text: "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+    "sqlite": "SELECT seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash "
+    "FROM audit_log ORDER BY seq",
+    # the same text, made by the server (on its own core)
+    "postgresql": "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), actor, action, "
+    "object_type, object_id, outcome, details, prev_hash, hash FROM audit_log ORDER BY seq",
+}
+
+
+def _chunks(conn: Connection, batch: int) -> Generator[Sequence[Any], None, None]:
+    """The entries in seq order as plain tuples, ``batch`` rows at a time.
+
+    On SQLite and PostgreSQL straight from a DB-API cursor of the session's connection
+    (a server-side cursor on PostgreSQL): SQLAlchemy's row objects cost about as much as
+    the hashing. Elsewhere a streamed Core statement."""
+    sql = _RAW_SQL.get(conn.dialect.name)
+    if sql is None:
+        # per statement: Connection.execution_options() would change the session's connection for good
+        stmt = select(*_chain_columns(conn.dialect.name)).order_by(_T_LOG.c.seq).execution_options(yield_per=batch)
+        result = conn.execute(stmt)
+        try:
+            yield from result.partitions()
+        finally:
+            result.close()
+        return
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor("govpki_audit_verify") if conn.dialect.name == "postgresql" else dbapi.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+    finally:
+        cursor.close()
+
+
+def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
+    """Walk the whole chain; name the first entry that does not fit.
+
+    Checks: sequence numbers gap-free from 1, each entry's ``prev_hash`` is the
+    previous entry's hash, each hash recomputed from the entry, and the
+    ``audit_head`` row names the last entry. Rows are streamed in chunks of
+    ``batch`` (see :func:`_chunks`), not loaded as ORM objects, and each entry's
+    canonical JSON is built as in :func:`fast_entry_hash`, inlined
+    (``tests/govpki/test_audit.py`` checks it against :func:`entry_hash`)."""
     prev = GENESIS_HASH
     expected = 1
-    count = 0
-    last = 0
-    while True:
-        rows = session.scalars(
-            select(AuditEntry).where(AuditEntry.seq >= expected).order_by(AuditEntry.seq).limit(batch)
-        ).all()
-        if not rows:
-            break
-        for row in rows:
-            if row.seq != expected:
-                return ChainReport(False, count, last, expected, f"entry {expected} is missing (next is {row.seq})")
-            if row.prev_hash != prev:
-                return ChainReport(False, count, last, row.seq, "prev_hash does not match the previous entry")
-            digest = entry_hash(
-                prev,
-                seq=row.seq,
-                at=row.at,
-                actor=row.actor,
-                action=row.action,
-                object_type=row.object_type,
-                object_id=row.object_id,
-                outcome=row.outcome,
-                details=row.details,
-            )
-            if digest != row.hash:
-                return ChainReport(False, count, last, row.seq, "entry content does not match its hash")
-            prev = row.hash
-            last = row.seq
-            expected += 1
-            count += 1
-    head = session.get(AuditHead, 1)
+    enc = _encode_str
+    sha256 = hashlib.sha256
+    utc = _UTC
+    conn = session.connection()
+    chunks = _chunks(conn, batch)
+    try:
+        for rows in chunks:
+            for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
+                if seq != expected:
+                    if seq < expected:  # a duplicate cannot happen with the primary key; be explicit anyway
+                        return ChainReport(False, expected - 1, expected - 1, seq, f"entry {seq} appears twice", prev)
+                    missing = f"entry {expected} is missing (next is {seq})"
+                    return ChainReport(False, expected - 1, expected - 1, expected, missing, prev)
+                if prev_hash != prev:
+                    return ChainReport(
+                        False, expected - 1, expected - 1, seq, "prev_hash does not match the previous entry", prev
+                    )
+                # SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) -> "YYYY-MM-DDTHH:MM:SS.ffffff";
+                # the slicing is one-to-one, so a changed stored value always changes the hash
+                if at.__class__ is str and len(at) == 26 and at[10] == " ":
+                    ts = f"{at[:10]}T{at[11:]}"
+                elif at.__class__ is not str and at.utcoffset() is not None and not at.utcoffset():
+                    ts = at.isoformat(timespec="microseconds")[:26]
+                else:
+                    try:
+                        ts = _at_text(at.astimezone(utc) if isinstance(at, _dt.datetime) else at)
+                    except (ValueError, TypeError):
+                        return ChainReport(False, expected - 1, expected - 1, seq, "entry time is not a time", prev)
+                body = (
+                    f'{prev}{{"action":{enc(action)},"actor":{enc(actor)},"at":"{ts}Z","details":{enc(details)},'
+                    f'"object_id":{enc(object_id)},"object_type":{enc(object_type)},'
+                    f'"outcome":{enc(outcome)},"seq":{seq}}}'
+                )
+                if sha256(body.encode("utf-8")).hexdigest() != hash_:
+                    return ChainReport(
+                        False, expected - 1, expected - 1, seq, "entry content does not match its hash", prev
+                    )
+                prev = hash_
+                expected += 1
+    finally:
+        chunks.close()
+    last = expected - 1
+    head = conn.execute(select(_T_HEAD.c.seq, _T_HEAD.c.hash).where(_T_HEAD.c.id == 1)).first()
     if head is None:
-        return ChainReport(False, count, last, None, "audit_head row is missing")
-    if head.seq != last or head.hash != prev:
-        return ChainReport(False, count, last, last + 1, f"chain ends at {last} but the head says {head.seq}")
-    return ChainReport(True, count, last)
+        return ChainReport(False, last, last, None, "audit_head row is missing", prev)
+    if head.seq < last:  # entries beyond the head were added behind the writers' backs
+        return ChainReport(
+            False, head.seq, head.seq, head.seq + 1, f"the head says {head.seq} but the chain goes on to {last}", prev
+        )
+    if head.seq > last:  # the tail was cut
+        return ChainReport(False, last, last, last + 1, f"chain ends at {last} but the head says {head.seq}", prev)
+    if head.hash != prev:
+        return ChainReport(False, last, last, last, f"entry {last}'s hash is not the one the head records", prev)
+    return ChainReport(True, last, last, head_hash=prev)

@@ -72,7 +72,15 @@ class Config:
     # the dedicated OCSP responder (`govpki ocsp serve`; `serve` starts it too): None is "off"
     ocsp_listen: tuple[str, int] | None = ("127.0.0.1", 8001)
     ocsp_workers: int = 2  # its processes (one port, SO_REUSEPORT)
+    # signed audit checkpoints: how often the job signs one, where they are exported
+    audit_checkpoint_minutes: int = 60
+    audit_checkpoint_file: Path | None = None  # None: <instance>/audit-checkpoints.jsonl
+    audit_syslog: bool = False  # also send each exported checkpoint to syslog
     testing: bool = False
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.audit_checkpoint_file or self.instance_dir / "audit-checkpoints.jsonl"
 
     @property
     def listen_url(self) -> str:
@@ -111,6 +119,12 @@ class Config:
                 if alg == raw:
                     return alg
             raise ConfigError(f"GOVPKI_{name}: {raw!r} is not one of {', '.join(KEY_ALGORITHMS)}")
+
+        def flag(name: str) -> bool:
+            raw = get(name, "0")
+            if raw not in ("0", "1"):
+                raise ConfigError(f"GOVPKI_{name}: {raw!r} is not 0 or 1")
+            return raw == "1"
 
         instance = Path(get("INSTANCE_DIR", "instance")).resolve()
 
@@ -185,5 +199,8 @@ class Config:
             jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
             ocsp_listen=ocsp_listen,
             ocsp_workers=integer("OCSP_WORKERS", 2),
+            audit_checkpoint_minutes=integer("AUDIT_CHECKPOINT_MINUTES", 60),
+            audit_checkpoint_file=Path(get("AUDIT_CHECKPOINT_FILE", str(instance / "audit-checkpoints.jsonl"))),
+            audit_syslog=flag("AUDIT_SYSLOG"),
             testing=get("TESTING", "0") == "1",
         )

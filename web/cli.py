@@ -18,7 +18,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.revocation import REVOKE_REASONS
-from govpki.audit import verify_chain
 from govpki.config import Config
 from govpki.errors import ConfigError, GovpkiError
 from govpki.principal import Principal, PrincipalKind, Role
@@ -133,7 +132,7 @@ def _start_jobs_loop(interval: int) -> None:
         env={**os.environ, "GOVPKI_JOBS_PARENT_PID": str(os.getpid())},
     )
     atexit.register(child.terminate)
-    click.echo(f"scheduled jobs (CRLs, OCSP) run every {interval} s in process {child.pid}")
+    click.echo(f"scheduled jobs (CRLs, OCSP, audit checkpoints) run every {interval} s in process {child.pid}")
 
 
 def _start_ocsp_server() -> None:
@@ -598,15 +597,52 @@ def audit() -> None:
 
 
 @audit.command(name="verify")
-def audit_verify() -> None:
-    """Check the whole hash chain; name the first bad entry."""
+@click.option(
+    "--checkpoints",
+    "checkpoints_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Also check an exported checkpoint file (GOVPKI_AUDIT_CHECKPOINT_FILE or a copy of it).",
+)
+def audit_verify(checkpoints_file: Path | None) -> None:
+    """Check the whole hash chain and every signed checkpoint; name the first bad entry.
+
+    The run is recorded (the auditors' console shows the newest). Exit status 1 when broken."""
     services = load_services()
     with services.sessions() as session:
-        result = verify_chain(session)
-    if result.ok:
-        click.echo(f"audit chain OK: {result.entries} entries, head {result.head_seq}")
+        try:
+            report = services.auditing.verify(session, cli_principal(), checkpoints_file)
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    if report.ok:
+        click.echo(report.summary)
     else:
-        fail(f"audit chain BROKEN at entry {result.first_bad_seq}: {result.reason}", code=1)
+        fail(report.summary, code=1)
+
+
+@audit.command(name="checkpoint")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Export here instead.")
+def audit_checkpoint(out_file: Path | None) -> None:
+    """Sign the audit chain head now (audit-signing key), store and export it."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            made = services.auditing.checkpoint(session, cli_principal())
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+        if made is None:
+            latest = services.auditing.latest(session)
+            click.echo(f"nothing new since the checkpoint at entry {latest.seq if latest else 0}; none signed")
+            return
+        where = services.auditing.export(made, out_file)
+        click.echo(f"{'seq':10} {made.seq}")
+        click.echo(f"{'head hash':10} {made.head_hash}")
+        click.echo(f"{'signed at':10} {_dt(made.created_at)}")
+        click.echo(f"{'key':10} {made.key_store}:{made.key_handle}")
+        click.echo(f"{'exported':10} {', '.join(where)}")
 
 
 @main.group()

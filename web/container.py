@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
 import ra.models  # noqa: F401
+from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
@@ -54,6 +55,7 @@ class Services:
     regions: RegionService
     validation: ValidationService
     tlog: TransparencyLog
+    auditing: AuditCheckpointService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -141,6 +143,14 @@ def crl_settings(config: Config) -> CrlSettings:
     )
 
 
+def audit_settings(config: Config) -> AuditSettings:
+    return AuditSettings(
+        checkpoint_interval=timedelta(minutes=config.audit_checkpoint_minutes),
+        checkpoint_file=config.checkpoint_file,
+        syslog=config.audit_syslog,
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -203,6 +213,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             records=DatabaseRecords(revocation),
         ),
         tlog=tlog,
+        auditing=AuditCheckpointService(keystores, clock, audit_settings(config)),
     )
 
 

@@ -1,5 +1,5 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-signed tree heads of the transparency log):
+signed tree heads of the transparency log, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -69,8 +69,24 @@ def _tlog(services: Services, session: Session, principal: Principal) -> list[st
     return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
 
 
+def _audit_checkpoint(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Every GOVPKI_AUDIT_CHECKPOINT_MINUTES: sign the chain head, commit, then export it
+    (exported only once it is in the database, so the file never holds a checkpoint the database lacks)."""
+    if not services.auditing.due(session):
+        return []
+    made = services.auditing.checkpoint(session, principal)
+    if made is None:
+        return []
+    session.commit()
+    where = services.auditing.export(made)
+    return [
+        f"signed audit checkpoint at entry {made.seq} (head {made.head_hash[:16]}…), exported to {', '.join(where)}"
+    ]
+
+
 def default_jobs() -> list[Job]:
-    return [Job("crl", _crls), Job("ocsp", _ocsp), Job("tlog", _tlog)]
+    # the checkpoint last, so that it covers the audit entries of the jobs before it
+    return [Job("crl", _crls), Job("ocsp", _ocsp), Job("tlog", _tlog), Job("audit-checkpoint", _audit_checkpoint)]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:

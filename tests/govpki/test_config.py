@@ -41,3 +41,23 @@ def test_database_url_from_file(tmp_path: Path):
 def test_bad_settings_name_the_variable(tmp_path: Path, env: dict[str, str], message: str):
     with pytest.raises(ConfigError, match=message):
         Config.from_env({"GOVPKI_INSTANCE_DIR": str(tmp_path), **env})
+
+
+def test_audit_checkpoint_settings(tmp_path: Path):
+    config = Config.from_env({"GOVPKI_INSTANCE_DIR": str(tmp_path)})
+    assert config.audit_checkpoint_minutes == 60 and not config.audit_syslog
+    assert config.checkpoint_file == tmp_path / "audit-checkpoints.jsonl"
+    other = Config.from_env(
+        {
+            "GOVPKI_INSTANCE_DIR": str(tmp_path),
+            "GOVPKI_AUDIT_CHECKPOINT_MINUTES": "5",
+            "GOVPKI_AUDIT_CHECKPOINT_FILE": "/var/log/govpki/cp.jsonl",
+            "GOVPKI_AUDIT_SYSLOG": "1",
+        }
+    )
+    assert other.audit_checkpoint_minutes == 5 and other.audit_syslog
+    assert other.checkpoint_file == Path("/var/log/govpki/cp.jsonl")
+    with pytest.raises(ConfigError, match="GOVPKI_AUDIT_SYSLOG"):
+        Config.from_env({"GOVPKI_INSTANCE_DIR": str(tmp_path), "GOVPKI_AUDIT_SYSLOG": "yes"})
+    with pytest.raises(ConfigError, match="GOVPKI_AUDIT_CHECKPOINT_MINUTES"):
+        Config.from_env({"GOVPKI_INSTANCE_DIR": str(tmp_path), "GOVPKI_AUDIT_CHECKPOINT_MINUTES": "0"})

@@ -84,6 +84,33 @@ def test_token_create_and_audit_verify(services: Services):
     assert verified.exit_code == 0 and "audit chain OK" in verified.output
 
 
+def test_audit_checkpoint_and_verify_with_the_exported_file(services: Services, tmp_path: Path):
+    from sqlalchemy import text
+
+    from govpki.audit import AuditVerification
+
+    made = run(services, "audit", "checkpoint")
+    assert made.exit_code == 0, made.output
+    assert "head hash" in made.output and "audit-signing-" in made.output
+    again = run(services, "audit", "checkpoint")
+    assert again.exit_code == 0 and "none signed" in again.output
+    exported = services.config.checkpoint_file
+    verified = run(services, "audit", "verify", "--checkpoints", str(exported))
+    assert verified.exit_code == 0, verified.output
+    assert "1 checkpoints verified" in verified.output and "1 exported checkpoints match" in verified.output
+    with services.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(AuditVerification)) == 1  # the CLI committed its run
+    with services.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.execute(text("DROP TRIGGER audit_log_no_update"))
+        else:
+            conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        conn.execute(text("UPDATE audit_log SET actor = 'account:mallory' WHERE seq = 5"))
+    broken = run(services, "audit", "verify")
+    assert broken.exit_code == 1
+    assert "BROKEN at entry 5" in broken.output
+
+
 def test_revoke_hold_release_from_the_cli(services: Services, tmp_path: Path):
     csr = tmp_path / "r.csr"
     csr.write_bytes(csr_pem(cn="revoke-cli.example.gov.cn"))

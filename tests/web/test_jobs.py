@@ -54,5 +54,8 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
     assert any("pre-signed" in line for line in ocsp_lines), ocsp_lines
     tlog_lines = next(r.lines for r in first if r.name == "tlog")
     assert tlog_lines == ("signed the transparency log tree head at size 2",), tlog_lines
+    checkpoint_lines = next(r.lines for r in first if r.name == "audit-checkpoint")
+    assert any("signed audit checkpoint" in line for line in checkpoint_lines), checkpoint_lines
+    assert services.config.checkpoint_file.exists()
     again = run_due(services)
-    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ()), ("tlog", ())]
+    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ()), ("tlog", ()), ("audit-checkpoint", ())]
