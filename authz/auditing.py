@@ -24,26 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from govpki import audit
 from govpki.audit import AuditCheckpoint, AuditEntry, AuditHead, AuditVerification, ChainReport, verify_chain
 from govpki.clock import Clock
-from govpki.config import KeyAlgorithm
 from govpki.errors import ForbiddenError, InvalidError
 from govpki.principal import Principal, PrincipalKind, Role
-from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
+from keymgmt import statements
+from keymgmt.interfaces import KeyStore
 
 log = logging.getLogger("govpki.audit")
 
 CHECKPOINT_ACTION = "authz:audit:checkpoint"
 KEY_STORE = "online"
-KEY_ALGORITHM: KeyAlgorithm = "ec-p256"
-SIGNATURE_ALGORITHM = "ecdsa-with-SHA256"
 _T_LOG = cast(Table, AuditEntry.__table__)
 
 
@@ -91,21 +86,6 @@ def signed_bytes(seq: int, head_hash: str, created_at: _dt.datetime, key_id: str
     ).encode("utf-8")
 
 
-def _verify_signature(public_der: bytes, data: bytes, signature: bytes) -> bool:
-    try:
-        key = serialization.load_der_public_key(public_der)
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            return False
-        key.verify(signature, data, ec.ECDSA(signature_hash(key)))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def _public_der(key: PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 class _RaisingSyslog(logging.handlers.SysLogHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
         raise  # noqa: PLE0704  (called inside logging's except block: re-raise the send error to export())
@@ -137,11 +117,8 @@ class AuditCheckpointService:
             raise ForbiddenError(f"only the system, a security auditor or a security administrator may {what}")
 
     def _signing_key(self, session: Session, last: AuditCheckpoint | None) -> tuple[str, bool]:
-        store = self._keystores[KEY_STORE]
-        if last is not None and last.key_store == KEY_STORE and store.has(last.key_handle):
-            return last.key_handle, False
-        label = f"audit-signing-{self._clock.now():%Y%m%dT%H%M%S%fZ}"
-        return store.generate(label, KEY_ALGORITHM), True
+        handle = last.key_handle if last is not None and last.key_store == KEY_STORE else None
+        return statements.current_or_new_key(self._keystores[KEY_STORE], handle, "audit-signing", self._clock.now())
 
     def checkpoint(self, session: Session, principal: Principal) -> AuditCheckpoint | None:
         """Sign the current chain head; ``None`` when nothing was logged since the last
@@ -163,20 +140,17 @@ class AuditCheckpointService:
                     return None
         handle, new_key = self._signing_key(session, last)
         store = self._keystores[KEY_STORE]
-        public_der = _public_der(store.public_key(handle))
+        public_der = statements.public_der(store.public_key(handle))
         created_at = self._clock.now()
         data = signed_bytes(seq, head_hash, created_at, _key_id(public_der))
-        signer = store.signer(handle)
-        if not isinstance(signer, ec.EllipticCurvePrivateKey):
-            raise InvalidError("the audit-signing key must be an EC key", field="key_handle")
-        signature = signer.sign(data, ec.ECDSA(signature_hash(signer.public_key())))
+        signature = statements.sign_statement(store, handle, data)
         row = AuditCheckpoint(
             seq=seq,
             head_hash=head_hash,
             created_at=created_at,
             key_store=KEY_STORE,
             key_handle=handle,
-            algorithm=SIGNATURE_ALGORITHM,
+            algorithm=statements.SIGNATURE_ALGORITHM,
             public_key_der=public_der,
             signed_data=data,
             signature=signature,
@@ -318,7 +292,7 @@ class AuditCheckpointService:
         store = self._keystores[KEY_STORE]
         if not store.has(handle):
             return f"signing key {handle!r} is not in the {store_name} key store"
-        if _public_der(store.public_key(handle)) != public_der:
+        if statements.public_der(store.public_key(handle)) != public_der:
             return "the public key is not the key store's audit-signing key"
         return None
 
@@ -339,7 +313,7 @@ class AuditCheckpointService:
         data = signed_bytes(seq, head_hash, created_at, _key_id(public_der))
         if signed_data is not None and signed_data != data:
             return None, seq, "the checkpoint's signed data does not match its fields"
-        if not _verify_signature(public_der, data, signature):
+        if not statements.verify_statement(public_der, data, signature):
             return None, seq, "the checkpoint signature is not valid"
         untrusted = self._trusted_key(store_name, handle, public_der)
         if untrusted is not None:

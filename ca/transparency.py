@@ -21,9 +21,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.orm import Session
 
@@ -34,7 +31,7 @@ from govpki import audit
 from govpki.clock import Clock
 from govpki.errors import InvalidError, NotFoundError
 from govpki.principal import Principal
-from keymgmt import KeyStore
+from keymgmt import KeyStore, statements
 
 KEY_STORE = "online"
 MAX_ENTRIES = 1000
@@ -47,16 +44,14 @@ _NEXT_IDX = select(func.coalesce(func.max(_T.c.idx), -1) + 1)
 _APPEND = insert(_T)
 
 
-def _time(at: _dt.datetime) -> str:
-    return at.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _canonical(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return audit.canonical_json(value).encode("utf-8")
 
 
 def issue_leaf(*, ca_id: int, serial: str, cert_sha256: str, at: _dt.datetime) -> bytes:
-    return _canonical({"kind": ISSUE, "ca_id": ca_id, "serial": serial, "cert_sha256": cert_sha256, "time": _time(at)})
+    return _canonical(
+        {"kind": ISSUE, "ca_id": ca_id, "serial": serial, "cert_sha256": cert_sha256, "time": audit.timestamp(at)}
+    )
 
 
 def revoke_leaf(*, ca_id: int, serial: str, reason: str, revoked_at: _dt.datetime, at: _dt.datetime) -> bytes:
@@ -66,8 +61,8 @@ def revoke_leaf(*, ca_id: int, serial: str, reason: str, revoked_at: _dt.datetim
             "ca_id": ca_id,
             "serial": serial,
             "reason": reason,
-            "revoked_at": _time(revoked_at),
-            "time": _time(at),
+            "revoked_at": audit.timestamp(revoked_at),
+            "time": audit.timestamp(at),
         }
     )
 
@@ -75,7 +70,12 @@ def revoke_leaf(*, ca_id: int, serial: str, reason: str, revoked_at: _dt.datetim
 def sth_signed_data(tree_size: int, root_hash: str, timestamp: _dt.datetime) -> bytes:
     """What a tree head's signature covers (canonical JSON)."""
     return _canonical(
-        {"version": STH_VERSION, "tree_size": tree_size, "root_hash": root_hash, "timestamp": _time(timestamp)}
+        {
+            "version": STH_VERSION,
+            "tree_size": tree_size,
+            "root_hash": root_hash,
+            "timestamp": audit.timestamp(timestamp),
+        }
     )
 
 
@@ -83,12 +83,7 @@ def verify_tree_head(head: TlogTreeHead) -> str | None:
     """None when the head's signature and signed data are right, else what is wrong."""
     if head.signed_data != sth_signed_data(head.tree_size, head.root_hash, head.timestamp):
         return "signed data does not match the tree head's fields"
-    key = serialization.load_der_public_key(head.public_key_der)
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return "tree head key is not an EC key"
-    try:
-        key.verify(head.signature, head.signed_data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    if not statements.verify_statement(head.public_key_der, head.signed_data, head.signature):
         return "signature does not verify"
     return None
 
@@ -267,14 +262,6 @@ class TransparencyLog:
 
     # ----- signing ---------------------------------------------------------
 
-    def _signing_key(self, session: Session) -> str:
-        latest = self.latest_head(session)
-        store = self._store()
-        if latest is not None and store.has(latest.key_handle):
-            return latest.key_handle
-        now = self._clock.now()
-        return store.generate(f"tlog-signing-{now:%Y%m%d%H%M%S}-{now.microsecond:06d}", "ec-p256")
-
     def sign_tree_head(self, session: Session, principal: Principal) -> TlogTreeHead | None:
         """Sign a tree head for the current size; None if the newest head already has it."""
         size = self.size(session)
@@ -283,10 +270,10 @@ class TransparencyLog:
             return None
         if latest is None and size == 0:
             return None
-        handle = self._signing_key(session)
-        signer = self._store().signer(handle)
-        if not isinstance(signer, ec.EllipticCurvePrivateKey):
-            raise InvalidError(f"transparency log key {handle} is not an EC key", field="key_handle")
+        store = self._store()
+        handle, _new = statements.current_or_new_key(
+            store, latest.key_handle if latest is not None else None, "tlog-signing", self._clock.now()
+        )
         root_hash = self.root(session, size).hex()
         now = self._clock.now()
         signed = sth_signed_data(size, root_hash, now)
@@ -296,12 +283,10 @@ class TransparencyLog:
             timestamp=now,
             key_store=KEY_STORE,
             key_handle=handle,
-            algorithm="ecdsa-with-SHA256",
-            public_key_der=signer.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
+            algorithm=statements.SIGNATURE_ALGORITHM,
+            public_key_der=statements.public_der(store.public_key(handle)),
             signed_data=signed,
-            signature=signer.sign(signed, ec.ECDSA(hashes.SHA256())),
+            signature=statements.sign_statement(store, handle, signed),
         )
         session.add(head)
         session.flush()
@@ -378,7 +363,7 @@ class TransparencyLog:
                     report.problems.append(f"certificate {serial}: its issue entry names a different certificate")
             if record.revocation_reason is not None:
                 assert record.revoked_at is not None
-                want = (record.revocation_reason, _time(record.revoked_at))
+                want = (record.revocation_reason, audit.timestamp(record.revoked_at))
                 if not any((leaf.get("reason"), leaf.get("revoked_at")) == want for leaf in revoked.get(serial, [])):
                     report.problems.append(
                         f"certificate {serial} is revoked ({record.revocation_reason}) but has no matching "

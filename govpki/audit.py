@@ -117,7 +117,8 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _timestamp(at: _dt.datetime) -> str:
+def timestamp(at: _dt.datetime) -> str:
+    """The form of a time inside hashed and signed data (UTC, microseconds, ``Z``)."""
     return at.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -136,7 +137,7 @@ def entry_hash(
     body = canonical_json(
         {
             "seq": seq,
-            "at": _timestamp(at),
+            "at": timestamp(at),
             "actor": actor,
             "action": action,
             "object_type": object_type,
@@ -234,11 +235,6 @@ class ChainReport:
     head_hash: str = GENESIS_HASH
 
 
-def timestamp(at: _dt.datetime) -> str:
-    """The form of a time inside hashed and signed data (UTC, microseconds, ``Z``)."""
-    return _timestamp(at)
-
-
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring
 _UTC = _dt.UTC
 
@@ -277,7 +273,7 @@ def _at_text(at: _dt.datetime | str) -> str:
     if isinstance(at, str):  # SQLite: what SQLAlchemy stored, in UTC without a zone
         parsed = _dt.datetime.fromisoformat(at)
         at = parsed.replace(tzinfo=_UTC) if parsed.tzinfo is None else parsed
-    return _timestamp(at)[:-1]
+    return timestamp(at)[:-1]
 
 
 def _chain_columns(dialect: str) -> tuple[Any, ...]:
