@@ -132,7 +132,9 @@ def _start_jobs_loop(interval: int) -> None:
         env={**os.environ, "GOVPKI_JOBS_PARENT_PID": str(os.getpid())},
     )
     atexit.register(child.terminate)
-    click.echo(f"scheduled jobs (CRLs, OCSP, audit checkpoints) run every {interval} s in process {child.pid}")
+    click.echo(
+        f"scheduled jobs (CRLs, OCSP, tree heads, audit checkpoints) run every {interval} s in process {child.pid}"
+    )
 
 
 def _start_ocsp_server() -> None:
@@ -151,7 +153,7 @@ def _start_ocsp_server() -> None:
 
 @main.group()
 def jobs() -> None:
-    """Scheduled work: new CRLs, OCSP responder rotation, re-signing OCSP responses."""
+    """Scheduled work: CRLs, OCSP responder rotation and re-signing, tree heads, audit checkpoints."""
 
 
 @jobs.command(name="run")
