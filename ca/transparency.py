@@ -17,7 +17,7 @@ import base64
 import binascii
 import datetime as _dt
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -138,14 +138,18 @@ class AuditReport:
 
 
 class TransparencyLog:
-    def __init__(self, keystore: Any, clock: Clock) -> None:
-        """``keystore``: the online key store, or a mapping of stores with an "online" one."""
-        self._keystores = keystore
+    def __init__(self, keystores: Mapping[str, KeyStore], clock: Clock, sth_interval: _dt.timedelta) -> None:
+        self._keystores = keystores
         self._clock = clock
+        self._sth_interval = sth_interval
 
     def _store(self) -> KeyStore:
-        store: KeyStore = self._keystores[KEY_STORE] if not isinstance(self._keystores, KeyStore) else self._keystores
-        return store
+        return self._keystores[KEY_STORE]
+
+    def due(self, session: Session) -> bool:
+        """A tree head is due when there is none or the newest is ``sth_interval`` old."""
+        latest = self.latest_head(session)
+        return latest is None or self._clock.now() - latest.timestamp >= self._sth_interval
 
     # ----- appending -------------------------------------------------------
 

@@ -166,7 +166,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
     gate = WriteGate(config.database_url)
-    tlog = TransparencyLog(keystores, clock)
+    tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes))
     ca = CaService(
         settings=ca_settings(config),
         profiles=profiles,

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -59,11 +58,7 @@ def _ocsp(services: Services, session: Session, principal: Principal) -> list[st
 
 def _tlog(services: Services, session: Session, principal: Principal) -> list[str]:
     """Sign a tree head when the log grew and the newest head is at least GOVPKI_TLOG_STH_MINUTES old."""
-    latest = services.tlog.latest_head(session)
-    due = latest is None or services.clock.now() - latest.timestamp >= timedelta(
-        minutes=services.config.tlog_sth_minutes
-    )
-    if not due:
+    if not services.tlog.due(session):
         return []
     head = services.tlog.sign_tree_head(session, principal)
     return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
