@@ -468,7 +468,8 @@ def test_sqlite_time_in_another_shape_is_parsed(bare_services: Services) -> None
     with bare_services.sessions() as s:
         assert verify_chain(s).ok  # the same instant
     with bare_services.engine.begin() as conn:
-        conn.execute(text("UPDATE audit_log SET at = :t WHERE seq = 2"), {"t": stored[:-1] + "9"})
+        other = stored[:-1] + ("8" if stored[-1] == "9" else "9")  # one microsecond off, never the same text
+        conn.execute(text("UPDATE audit_log SET at = :t WHERE seq = 2"), {"t": other})
     with bare_services.sessions() as s:
         report = verify_chain(s)
     assert not report.ok and report.first_bad_seq == 2
