@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
 import ra.models  # noqa: F401
+from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
@@ -56,6 +57,7 @@ class Services:
     validation: ValidationService
     tlog: TransparencyLog
     auditing: AuditCheckpointService
+    archive: AuditArchiveService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -191,6 +193,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     revocation = RevocationService(clock, tlog)
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
+    auditing = AuditCheckpointService(keystores, clock, audit_settings(config))
     return Services(
         config=config,
         clock=clock,
@@ -213,7 +216,13 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             records=DatabaseRecords(revocation),
         ),
         tlog=tlog,
-        auditing=AuditCheckpointService(keystores, clock, audit_settings(config)),
+        auditing=auditing,
+        archive=AuditArchiveService(
+            keystores,
+            clock,
+            RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
+            auditing,
+        ),
     )
 
 

@@ -79,9 +79,27 @@ def _audit_checkpoint(services: Services, session: Session, principal: Principal
     ]
 
 
+def _audit_archive(services: Services, session: Session, principal: Principal) -> list[str]:
+    """At most daily: archive the audit entries older than GOVPKI_AUDIT_RETENTION_DAYS (up to
+    a checkpoint) to a signed file, then remove them from the log (committed by the runner)."""
+    if not services.archive.due(session):
+        return []
+    made = services.archive.archive(session, principal)
+    if made is None:
+        return []
+    row = made.row
+    return [f"archived audit entries {row.first_seq}..{row.last_seq} ({row.entries}) to {made.path} and removed them"]
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
-    return [Job("crl", _crls), Job("ocsp", _ocsp), Job("tlog", _tlog), Job("audit-checkpoint", _audit_checkpoint)]
+    return [
+        Job("crl", _crls),
+        Job("ocsp", _ocsp),
+        Job("tlog", _tlog),
+        Job("audit-archive", _audit_archive),
+        Job("audit-checkpoint", _audit_checkpoint),
+    ]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:
