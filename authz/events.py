@@ -12,3 +12,4 @@ class AuthzEvent(enum.StrEnum):
     PASSWORD_CHANGE = "authz:account:change_password"
     TOKEN_CREATE = "authz:token:create"
     TOKEN_REVOKE = "authz:token:revoke"
+    AUDIT_EXPORT = "authz:audit:export"

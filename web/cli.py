@@ -770,3 +770,5 @@ def openapi() -> None:
 
 if __name__ == "__main__":
     main()
+
+import web.cli_audit  # noqa: E402, F401  (govpki audit export | verify-export)

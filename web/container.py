@@ -19,8 +19,11 @@ import ca.models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
+from authz.console import AuditConsoleService
+from authz.evidence import EvidenceService
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
+from ca.evidence import CertificateStats, TlogEvidence
 from ca.ledger import IssuanceLedger
 from ca.ocsp import OcspService
 from ca.profiles import ProfileSet, load_profiles
@@ -58,6 +61,9 @@ class Services:
     tlog: TransparencyLog
     auditing: AuditCheckpointService
     archive: AuditArchiveService
+    audit_console: AuditConsoleService
+    evidence: EvidenceService
+    certificate_stats: CertificateStats
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -223,6 +229,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
             auditing,
         ),
+        audit_console=AuditConsoleService(clock, auditing),
+        evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
+        certificate_stats=CertificateStats(clock),
     )
 
 
