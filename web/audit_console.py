@@ -107,6 +107,7 @@ def entry(seq: int) -> ResponseReturnValue:
         changes=changes_of(details),
         prefecture=prefecture_of(found),
         application=application_of(found),
+        outcomes=OUTCOMES,
         verification=verification,
         action=ActionForm(),
     )
@@ -152,8 +153,11 @@ def export() -> ResponseReturnValue:
 # ----- charts --------------------------------------------------------------------------
 
 
-def bar_chart(bars: list[Bar], *, width: int = CHART_WIDTH, height: int = CHART_HEIGHT) -> dict[str, Any]:
-    """Geometry of a bar chart (drawn by templates/audit/_chart.html as SVG)."""
+def bar_chart(
+    bars: list[Bar], *, width: int = CHART_WIDTH, height: int = CHART_HEIGHT, label_every: int = 1
+) -> dict[str, Any]:
+    """Geometry of a bar chart (drawn as SVG by templates/audit/charts.html); every bar
+    has its value above it and a tooltip, every ``label_every``-th its label below."""
     top = max((b.value for b in bars), default=0) or 1
     slot = width / max(len(bars), 1)
     plot = height - 34  # room for the value above and the label below
@@ -163,6 +167,7 @@ def bar_chart(bars: list[Bar], *, width: int = CHART_WIDTH, height: int = CHART_
         out.append(
             {
                 "label": b.label,
+                "show_label": i % label_every == 0,
                 "value": b.value,
                 "x": round(i * slot + slot * 0.15, 1),
                 "w": round(slot * 0.7, 1),
@@ -221,7 +226,7 @@ def charts() -> ResponseReturnValue:
         action=ActionForm(),
         grouping=svc.certificate_stats.grouping(),
         issuance=[(group.group, group.issued, group.revoked, paired_chart(group.days)) for group in per_day],
-        sign_ins=bar_chart(sign_ins),
+        sign_ins=bar_chart(sign_ins, label_every=3),
         sign_in_total=sum(b.value for b in sign_ins),
         pending=bar_chart([Bar(label, n) for label, n in pending], width=480),
         pending_total=sum(n for _label, n in pending),
