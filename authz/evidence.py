@@ -196,7 +196,8 @@ class EvidenceService:
             made = self._checkpoints.checkpoint(session, principal)
             if made is None or made.seq < last:
                 raise ConflictError(
-                    f"entry {last} is not covered by a signed checkpoint yet; try again in a moment",
+                    f"entry {last} is not covered by a signed checkpoint, and none can be signed until something "
+                    "else is logged (the newest entry is a checkpoint's own); give an earlier end time",
                     field="filter",
                     code="audit.export_no_checkpoint",
                 )

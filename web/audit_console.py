@@ -9,12 +9,15 @@ drawn by the server (no JavaScript; the network has no internet access).
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
+from sqlalchemy import select
 
 from authz.console import (
     AuditFilter,
@@ -24,11 +27,14 @@ from authz.console import (
     details_of,
     prefecture_of,
 )
+from govpki.audit import AuditCheckpoint
 from govpki.errors import InvalidError
+from web.container import Services
 from web.forms import ActionForm
 from web.ui import _, _user, field_message, login_required, services
 
 bp = Blueprint("audit_console", __name__, url_prefix="/audit")
+log = logging.getLogger("govpki.web")
 
 FILTER_FIELDS = ("since", "until", "actor", "action", "outcome", "prefecture", "application")
 OUTCOMES = {"success": _l("success"), "failure": _l("failure")}
@@ -147,7 +153,22 @@ def export() -> ResponseReturnValue:
     response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     response.headers["X-Bundle-SHA256"] = bundle.bundle_sha256
     response.headers["Cache-Control"] = "no-store"
+    if bundle.checkpoint is not None:
+        response.call_on_close(functools.partial(_export_checkpoint, services(), bundle.checkpoint.seq))
     return response
+
+
+def _export_checkpoint(svc: Services, seq: int) -> None:
+    """After the request (and its commit): append the checkpoint the export signed to the
+    checkpoint file, as the job does — only if it was committed, so the file never holds a
+    checkpoint the database lacks."""
+    try:
+        with svc.sessions() as db:
+            made = db.scalar(select(AuditCheckpoint).where(AuditCheckpoint.seq == seq))
+            if made is not None:
+                svc.auditing.export(made)
+    except Exception:  # the download is done; the next checkpoint is exported by the job
+        log.exception("the audit checkpoint at entry %d was not exported", seq)
 
 
 # ----- charts --------------------------------------------------------------------------

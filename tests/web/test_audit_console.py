@@ -150,6 +150,7 @@ def test_export_downloads_a_bundle_that_verifies(portal: Portal, tmp_path: Path)
     assert client.post("/audit/export", data={"action": "ra:authority:create"}).status_code == 400  # no CSRF
     response = client.post("/audit/export", data={"csrf_token": csrf(page), "action": "ra:authority:create"})
     assert response.status_code == 200, text(response)
+    response.close()  # the checkpoint signed for the export is written to the file after the commit
     assert response.mimetype == "application/x-tar"
     assert response.headers["Content-Disposition"].startswith('attachment; filename="audit-evidence-')
     path = tmp_path / "bundle.tar"
@@ -157,6 +158,8 @@ def test_export_downloads_a_bundle_that_verifies(portal: Portal, tmp_path: Path)
     report = verify_bundle(path, checks=[verify_transparency])
     assert report.ok, report.problems
     assert report.matched == 14
+    lines = portal.services.config.checkpoint_file.read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[-1])["seq"] == report.last_seq  # signed for the export, committed, then exported
     with portal.services.sessions() as db:
         exported = db.scalars(
             select(AuditEntry).where(AuditEntry.action == "authz:audit:export").order_by(AuditEntry.seq.desc())
