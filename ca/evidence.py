@@ -34,19 +34,64 @@ from govpki.principal import Principal, PrincipalKind, Role
 from govpki.sqltime import bucket
 from keymgmt import statements
 
+CACHE_MIN_LEAVES = 256  # subtree roots of at least this many leaves are kept between proofs
+
+
+class _Proofs:
+    """RFC 9162 PATH(m, D[n]) for many leaves of one tree: the roots of large subtrees are
+    computed once and shared (the same nodes as ``merkle.inclusion_proof``, which rebuilds
+    them per proof), so k proofs over n leaves cost O(n + k·log n·256), not O(k·n)."""
+
+    def __init__(self, hashes: Sequence[bytes]) -> None:
+        self._hashes = hashes
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def _mth(self, lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return self._hashes[lo]
+        key = (lo, hi)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        if hi - lo < CACHE_MIN_LEAVES:
+            return merkle.root_from_leaf_hashes(self._hashes[lo:hi])
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        root = merkle.node_hash(self._mth(lo, lo + k), self._mth(lo + k, hi))
+        self._cache[key] = root
+        return root
+
+    def path(self, index: int) -> list[bytes]:
+        path: list[bytes] = []
+        lo, hi = 0, len(self._hashes)
+        while hi - lo > 1:
+            k = 1 << ((hi - lo - 1).bit_length() - 1)
+            if index < lo + k:
+                path.append(self._mth(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._mth(lo, lo + k))
+                lo = lo + k
+        path.reverse()
+        return path
+
 
 class TlogEvidence:
     """Implements ``authz.evidence.CertificateEvidence`` over the transparency log."""
 
     def collect(self, session: Session, events: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
         head = session.scalars(select(TlogTreeHead).order_by(TlogTreeHead.tree_size.desc()).limit(1)).first()
-        hashes: list[bytes] | None = None
+        serials = sorted({serial for _seq, _kind, serial in events})
+        by_key: dict[tuple[str, str], list[TlogEntry]] = {}
+        for i in range(0, len(serials), 500):
+            for entry in session.scalars(
+                select(TlogEntry).where(TlogEntry.serial.in_(serials[i : i + 500])).order_by(TlogEntry.idx)
+            ):
+                by_key.setdefault((entry.serial, entry.kind), []).append(entry)
+        proofs: _Proofs | None = None
         leaves: list[dict[str, Any]] = []
         used_head = False
         for seq, kind, serial in events:
-            for entry in session.scalars(
-                select(TlogEntry).where(TlogEntry.serial == serial, TlogEntry.kind == kind).order_by(TlogEntry.idx)
-            ):
+            for entry in by_key.get((serial, kind), []):
                 item: dict[str, Any] = {
                     "seq": seq,
                     "kind": kind,
@@ -58,17 +103,19 @@ class TlogEvidence:
                     "audit_path": [],
                 }
                 if head is not None and entry.idx < head.tree_size:
-                    if hashes is None:
-                        hashes = [
-                            bytes.fromhex(h)
-                            for h in session.scalars(
-                                select(TlogEntry.leaf_hash)
-                                .where(TlogEntry.idx < head.tree_size)
-                                .order_by(TlogEntry.idx)
-                            )
-                        ]
+                    if proofs is None:
+                        proofs = _Proofs(
+                            [
+                                bytes.fromhex(h)
+                                for h in session.scalars(
+                                    select(TlogEntry.leaf_hash)
+                                    .where(TlogEntry.idx < head.tree_size)
+                                    .order_by(TlogEntry.idx)
+                                )
+                            ]
+                        )
                     item["tree_size"] = head.tree_size
-                    item["audit_path"] = [p.hex() for p in merkle.inclusion_proof(entry.idx, hashes)]
+                    item["audit_path"] = [p.hex() for p in proofs.path(entry.idx)]
                     used_head = True
                 leaves.append(item)
         heads = []

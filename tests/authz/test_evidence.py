@@ -371,3 +371,17 @@ def test_cli_export_and_verify_export(
     _repack(out, {**members, "bundle.json": audit.canonical_json(document).encode("utf-8")})
     result = runner.invoke(cli.main, ["audit", "verify-export", str(out)])
     assert result.exit_code == 1 and "signature over bundle.json is not valid" in result.output
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 255, 256, 257, 700, 1024, 1500])
+def test_shared_subtree_proofs_equal_the_reference_paths(size: int) -> None:
+    from ca import merkle
+    from ca.evidence import _Proofs
+
+    hashes = [merkle.leaf_hash(str(i).encode()) for i in range(size)]
+    proofs = _Proofs(hashes)
+    root = merkle.root_from_leaf_hashes(hashes)
+    for index in sorted({0, 1 % size, size // 2, size - 1, 255 % size, 300 % size}):
+        path = proofs.path(index)
+        assert path == merkle.inclusion_proof(index, hashes)
+        assert merkle.verify_inclusion(index, size, hashes[index], path, root)

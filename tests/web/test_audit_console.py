@@ -137,6 +137,10 @@ def test_verify_button_needs_csrf_and_updates_the_badge(portal: Portal) -> None:
     assert _count(portal, AuditVerification) == before + 1
     body = text(client.get("/audit"))
     assert re.search(r'class="badge badge-ok" id="verification-status"', body)
+    assert "校验通过" in body
+    client.get("/lang/en")
+    english = text(client.get("/audit/charts"))
+    assert "Failed sign-ins per hour" in english and ">verified</span>" in english
     # an off-site "next" is not followed
     response = client.post("/audit/verify", data={"csrf_token": csrf(page), "next": "//evil.example/audit"})
     assert response.headers["Location"] == "/audit"
