@@ -311,43 +311,43 @@ def _load_manifest(path: Path) -> _Manifest:
     doc = _read_json(path, what, field)
     if doc.get("format") != MANIFEST_FORMAT:
         raise BackupFileError(f"{path} is not a govpki key backup manifest ({MANIFEST_FORMAT})", field=field)
+    header = {k: doc[k] for k in doc if k not in ("wrap", "wrapped_key")}  # what the wrapped key authenticates
+    key = _field(doc, "key", dict, path, what, field)
+    custodians = _field(doc, "custodians", list, path, what, field)
+    threshold = _field(doc, "threshold", int, path, what, field)
+    shares = _field(doc, "shares", int, path, what, field)
+    names: list[str] = []
+    for i, c in enumerate(custodians, start=1):
+        if not isinstance(c, dict) or c.get("index") != i or not isinstance(c.get("name"), str):
+            raise BackupFileError(f"manifest file {path}: custodian entry {i} is malformed", field=field)
+        names.append(c["name"])
+    wrap = _field(doc, "wrap", dict, path, what, field)
+    if wrap.get("cipher") != CIPHER:
+        raise BackupFileError(f"manifest file {path}: the key is not wrapped with {CIPHER}", field=field)
+    created_text = _field(doc, "created_at", str, path, what, field)
     try:
-        header = {k: doc[k] for k in doc if k not in ("wrap", "wrapped_key")}
-        key = _field(doc, "key", dict, path, what, field)
-        custodians = _field(doc, "custodians", list, path, what, field)
-        threshold = _field(doc, "threshold", int, path, what, field)
-        shares = _field(doc, "shares", int, path, what, field)
-        names: list[str] = []
-        for i, c in enumerate(custodians, start=1):
-            if not isinstance(c, dict) or c.get("index") != i or not isinstance(c.get("name"), str):
-                raise BackupFileError(f"manifest file {path}: custodian entry {i} is malformed", field=field)
-            names.append(c["name"])
-        wrap = _field(doc, "wrap", dict, path, what, field)
-        if wrap.get("cipher") != CIPHER:
-            raise BackupFileError(f"manifest file {path}: the key is not wrapped with {CIPHER}", field=field)
-        created = _dt.datetime.fromisoformat(_field(doc, "created_at", str, path, what, field).replace("Z", "+00:00"))
-        public = BackupManifest(
-            backup_id=_field(doc, "backup_id", str, path, what, field),
-            created_at=created.astimezone(_dt.UTC),
-            label=_field(key, "label", str, path, what, field),
-            purpose=_field(key, "purpose", str, path, what, field),
-            algorithm=_field(key, "algorithm", str, path, what, field),
-            spki_sha256=_field(key, "spki_sha256", str, path, what, field),
-            threshold=threshold,
-            shares=shares,
-            custodians=tuple(names),
-        )
-        nonce = _bytes(wrap, "nonce", path, what, field)
-        wrapped = _bytes(doc, "wrapped_key", path, what, field)
-    except ValueError as exc:
-        if isinstance(exc, BackupFileError):
-            raise
-        raise BackupFileError(f"manifest file {path}: a field has a bad value", field=field) from None
+        created = _dt.datetime.fromisoformat(created_text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BackupFileError(f"manifest file {path}: field 'created_at' is not a time", field=field) from None
+    if created.tzinfo is None:
+        raise BackupFileError(f"manifest file {path}: field 'created_at' has no time zone", field=field)
     if not MIN_THRESHOLD <= threshold <= shares <= MAX_SHARES or len(names) != shares:
         raise ManifestTamperedError(
             f"manifest file {path}: {threshold} of {shares} shares with {len(names)} custodians is not a valid backup",
             field=field,
         )
+    public = BackupManifest(
+        backup_id=_field(doc, "backup_id", str, path, what, field),
+        created_at=created.astimezone(_dt.UTC),
+        label=_field(key, "label", str, path, what, field),
+        purpose=_field(key, "purpose", str, path, what, field),
+        algorithm=_field(key, "algorithm", str, path, what, field),
+        spki_sha256=_field(key, "spki_sha256", str, path, what, field),
+        threshold=threshold,
+        shares=shares,
+        custodians=tuple(names),
+    )
+    nonce, wrapped = _bytes(wrap, "nonce", path, what, field), _bytes(doc, "wrapped_key", path, what, field)
     return _Manifest(public, header, nonce, wrapped)
 
 
