@@ -35,6 +35,7 @@ from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
+from keymgmt.backup import KeyBackupService
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -58,6 +59,7 @@ class Services:
     tlog: TransparencyLog
     auditing: AuditCheckpointService
     archive: AuditArchiveService
+    backup: KeyBackupService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -223,6 +225,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
             auditing,
         ),
+        backup=KeyBackupService(clock),
     )
 
 
