@@ -34,6 +34,7 @@ from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
+from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -56,6 +57,7 @@ class Services:
     validation: ValidationService
     tlog: TransparencyLog
     auditing: AuditCheckpointService
+    expiry: ExpiryService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -151,6 +153,15 @@ def audit_settings(config: Config) -> AuditSettings:
     )
 
 
+def expiry_settings(config: Config, profiles: ProfileSet) -> ExpirySettings:
+    return ExpirySettings(
+        thresholds=config.expiry_notice_days,
+        ra_mailbox=config.expiry_notice_ra_mailbox,
+        smtp=config.smtp,
+        excluded_profiles=frozenset(p.name for p in profiles.profiles.values() if p.ca or p.ocsp_no_check),
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -214,6 +225,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ),
         tlog=tlog,
         auditing=AuditCheckpointService(keystores, clock, audit_settings(config)),
+        expiry=ExpiryService(clock, expiry_settings(config, profiles)),
     )
 
 
