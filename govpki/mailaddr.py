@@ -18,6 +18,8 @@ def address_problem(value: str) -> str | None:
         return "is empty"
     if value != value.strip():
         return "has leading or trailing white space"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return "contains a control character (such as a line break)"
     if len(value) > MAX_ADDRESS:
         return f"is {len(value)} characters; an e-mail address may have at most {MAX_ADDRESS}"
     local, at, domain = value.rpartition("@")

@@ -163,7 +163,7 @@ class ExpiryService:
         if prefecture is not None:
             query = query.where(rec.prefecture_code == prefecture)
         groups: dict[str | None, tuple[Prefecture | None, list[ExpiringCertificate]]] = {}
-        for record, pref in session.execute(query).tuples():
+        for record, pref in session.execute(query):
             assert record.not_after is not None
             item = ExpiringCertificate(
                 record_id=record.id,
