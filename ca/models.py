@@ -137,6 +137,7 @@ class CertificateRecord(Base):
     renewed_from_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
 
     ca: Mapped[CertificateAuthority] = relationship()
+    renewed_from: Mapped[CertificateRecord | None] = relationship(remote_side=[id])
 
 
 class CaStatus(Base):
