@@ -245,14 +245,15 @@ class ExpiryService:
                     candidates.append(_Due(cert, threshold, RA, ra_address))
         if not candidates:
             return []
-        sent = set(
-            session.execute(
+        sent = {
+            (row.certificate_id, row.threshold_days, row.channel)
+            for row in session.execute(
                 select(ExpiryNotice.certificate_id, ExpiryNotice.threshold_days, ExpiryNotice.channel).where(
                     ExpiryNotice.certificate_id.in_({c.cert.record_id for c in candidates}),
                     ExpiryNotice.state == SENT,
                 )
-            ).tuples()
-        )
+            )
+        }
         return [c for c in candidates if (c.cert.record_id, c.threshold, c.channel) not in sent]
 
     def _row(self, session: Session, item: _Due) -> ExpiryNotice | None:
