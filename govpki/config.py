@@ -213,6 +213,12 @@ class Config:
             mailbox("EXPIRY_NOTICE_RA_MAILBOX", sample)
             return template
 
+        def port_number(name: str, default: int) -> int:
+            value = integer(name, default)
+            if value > 65535:
+                raise ConfigError(f"GOVPKI_{name}: {value} is not a TCP port (1-65535)")
+            return value
+
         def smtp() -> SmtpSettings | None:
             smtp_host = get("SMTP_HOST", "")
             if not smtp_host:
@@ -230,7 +236,7 @@ class Config:
                 raise ConfigError(f"GOVPKI_SMTP_PASSWORD_FILE: {password} is not a readable file")
             return SmtpSettings(
                 host=smtp_host,
-                port=integer("SMTP_PORT", 25),
+                port=port_number("SMTP_PORT", 25),
                 sender=mailbox("SMTP_FROM", sender),
                 starttls=flag("SMTP_STARTTLS"),
                 username=username,
