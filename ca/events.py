@@ -19,3 +19,5 @@ class CaEvent(enum.StrEnum):
     OCSP_RESPONDER_CREATE = "ca:ocsp_responder:create"
     OCSP_RESPONDER_RETIRE = "ca:ocsp_responder:retire"
     TLOG_SIGN_HEAD = "ca:transparency:sign_head"
+    CERT_RENEW = "ca:certificate:renew"
+    CERT_EXPIRY_NOTICE = "ca:certificate:expiry_notice"

@@ -129,8 +129,15 @@ class CertificateRecord(Base):
     # The issuing CA's status sequence number at this record's last status change
     # (0: never changed). Delta CRLs list the records changed after their base.
     status_seq: Mapped[int] = mapped_column(BigId, default=0, server_default="0")
+    # Whom the certificate serves, set at issuance (the RA portal fills them): the prefecture
+    # whose RA gets its expiry notices (a table of the ``ra`` layer, referred to by name only),
+    # the subscriber's contact address, and the certificate this one renews.
+    prefecture_code: Mapped[str | None] = mapped_column(ForeignKey("prefectures.code"), index=True)
+    contact_email: Mapped[str | None] = mapped_column(String(254))
+    renewed_from_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
 
     ca: Mapped[CertificateAuthority] = relationship()
+    renewed_from: Mapped[CertificateRecord | None] = relationship(remote_side=[id])
 
 
 class CaStatus(Base):

@@ -20,21 +20,22 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import select
+from sqlalchemy import column, select, table
 from sqlalchemy.orm import Session
 
 from ca import lint
 from ca.builder import IssuerUrls, build_name, certificate_builder, validity
-from ca.csr import CheckedRequest, check_csr, check_subject_value
+from ca.csr import OID_FIELDS, CheckedRequest, check_csr, check_subject_value
 from ca.events import CaEvent
 from ca.ledger import IssuanceLedger, new_serial, serial_hex
-from ca.models import CaKind, CaStatus, CertificateAuthority, CertificateRecord, CertState
+from ca.models import CaKind, CaStatus, CertificateAuthority, CertificateRecord, CertState, RevocationReason
 from ca.profiles import Profile, ProfileSet, SubjectField
 from govpki import audit
 from govpki.clock import Clock
 from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.faults import crash_point
+from govpki.mailaddr import check_address
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
 
@@ -329,13 +330,20 @@ class CaService:
         identity: Mapping[SubjectField, str] | None = None,
         issuer_id: int | None = None,
         validity_days: int | None = None,
+        prefecture: str | None = None,
+        contact_email: str | None = None,
     ) -> CertificateRecord:
         """Issue one certificate. ``identity`` holds subject fields from the registered
         identity (the RA's); they override the CSR's. C, ST and O always come from the CA.
         ``issuer_id`` names the issuing CA (default: the active CA the profile names);
-        ``validity_days`` may shorten the profile's validity, never lengthen it."""
+        ``validity_days`` may shorten the profile's validity, never lengthen it.
+        ``prefecture`` (area code; default the principal's) and ``contact_email`` say whom
+        expiry notices go to (the prefecture's RA and the subscriber)."""
         if not can_issue(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
+        prefecture = self._check_prefecture(session, principal, prefecture)
+        if contact_email is not None:
+            contact_email = check_address(contact_email, "contact_email")
         chosen = self.profiles.get(profile)
         if chosen.ca:
             raise ForbiddenError(
@@ -357,7 +365,117 @@ class CaService:
             issuer = self.find_ca(session, issuer_id)
             if issuer.kind != kind.value:
                 raise InvalidError(f"CA {issuer.id} is not a {kind.value} CA", field="issuer_id")
-        return self._issue(session, principal, profile=chosen, checked=checked, identity=identity or {}, issuer=issuer)
+        return self._issue(
+            session,
+            principal,
+            profile=chosen,
+            checked=checked,
+            identity=identity or {},
+            issuer=issuer,
+            prefecture_code=prefecture,
+            contact_email=contact_email,
+        )
+
+    def _check_prefecture(self, session: Session, principal: Principal, code: str | None) -> str | None:
+        """The prefecture a certificate is issued for: the principal's own when it has one
+        (it may name no other), else the one given, which must exist."""
+        if principal.prefecture is not None:
+            if code is not None and code != principal.prefecture:
+                raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="prefecture")
+            return principal.prefecture
+        if code is None:
+            return None
+        if session.scalar(select(_PREFECTURES.c.code).where(_PREFECTURES.c.code == code)) is None:
+            raise InvalidError(f"unknown prefecture code {code!r}", field="prefecture", code="ca.unknown_prefecture")
+        return code
+
+    # ----- renewal ---------------------------------------------------------
+
+    def renew(
+        self, session: Session, principal: Principal, serial: str, *, csr: bytes | str | None = None
+    ) -> CertificateRecord:
+        """A new certificate for the subscriber of ``serial``: same profile (its current
+        version), subject, subjectAltNames, prefecture and contact; from the active issuing
+        CA, through the same checks, lint and recorded pipeline as ``issue``.
+
+        Without ``csr`` the key stays: the original request is used again (its signature
+        proved possession of this key at first issuance) and re-checked against the
+        profile's current key policy. With ``csr`` the request's own signature proves
+        possession; it may carry the same key or a new one. A key that any certificate was
+        revoked for with keyCompromise is refused. The certificate renewed stays valid
+        until it expires or is revoked; the new record links to it (``renewed_from_id``)."""
+        if not can_issue(principal):
+            raise ForbiddenError("your role may not request certificates", field="serial")
+        if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
+            raise RuntimeError("CaService.renew needs a session without uncommitted writes (see ca.ledger)")
+        old = self.get_certificate(session, principal, serial)
+        if principal.prefecture is not None and old.prefecture_code != principal.prefecture:
+            raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="serial")
+        _check_renewable(session, old, self._clock.now())
+        profile = self.profiles.get(old.profile, field="serial")
+        if profile.ca or profile.ocsp_no_check:
+            raise ForbiddenError(
+                f"profile {profile.name} certificates are renewed by rotation, not here", field="serial"
+            )
+        request = old.csr_der if csr is None else csr
+        if request is None:
+            raise InvalidError("the original request was not kept: send a new CSR", field="csr")
+        checked = check_csr(request, profile)
+        compromised = session.scalar(
+            select(CertificateRecord.serial)
+            .where(
+                CertificateRecord.spki_sha256 == checked.spki_sha256,
+                CertificateRecord.revocation_reason == RevocationReason.KEY_COMPROMISE.value,
+            )
+            .limit(1)
+        )
+        if compromised is not None:
+            raise InvalidError(
+                f"this key was revoked for keyCompromise (certificate {compromised}); renew with a new key",
+                field="csr.key" if csr is not None else "csr",
+                code="ca.key_compromised",
+            )
+        assert old.cert_der is not None
+        old_cert = x509.load_der_x509_certificate(old.cert_der)
+        identity = _identity_of(old_cert)
+        if _identity_of_name(self._subject(profile, checked, identity)) != identity:
+            raise InvalidError(
+                f"a renewal keeps the subject {old.subject}; the request adds other fields", field="csr.subject"
+            )
+        if set(checked.sans) != set(_sans_of(old_cert)):
+            raise InvalidError(
+                f"a renewal keeps the subjectAltNames ({old.sans or 'none'}); the request has "
+                f"{_san_text(checked.sans) or 'none'}",
+                field="csr.san",
+            )
+        issuer = self.active_ca(session, CaKind.ROOT if profile.issuer == "root" else CaKind.ISSUING)
+        record = self._issue(
+            session,
+            principal,
+            profile=profile,
+            checked=checked,
+            identity=identity,
+            issuer=issuer,
+            prefecture_code=old.prefecture_code,
+            contact_email=old.contact_email,
+            renewed_from_id=old.id,
+        )
+        audit.record(
+            session,
+            principal,
+            CaEvent.CERT_RENEW.value,
+            object_type="certificate",
+            object_id=record.serial,
+            details={
+                "renewed_from": old.serial,
+                "key": "same" if checked.spki_sha256 == old.spki_sha256 else "new",
+                "proof_of_possession": "original request" if csr is None else "new request",
+                "profile": profile.name,
+                "profile_version": profile.version,
+            },
+            clock=self._clock,
+        )
+        return record
 
     def _subject(self, profile: Profile, checked: CheckedRequest, identity: Mapping[SubjectField, str]) -> x509.Name:
         fields: dict[SubjectField, str] = {}
@@ -389,6 +507,9 @@ class CaService:
         checked: CheckedRequest,
         identity: Mapping[SubjectField, str],
         issuer: CertificateAuthority,
+        prefecture_code: str | None = None,
+        contact_email: str | None = None,
+        renewed_from_id: int | None = None,
     ) -> CertificateRecord:
         now = self._clock.now()
         issuer_cert = x509.load_der_x509_certificate(issuer.cert_der)
@@ -409,6 +530,9 @@ class CaService:
             sans=_san_text(checked.sans),
             key_type=checked.key_type,
             spki_sha256=checked.spki_sha256,
+            prefecture_code=prefecture_code,
+            contact_email=contact_email,
+            renewed_from_id=renewed_from_id,
         )
         crash_point("after_reserve")
         not_before, not_after = validity(profile, now, issuer_cert.not_valid_after_utc)
@@ -444,6 +568,70 @@ class CaService:
         der = cert.public_bytes(serialization.Encoding.DER)
         self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der), not_after=not_after)
         return session.get_one(CertificateRecord, reservation.record_id)
+
+
+# The ``ra`` layer's prefectures, by table name only (as the certificates' foreign key names it)
+_PREFECTURES = table("prefectures", column("code"))
+_CA_FIELDS = frozenset({"C", "ST", "O"})  # always the CA's own, so not part of a subscriber's identity
+
+
+def _check_renewable(session: Session, old: CertificateRecord, now: _dt.datetime) -> None:
+    if old.state != CertState.ISSUED.value or old.cert_der is None:
+        raise ConflictError(
+            f"certificate {old.serial} is in state {old.state}: only an issued certificate can be renewed",
+            field="serial",
+            code="ca.not_issued",
+        )
+    if old.revocation_reason == RevocationReason.CERTIFICATE_HOLD.value:
+        raise ConflictError(
+            f"certificate {old.serial} is on hold: release it before renewing", field="serial", code="ca.on_hold"
+        )
+    if old.revocation_reason is not None:
+        raise ConflictError(
+            f"certificate {old.serial} was revoked ({old.revocation_reason}): apply for a new certificate",
+            field="serial",
+            code="ca.revoked",
+        )
+    if old.not_after is not None and old.not_after <= now:
+        raise ConflictError(
+            f"certificate {old.serial} expired on {old.not_after:%Y-%m-%d}: apply for a new certificate",
+            field="serial",
+            code="ca.expired",
+        )
+    successor = session.scalar(
+        select(CertificateRecord.serial)
+        .where(
+            CertificateRecord.renewed_from_id == old.id,
+            CertificateRecord.state == CertState.ISSUED.value,
+            CertificateRecord.revocation_reason.is_(None),
+        )
+        .limit(1)
+    )
+    if successor is not None:
+        raise ConflictError(
+            f"certificate {old.serial} was already renewed as {successor}", field="serial", code="ca.already_renewed"
+        )
+
+
+def _identity_of_name(name: x509.Name) -> dict[SubjectField, str]:
+    fields: dict[SubjectField, str] = {}
+    for attr in name:
+        field = OID_FIELDS.get(attr.oid)
+        if field is not None and field not in _CA_FIELDS and isinstance(attr.value, str):
+            fields[field] = attr.value
+    return fields
+
+
+def _identity_of(cert: x509.Certificate) -> dict[SubjectField, str]:
+    """The subscriber's part of a certificate's subject (C, ST and O are the CA's)."""
+    return _identity_of_name(cert.subject)
+
+
+def _sans_of(cert: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def _key_label(purpose: str, now: _dt.datetime) -> str:

@@ -36,6 +36,7 @@ from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from keymgmt.backup import KeyBackupService
+from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -60,6 +61,7 @@ class Services:
     auditing: AuditCheckpointService
     archive: AuditArchiveService
     backup: KeyBackupService
+    expiry: ExpiryService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -155,6 +157,15 @@ def audit_settings(config: Config) -> AuditSettings:
     )
 
 
+def expiry_settings(config: Config, profiles: ProfileSet) -> ExpirySettings:
+    return ExpirySettings(
+        thresholds=config.expiry_notice_days,
+        ra_mailbox=config.expiry_notice_ra_mailbox,
+        smtp=config.smtp,
+        excluded_profiles=frozenset(p.name for p in profiles.profiles.values() if p.ca or p.ocsp_no_check),
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -226,6 +237,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             auditing,
         ),
         backup=KeyBackupService(clock),
+        expiry=ExpiryService(clock, expiry_settings(config, profiles)),
     )
 
 

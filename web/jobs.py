@@ -1,5 +1,5 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-signed tree heads of the transparency log, signed audit checkpoints):
+signed tree heads of the transparency log, certificate expiry notices, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -91,6 +91,12 @@ def _audit_archive(services: Services, session: Session, principal: Principal) -
     return [f"archived audit entries {row.first_seq}..{row.last_seq} ({row.entries}) to {made.path} and removed them"]
 
 
+def _expiry_notices(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Mail the expiry notices that are due (GOVPKI_EXPIRY_NOTICE_DAYS); without SMTP, only count.
+    Commits after each claim and each mail, so a restart never sends one twice."""
+    return services.expiry.send_due(session, principal, checkpoint=session.commit).lines
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
     return [
@@ -98,6 +104,7 @@ def default_jobs() -> list[Job]:
         Job("ocsp", _ocsp),
         Job("tlog", _tlog),
         Job("audit-archive", _audit_archive),
+        Job("expiry-notices", _expiry_notices),
         Job("audit-checkpoint", _audit_checkpoint),
     ]
 
