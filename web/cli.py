@@ -708,5 +708,10 @@ def openapi() -> None:
     click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
 
 
+from web.cli_ceremony import ca_group, ceremony  # noqa: E402  (registered here, at the end)
+
+main.add_command(ca_group)
+main.add_command(ceremony)
+
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ import ca.models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
+from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
 from ca.ocsp import OcspService
@@ -56,6 +57,7 @@ class Services:
     validation: ValidationService
     tlog: TransparencyLog
     auditing: AuditCheckpointService
+    ceremonies: CeremonyService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -214,6 +216,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ),
         tlog=tlog,
         auditing=AuditCheckpointService(keystores, clock, audit_settings(config)),
+        ceremonies=CeremonyService(
+            clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
+        ),
     )
 
 

@@ -55,12 +55,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_cross_certificates")),
         sa.UniqueConstraint("fingerprint_sha256", name=op.f("uq_cross_certificates_fingerprint_sha256")),
     )
-    op.create_index(
-        op.f("ix_cross_certificates_issuer_ca_id"), "cross_certificates", ["issuer_ca_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_cross_certificates_subject_ca_id"), "cross_certificates", ["subject_ca_id"], unique=False
-    )
+    op.create_index(op.f("ix_cross_certificates_issuer_ca_id"), "cross_certificates", ["issuer_ca_id"], unique=False)
+    op.create_index(op.f("ix_cross_certificates_subject_ca_id"), "cross_certificates", ["subject_ca_id"], unique=False)
 
 
 def downgrade() -> None:
