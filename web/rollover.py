@@ -8,7 +8,8 @@ issues must start from a committed session. What each step made goes into an
   rollover of the active one (which then only serves CRLs and OCSP for what it
   issued) — with its first CRL and its delegated OCSP responder.
 * :func:`rollover`: the issuing CA rollover, or with ``root=True`` first the root
-  rollover (new root, cross-certificates both ways, the new root's first ARL) and
+  rollover (new root, cross-certificates both ways, the new root's first ARL and a
+  fresh one of the old root, both keys being at hand) and
   then a new issuing CA under the new root.
 """
 
@@ -27,8 +28,8 @@ def root_key(services: Services, principal: Principal, outcome: Outcome) -> Cert
         session.commit()
     outcome.cas.append(root)
     outcome.actions.append(
-        f"generated a {root.key_algorithm} root key in the root key store and self-signed root CA {root.id} "
-        f"({root.name})"
+        f"generated a new root key ({root.key_algorithm}) in the root key store and self-signed root CA "
+        f"{root.id} ({root.name})"
     )
     _arl(services, principal, root, outcome)
     return root
@@ -45,7 +46,7 @@ def sign_issuing(services: Services, principal: Principal, outcome: Outcome) -> 
             session.commit()
             assert new.parent_id is not None
             outcome.actions.append(
-                f"generated a {new.key_algorithm} issuing CA key in the online key store; root CA "
+                f"generated a new issuing CA key ({new.key_algorithm}) in the online key store; root CA "
                 f"{new.parent_id} signed issuing CA {new.id} ({new.name})"
             )
         else:
@@ -53,7 +54,7 @@ def sign_issuing(services: Services, principal: Principal, outcome: Outcome) -> 
             session.commit()
             new = made.new
             outcome.actions.append(
-                f"issuing CA rollover: generated a {new.key_algorithm} key in the online key store; root CA "
+                f"issuing CA rollover: generated a new key ({new.key_algorithm}) in the online key store; root CA "
                 f"{new.parent_id} signed issuing CA {new.id} ({new.name}), which issues every new certificate "
                 f"from now on; CA {made.old.id} ({made.old.name}) issues no more and keeps signing CRLs and "
                 "OCSP responses for its certificates until the last one expires"
@@ -81,7 +82,7 @@ def rollover(services: Services, principal: Principal, outcome: Outcome, *, root
         outcome.cas.append(made.new)
         outcome.crosses.extend(made.crosses)
         outcome.actions.append(
-            f"root rollover: generated a {made.new.key_algorithm} root key in the root key store and self-signed "
+            f"root rollover: generated a new root key ({made.new.key_algorithm}) in the root key store and self-signed "
             f"root CA {made.new.id} ({made.new.name}); root CA {made.old.id} ({made.old.name}) certifies no more "
             "CAs and stays a trust anchor until retired"
         )
@@ -90,6 +91,7 @@ def rollover(services: Services, principal: Principal, outcome: Outcome, *, root
                 f"signed cross-certificate {cross.id} ({cross.direction}): {cross.subject} under {cross.issuer}"
             )
         _arl(services, principal, made.new, outcome)
+        _arl(services, principal, made.old, outcome)  # a fresh ARL of the old root while its key is at hand
     sign_issuing(services, principal, outcome)
 
 

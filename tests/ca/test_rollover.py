@@ -29,7 +29,7 @@ from ca.validation import NoRevocationCheck, Purpose, validate
 from govpki.audit import AuditEntry
 from govpki.clock import UTC
 from govpki.config import Config
-from govpki.errors import ConflictError, ForbiddenError
+from govpki.errors import ConflictError, ForbiddenError, UnavailableError
 from govpki.principal import SYSTEM, Principal, PrincipalKind, Role
 from keymgmt import KeyExportRefusedError, Pkcs11KeyStore
 from tests.helpers import check_every_issued_certificate, csr_pem, write_pem
@@ -318,6 +318,36 @@ def test_the_old_ca_retires_only_after_its_last_certificate_expired(pki: Service
         newest = services.crl.latest(session, old.id, CrlKind.FULL, with_der=False)
         assert last is not None and newest is not None and newest.number == last.number
     assert len(actions(services, "ca:ca:retire")) == 1
+
+
+def test_a_serving_ca_issues_nothing_new_but_renews_its_ocsp_responder(pki: Services, clock: MovableClock):
+    services = pki
+    before = issue(services, "long.example.gov.cn")  # the profile's full validity: it keeps the CA serving
+    rollover(services, SYSTEM, Outcome())
+    with services.sessions() as session:
+        old = session.scalars(select(CertificateAuthority).where(CertificateAuthority.active.is_(False))).one()
+        responder = services.ocsp.active_responder(session, old.id)
+        assert responder is not None
+        with pytest.raises(UnavailableError):
+            services.ca.issue(
+                session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="x.example.gov.cn"), issuer_id=old.id
+            )
+    # into the responder's renew window: the OCSP job rotates the old CA's responder too
+    clock.at = responder.not_after - dt.timedelta(days=services.config.ocsp_responder_renew_days - 1)
+    results = run_due(services)
+    assert all(r.ok for r in results), results
+    assert f"rotated the OCSP responder of CA {old.id}" in next(r.lines for r in results if r.name == "ocsp")
+    with services.sessions() as session:
+        renewed = services.ocsp.active_responder(session, old.id)
+        assert renewed is not None and renewed.id != responder.id
+        renewed_der = renewed.cert_der
+        assert services.ca.find_ca(session, old.id).state is CaState.SERVING
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        before, x509.load_der_x509_certificate(old.cert_der), hashes.SHA1()
+    )
+    answer = ocsp.load_der_ocsp_response(services.ocsp.respond(request.build().public_bytes(Encoding.DER)).der)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert answer.certificates[0].public_bytes(Encoding.DER) == renewed_der
 
 
 # ----- root rollover ----------------------------------------------------------------
