@@ -8,6 +8,13 @@ import enum
 class CaEvent(enum.StrEnum):
     ROOT_CREATE = "ca:authority:create_root"
     ISSUING_CREATE = "ca:authority:create_issuing"
+    ISSUING_ROLLOVER = "ca:issuing:rollover"
+    ROOT_ROLLOVER = "ca:root:rollover"
+    CROSS_CREATE = "ca:cross_certificate:create"
+    CA_RETIRE = "ca:ca:retire"
+    CEREMONY_ROOT_KEY = "ca:ceremony:root_key"
+    CEREMONY_SIGN_ISSUING = "ca:ceremony:sign_issuing"
+    CEREMONY_ROOT_ROLLOVER = "ca:ceremony:root_rollover"
     CERT_RESERVE = "ca:certificate:reserve"
     CERT_APPROVE = "ca:certificate:approve"
     CERT_ISSUE = "ca:certificate:issue"

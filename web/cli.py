@@ -782,5 +782,10 @@ from web import cli_notices  # noqa: E402  (after main; it takes helpers from he
 
 cli_notices.register(main)
 
+from web.cli_ceremony import ca_group, ceremony  # noqa: E402  (registered here, at the end)
+
+main.add_command(ca_group)
+main.add_command(ceremony)
+
 if __name__ == "__main__":
     main()

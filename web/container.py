@@ -20,6 +20,7 @@ import ra.models  # noqa: F401
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
+from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
 from ca.ocsp import OcspService
@@ -62,6 +63,7 @@ class Services:
     archive: AuditArchiveService
     backup: KeyBackupService
     expiry: ExpiryService
+    ceremonies: CeremonyService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -238,6 +240,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ),
         backup=KeyBackupService(clock),
         expiry=ExpiryService(clock, expiry_settings(config, profiles)),
+        ceremonies=CeremonyService(
+            clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
+        ),
     )
 
 

@@ -1,5 +1,6 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-signed tree heads of the transparency log, certificate expiry notices, signed audit checkpoints):
+signed tree heads of the transparency log, retiring superseded CAs, certificate expiry notices,
+audit archival, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -64,6 +65,14 @@ def _tlog(services: Services, session: Session, principal: Principal) -> list[st
     return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
 
 
+def _ca_retire(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Retire the CAs superseded by a rollover once the last certificate they issued has expired."""
+    return [
+        f"retired {ca.kind} CA {ca.id} ({ca.name}): nothing it issued is valid any more"
+        for ca in services.ca.retire_due(session, principal)
+    ]
+
+
 def _audit_checkpoint(services: Services, session: Session, principal: Principal) -> list[str]:
     """Every GOVPKI_AUDIT_CHECKPOINT_MINUTES: sign the chain head, commit, then export it
     (exported only once it is in the database, so the file never holds a checkpoint the database lacks)."""
@@ -103,8 +112,9 @@ def default_jobs() -> list[Job]:
         Job("crl", _crls),
         Job("ocsp", _ocsp),
         Job("tlog", _tlog),
-        Job("audit-archive", _audit_archive),
+        Job("ca-retire", _ca_retire),
         Job("expiry-notices", _expiry_notices),
+        Job("audit-archive", _audit_archive),
         Job("audit-checkpoint", _audit_checkpoint),
     ]
 
