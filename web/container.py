@@ -22,6 +22,7 @@ from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
 from authz.evidence import EvidenceService
 from authz.services import AccountService, TokenService
+from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
 from ca.evidence import CertificateStats, TlogEvidence
 from ca.ledger import IssuanceLedger
@@ -38,6 +39,8 @@ from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
+from keymgmt.backup import KeyBackupService
+from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -61,6 +64,9 @@ class Services:
     tlog: TransparencyLog
     auditing: AuditCheckpointService
     archive: AuditArchiveService
+    backup: KeyBackupService
+    expiry: ExpiryService
+    ceremonies: CeremonyService
     audit_console: AuditConsoleService
     evidence: EvidenceService
     certificate_stats: CertificateStats
@@ -159,6 +165,15 @@ def audit_settings(config: Config) -> AuditSettings:
     )
 
 
+def expiry_settings(config: Config, profiles: ProfileSet) -> ExpirySettings:
+    return ExpirySettings(
+        thresholds=config.expiry_notice_days,
+        ra_mailbox=config.expiry_notice_ra_mailbox,
+        smtp=config.smtp,
+        excluded_profiles=frozenset(p.name for p in profiles.profiles.values() if p.ca or p.ocsp_no_check),
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -228,6 +243,11 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             clock,
             RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
             auditing,
+        ),
+        backup=KeyBackupService(clock),
+        expiry=ExpiryService(clock, expiry_settings(config, profiles)),
+        ceremonies=CeremonyService(
+            clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
         ),
         audit_console=AuditConsoleService(clock, auditing),
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
