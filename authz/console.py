@@ -4,7 +4,10 @@ method checks that itself, so the web view's check is not the only one.
 
 Prefecture and application: an entry carries them only inside its ``details`` (JSON
 text), e.g. ``{"prefecture_code": "6501"}``, ``{"prefecture": "乌鲁木齐市"}`` or an RA
-entry whose object is the prefecture code. They are derived at query time by JSON
+entry whose object is the prefecture code; a certificate entry also belongs to the
+prefecture its certificate record names (``certificates.prefecture_code``, set at
+issuance — read through a table clause, so this module does not import the CA domain).
+They are derived at query time by JSON
 extraction in SQL (``json_extract`` on SQLite, ``jsonb_extract_path_text`` on
 PostgreSQL) rather than stored in a side column: the hashed entry format and the
 append path (:func:`govpki.audit.record`, on every change of every domain) stay exactly
@@ -22,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, and_, cast, func, or_, select
+from sqlalchemy import JSON, ColumnElement, and_, cast, column, func, or_, select, table
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -38,6 +41,7 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 PREFECTURE_KEYS = ("prefecture_code", "prefecture")
 PREFECTURE_OBJECTS = ("ra", "prefecture")
+_CERTIFICATES = table("certificates", column("serial"), column("prefecture_code"))
 APPLICATION_KEYS = ("application", "application_name")
 APPLICATION_OBJECTS = ("application",)
 _OUTCOME = re.compile(r"^[a-z_]{1,20}$")
@@ -150,7 +154,11 @@ def conditions(flt: AuditFilter, dialect: str) -> list[ColumnElement[bool]]:
     if flt.object_id:
         out.append(c.object_id == flt.object_id)
     if flt.prefecture:
-        out.append(_derived_match(PREFECTURE_KEYS, PREFECTURE_OBJECTS, flt.prefecture, dialect))
+        by_certificate = and_(
+            c.object_type == "certificate",
+            c.object_id.in_(select(_CERTIFICATES.c.serial).where(_CERTIFICATES.c.prefecture_code == flt.prefecture)),
+        )
+        out.append(or_(_derived_match(PREFECTURE_KEYS, PREFECTURE_OBJECTS, flt.prefecture, dialect), by_certificate))
     if flt.application:
         out.append(_derived_match(APPLICATION_KEYS, APPLICATION_OBJECTS, flt.application, dialect))
     return out
@@ -172,8 +180,13 @@ def _derive(entry: AuditEntry, details: Mapping[str, Any], keys: Sequence[str], 
     return entry.object_id if entry.object_type in objects else None
 
 
-def prefecture_of(entry: AuditEntry) -> str | None:
-    return _derive(entry, details_of(entry), PREFECTURE_KEYS, PREFECTURE_OBJECTS)
+def prefecture_of(entry: AuditEntry, certificates: Mapping[str, str] | None = None) -> str | None:
+    """From the details or object; else, for a certificate entry, from ``certificates``
+    (serial → prefecture code, see :meth:`AuditConsoleService.certificate_prefectures`)."""
+    found = _derive(entry, details_of(entry), PREFECTURE_KEYS, PREFECTURE_OBJECTS)
+    if found is None and certificates and entry.object_type == "certificate":
+        return certificates.get(entry.object_id)
+    return found
 
 
 def application_of(entry: AuditEntry) -> str | None:
@@ -250,6 +263,20 @@ class AuditConsoleService:
             top if exists(AuditEntry.seq > top) else None,
             bottom if exists(AuditEntry.seq < bottom) else None,
         )
+
+    def certificate_prefectures(
+        self, session: Session, principal: Principal, entries: Sequence[AuditEntry]
+    ) -> dict[str, str]:
+        """Serial → prefecture code for the certificate entries among ``entries`` (one query)."""
+        authorise_auditor(principal)
+        serials = sorted({e.object_id for e in entries if e.object_type == "certificate"})
+        if not serials:
+            return {}
+        t = _CERTIFICATES
+        rows = session.execute(
+            select(t.c.serial, t.c.prefecture_code).where(t.c.serial.in_(serials), t.c.prefecture_code.is_not(None))
+        )
+        return {str(serial): str(code) for serial, code in rows}
 
     def entry(self, session: Session, principal: Principal, seq: int) -> AuditEntry:
         authorise_auditor(principal)

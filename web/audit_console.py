@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_babel import get_locale
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 
@@ -79,9 +80,10 @@ def search() -> ResponseReturnValue:
     page = None
     if not errors:
         page = svc.audit_console.search(g.db, user.principal, flt, before=_seq_arg("before"), after=_seq_arg("after"))
+    entries = page.entries if page else []
+    certificates = svc.audit_console.certificate_prefectures(g.db, user.principal, entries)
     rows = [
-        {"entry": e, "prefecture": prefecture_of(e), "application": application_of(e)}
-        for e in (page.entries if page else [])
+        {"entry": e, "prefecture": prefecture_of(e, certificates), "application": application_of(e)} for e in entries
     ]
     query = flt.to_params() if not errors else {}
     return render_template(
@@ -104,14 +106,16 @@ def search() -> ResponseReturnValue:
 def entry(seq: int) -> ResponseReturnValue:
     user = _user()
     verification = _badge()
-    found = services().audit_console.entry(g.db, user.principal, seq)
+    console = services().audit_console
+    found = console.entry(g.db, user.principal, seq)
     details = details_of(found)
+    certificates = console.certificate_prefectures(g.db, user.principal, [found])
     return render_template(
         "audit/entry.html",
         entry=found,
         details_pretty=json.dumps(details, ensure_ascii=False, indent=2, sort_keys=True),
         changes=changes_of(details),
-        prefecture=prefecture_of(found),
+        prefecture=prefecture_of(found, certificates),
         application=application_of(found),
         outcomes=OUTCOMES,
         verification=verification,
@@ -241,12 +245,20 @@ def charts() -> ResponseReturnValue:
     per_day = svc.certificate_stats.per_day(g.db, principal)
     sign_ins = svc.audit_console.failed_sign_ins_per_hour(g.db, principal)
     pending = svc.certificate_stats.pending_by_age(g.db, principal)
+    english = str(get_locale() or "").startswith("en")
+    names = {
+        ra.prefecture_code: f"{ra.prefecture.name_en if english else ra.prefecture.name} ({ra.prefecture_code})"
+        for ra in svc.regions.list(g.db)
+    }
     return render_template(
         "audit/charts.html",
         verification=verification,
         action=ActionForm(),
         grouping=svc.certificate_stats.grouping(),
-        issuance=[(group.group, group.issued, group.revoked, paired_chart(group.days)) for group in per_day],
+        issuance=[
+            (names.get(group.group, group.group), group.issued, group.revoked, paired_chart(group.days))
+            for group in per_day
+        ],
         sign_ins=bar_chart(sign_ins, label_every=3),
         sign_in_total=sum(b.value for b in sign_ins),
         pending=bar_chart([Bar(label, n) for label, n in pending], width=480),

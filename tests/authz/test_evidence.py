@@ -385,3 +385,28 @@ def test_shared_subtree_proofs_equal_the_reference_paths(size: int) -> None:
         path = proofs.path(index)
         assert path == merkle.inclusion_proof(index, hashes)
         assert merkle.verify_inclusion(index, size, hashes[index], path, root)
+
+
+def test_certificates_of_a_prefecture_are_charted_filtered_and_exported(services: Services, tmp_path: Path) -> None:
+    with services.sessions() as session:
+        record = services.ca.issue(
+            session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="kly.example.gov.cn"), prefecture="650200"
+        )
+        session.commit()
+        serial = record.serial
+    with services.sessions() as session:
+        services.revocation.revoke(session, SYSTEM, serial, reason="superseded")
+        assert services.tlog.sign_tree_head(session, SYSTEM) is not None
+        session.commit()
+    with services.sessions() as session:
+        assert services.certificate_stats.grouping() == "prefecture"
+        days = {d.group: d for d in services.certificate_stats.per_day(session, AUDITOR)}
+        assert (days["650200"].issued, days["650200"].revoked) == (1, 1)
+        found = services.audit_console.search(session, AUDITOR, AuditFilter(prefecture="650200", action="ca:")).entries
+        assert "ca:certificate:issue" in {e.action for e in found} and all(e.object_id == serial for e in found)
+        issued = next(e for e in found if e.action == "ca:certificate:issue")
+        certificates = services.audit_console.certificate_prefectures(session, AUDITOR, found)
+        assert certificates == {serial: "650200"} and prefecture_of(issued, certificates) == "650200"
+    bundle = _export(services, AuditFilter(prefecture="650200", action="ca:certificate:issue"))
+    report = verify_bundle(_write(tmp_path, bundle), checks=CHECKS)
+    assert report.ok and report.matched == 1 and report.proofs == 1

@@ -17,7 +17,7 @@ from ca.evidence import verify_transparency
 from govpki import audit
 from govpki.audit import AuditEntry, AuditVerification
 from govpki.principal import SYSTEM, Role
-from tests.helpers import initialised_portal
+from tests.helpers import csr_pem, initialised_portal
 from tests.web.test_ui import Portal, csrf, signed_in, text
 
 
@@ -180,7 +180,15 @@ def test_charts_are_inline_svg_with_titles_and_numbers(portal: Portal) -> None:
     fails = portal.app.test_client()
     page = fails.get("/login")
     fails.post("/login", data={"csrf_token": csrf(page), "username": "nobody", "password": "wrong-password-x"})
+    with portal.services.sessions() as db:
+        record = portal.services.ca.issue(
+            db, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="hami.example.gov.cn"), prefecture="650500"
+        )
+        db.commit()
+        serial = record.serial
     client = signed_in(portal, Role.SECURITY_AUDITOR)
+    body = text(client.get("/audit?prefecture=650500&action=ca:certificate:issue"))
+    assert len(re.findall(r'href="/audit/entries/(\d+)"', body)) == 1 and serial in body
     response = client.get("/audit/charts")
     assert response.status_code == 200
     body = text(response)
@@ -190,3 +198,4 @@ def test_charts_are_inline_svg_with_titles_and_numbers(portal: Portal) -> None:
     values = [int(v) for v in re.findall(r'font-size="11" fill="#1f2933">(\d+)</text>', sign_ins.group(0))]
     assert len(values) == 24 and values[-1] >= 1
     assert re.search(r'id="chart-pending"', body)
+    assert "哈密市 (650500)" in body  # issuance per prefecture, by the certificates' prefecture
