@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ca import merkle
-from ca.models import CertificateAuthority, CertificateRecord, CertState, TlogEntry, TlogTreeHead
+from ca.models import CertificateRecord, CertState, TlogEntry, TlogTreeHead
 from ca.services import can_read
 from ca.transparency import sth_signed_data
 from govpki import audit
@@ -198,7 +198,7 @@ AGE_BUCKETS: tuple[tuple[str, _dt.timedelta | None], ...] = (
 
 @dataclass(frozen=True)
 class DayCounts:
-    group: str  # a prefecture code, or the issuing CA's name until certificates record a prefecture
+    group: str  # a prefecture code ("—" for certificates without one)
     days: list[tuple[str, int, int]]  # (YYYY-MM-DD, issued, revoked), oldest first
 
     @property
@@ -208,15 +208,6 @@ class DayCounts:
     @property
     def revoked(self) -> int:
         return sum(d[2] for d in self.days)
-
-
-def _group_column() -> tuple[Any, str]:
-    """What issuance is grouped by: ``certificates.prefecture_code`` once the column
-    exists (another change adds it), the issuing CA's name until then."""
-    column = getattr(CertificateRecord, "prefecture_code", None)
-    if column is not None:
-        return column, "prefecture"
-    return CertificateAuthority.name, "ca"
 
 
 class CertificateStats:
@@ -229,29 +220,19 @@ class CertificateStats:
             return
         raise ForbiddenError("your role may not read certificate records", field="role")
 
-    @staticmethod
-    def grouping() -> str:
-        return _group_column()[1]
-
     def per_day(self, session: Session, principal: Principal, days: int = 14) -> list[DayCounts]:
-        """Issued and revoked (revocations and holds) certificates per group per day (UTC),
+        """Issued and revoked (revocations and holds) certificates per prefecture per day (UTC),
         for the last ``days`` days; groups with nothing in them are left out."""
         self._authorise(principal)
         dialect = session.get_bind().dialect.name
         today = self._clock.now().astimezone(_dt.UTC).date()
         start_day = today - _dt.timedelta(days=days - 1)
         start = _dt.datetime.combine(start_day, _dt.time(), tzinfo=_dt.UTC)
-        group, _kind = _group_column()
+        group = CertificateRecord.prefecture_code
         counts: dict[str, dict[str, list[int]]] = {}
         for column, slot in ((CertificateRecord.issued_at, 0), (CertificateRecord.revoked_at, 1)):
             day = bucket(column, "day", dialect)
-            query = (
-                select(group, day, func.count())
-                .select_from(CertificateRecord)
-                .join(CertificateAuthority, CertificateAuthority.id == CertificateRecord.ca_id)
-                .where(column >= start)
-                .group_by(group, day)
-            )
+            query = select(group, day, func.count()).where(column >= start).group_by(group, day)
             for name, label, count in session.execute(query):
                 key = str(name) if name is not None else "—"
                 counts.setdefault(key, {}).setdefault(str(label), [0, 0])[slot] += int(count)

@@ -254,7 +254,6 @@ def charts() -> ResponseReturnValue:
         "audit/charts.html",
         verification=verification,
         action=ActionForm(),
-        grouping=svc.certificate_stats.grouping(),
         issuance=[
             (names.get(group.group, group.group), group.issued, group.revoked, paired_chart(group.days))
             for group in per_day
