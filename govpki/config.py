@@ -16,6 +16,8 @@ from govpki.errors import ConfigError
 KeyStoreKind = Literal["file", "pkcs11"]
 KeyAlgorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+# what the key-management centre makes for escrowed (encryption) key pairs
+KMC_KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("rsa-2048", "rsa-3072", "ec-p256")
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +78,12 @@ class Config:
     audit_checkpoint_minutes: int = 60
     audit_checkpoint_file: Path | None = None  # None: <instance>/audit-checkpoints.jsonl
     audit_syslog: bool = False  # also send each exported checkpoint to syslog
+    # key-management centre: where its storage key lives (None: the online store), what it
+    # makes, and M-of-N recovery (M approvals needed; at least N officers must exist)
+    kmc_keystore: KeyStoreSettings | None = None
+    kmc_key_algorithm: KeyAlgorithm = "rsa-2048"
+    kmc_recovery_m: int = 2
+    kmc_recovery_n: int = 3
     testing: bool = False
 
     @property
@@ -159,6 +167,16 @@ class Config:
                 raise ConfigError(f"GOVPKI_{name}: {listen!r} is not HOST:PORT")
             return host, int(port_text)
 
+        kmc_store = None if get("KMC_KEYSTORE", "online") == "online" else store("KMC_", instance / "keys" / "kmc")
+        kmc_algorithm = algorithm("KMC_KEY_ALGORITHM", "rsa-2048")
+        if kmc_algorithm not in KMC_KEY_ALGORITHMS:
+            raise ConfigError(f"GOVPKI_KMC_KEY_ALGORITHM: must be one of {', '.join(KMC_KEY_ALGORITHMS)}")
+        recovery_m, recovery_n = integer("KMC_RECOVERY_M", 2, minimum=2), integer("KMC_RECOVERY_N", 3, minimum=2)
+        if recovery_m > recovery_n:
+            raise ConfigError(
+                f"GOVPKI_KMC_RECOVERY_M ({recovery_m}) cannot exceed GOVPKI_KMC_RECOVERY_N ({recovery_n})"
+            )
+
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
@@ -202,5 +220,9 @@ class Config:
             audit_checkpoint_minutes=integer("AUDIT_CHECKPOINT_MINUTES", 60),
             audit_checkpoint_file=Path(get("AUDIT_CHECKPOINT_FILE", str(instance / "audit-checkpoints.jsonl"))),
             audit_syslog=flag("AUDIT_SYSLOG"),
+            kmc_keystore=kmc_store,
+            kmc_key_algorithm=kmc_algorithm,
+            kmc_recovery_m=recovery_m,
+            kmc_recovery_n=recovery_n,
             testing=get("TESTING", "0") == "1",
         )

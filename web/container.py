@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
+import keymgmt.kmc_models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.auditing import AuditCheckpointService, AuditSettings
+from authz.directory import RoleDirectory
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
@@ -33,7 +35,10 @@ from govpki.clock import Clock, SystemClock
 from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
+from govpki.principal import Role
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
+from keymgmt.kmc import KmcService, KmcSettings
+from ra.encryption import EncryptionCertificateService
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -56,6 +61,8 @@ class Services:
     validation: ValidationService
     tlog: TransparencyLog
     auditing: AuditCheckpointService
+    kmc: KmcService
+    encryption: EncryptionCertificateService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -163,7 +170,10 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     if run_migrations:
         migrate(engine)
     sessions = make_sessionmaker(engine)
-    keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
+    stores = {"root": config.root_keystore, "online": config.online_keystore}
+    if config.kmc_keystore is not None:
+        stores["kmc"] = config.kmc_keystore
+    keystores = KeyStores(stores, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
     gate = WriteGate(config.database_url)
     tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes))
@@ -191,6 +201,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     revocation = RevocationService(clock, tlog)
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
+    kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock)
     return Services(
         config=config,
         clock=clock,
@@ -214,7 +225,22 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ),
         tlog=tlog,
         auditing=AuditCheckpointService(keystores, clock, audit_settings(config)),
+        kmc=kmc,
+        encryption=EncryptionCertificateService(ca=ca, kmc=kmc),
     )
+
+
+def kmc_settings(config: Config) -> KmcSettings:
+    return KmcSettings(
+        store_name="online" if config.kmc_keystore is None else "kmc",
+        key_algorithm=config.kmc_key_algorithm,
+        recovery_m=config.kmc_recovery_m,
+        recovery_n=config.kmc_recovery_n,
+    )
+
+
+def officers() -> RoleDirectory:
+    return RoleDirectory(Role.KEY_RECOVERY_OFFICER)
 
 
 def keystore_summary(settings: KeyStoreSettings) -> str:

@@ -1,0 +1,14 @@
+"""Audit tags of the key-management domain (``domain:object:verb``)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class KmcEvent(enum.StrEnum):
+    STORAGE_KEY_CREATE = "kmc:storage_key:create"
+    ESCROW_CREATE = "kmc:escrow:create"
+    RECOVERY_REQUEST = "kmc:recovery:request"
+    RECOVERY_APPROVE = "kmc:recovery:approve"
+    RECOVERY_REJECT = "kmc:recovery:reject"
+    RECOVERY_RELEASE = "kmc:recovery:release"
