@@ -710,3 +710,5 @@ def openapi() -> None:
 
 if __name__ == "__main__":
     main()
+
+main.add_command(__import__("web.cli_kmc", fromlist=["kmc"]).kmc)  # govpki kmc … (web/cli_kmc.py)
