@@ -167,7 +167,10 @@ class Config:
                 raise ConfigError(f"GOVPKI_{name}: {listen!r} is not HOST:PORT")
             return host, int(port_text)
 
-        kmc_store = None if get("KMC_KEYSTORE", "online") == "online" else store("KMC_", instance / "keys" / "kmc")
+        kmc_kind = get("KMC_KEYSTORE", "online")
+        if kmc_kind not in ("online", "file", "pkcs11"):
+            raise ConfigError(f"GOVPKI_KMC_KEYSTORE: {kmc_kind!r} is not 'online', 'file' or 'pkcs11'")
+        kmc_store = None if kmc_kind == "online" else store("KMC_", instance / "keys" / "kmc")
         kmc_algorithm = algorithm("KMC_KEY_ALGORITHM", "rsa-2048")
         if kmc_algorithm not in KMC_KEY_ALGORITHMS:
             raise ConfigError(f"GOVPKI_KMC_KEY_ALGORITHM: must be one of {', '.join(KMC_KEY_ALGORITHMS)}")

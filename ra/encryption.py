@@ -27,7 +27,7 @@ from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from ca.profiles import SubjectField
 from ca.services import CaService, can_issue
 from govpki.config import KMC_KEY_ALGORITHMS
-from govpki.errors import ForbiddenError, InvalidError, NotFoundError
+from govpki.errors import ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnavailableError
 from govpki.principal import Principal
 from keymgmt.kmc import KmcService, Pkcs12Bundle, check_encryption_usage
 from keymgmt.kmc_models import EscrowedKey, RecoveryRequest
@@ -102,12 +102,20 @@ class EncryptionCertificateService:
         )
         assert record.cert_der is not None
         certificate = x509.load_der_x509_certificate(record.cert_der)
-        escrow = self._kmc.record_escrow(
-            session, principal, generated, ca_id=record.ca_id, cert_serial=record.serial, subject=record.subject
-        )
-        bundle = self._kmc.pkcs12(
-            escrow, certificate=certificate, chain=self._chain(session, record.ca_id), name=common_name.strip()
-        )
+        try:
+            escrow = self._kmc.record_escrow(
+                session, principal, generated, ca_id=record.ca_id, cert_serial=record.serial, subject=record.subject
+            )
+            bundle = self._kmc.pkcs12(
+                escrow, certificate=certificate, chain=self._chain(session, record.ca_id), name=common_name.strip()
+            )
+        except GovpkiError as exc:
+            raise UnavailableError(
+                f"certificate {record.serial} was issued but its key could not be escrowed ({exc.reason}); "
+                "revoke it (superseded) and issue again",
+                field="serial",
+                code="kmc.escrow_failed",
+            ) from exc
         return IssuedEncryption(record=record, escrow=escrow, pkcs12=bundle)
 
     def release(self, session: Session, principal: Principal, request_id: int) -> tuple[RecoveryRequest, Pkcs12Bundle]:

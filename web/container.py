@@ -175,6 +175,8 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         stores["kmc"] = config.kmc_keystore
     keystores = KeyStores(stores, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
+    if "kmc" in stores:
+        keystores["kmc"]  # so must a key store of the KMC's own
     gate = WriteGate(config.database_url)
     tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes))
     ca = CaService(

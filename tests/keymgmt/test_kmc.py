@@ -468,3 +468,21 @@ def test_storage_key_rows_name_the_store(kmc: Services):
     with kmc.sessions() as session:
         keys = session.scalars(select(KmcStorageKey)).all()
     assert len(keys) == 1 and keys[0].created_by == "system:system"
+
+
+def test_an_escrow_failure_after_issuance_names_the_serial(kmc: Services, monkeypatch: pytest.MonkeyPatch):
+    from keymgmt import KeyStoreError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyStoreError("token 'kmc' failed: DeviceRemoved")
+
+    monkeypatch.setattr(kmc.kmc, "pkcs12", broken)
+    with kmc.sessions() as session:
+        with pytest.raises(UnavailableError) as caught:
+            kmc.encryption.issue(session, SYSTEM, common_name="赵六")
+        session.rollback()
+        serial = session.scalars(select(CertificateRecord.serial).where(CertificateRecord.subject.like("%赵六%"))).one()
+        assert session.scalar(select(func.count()).select_from(EscrowedKey)) == 0
+    assert (
+        caught.value.code == "kmc.escrow_failed" and serial in caught.value.reason and "revoke" in caught.value.reason
+    )
