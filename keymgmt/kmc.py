@@ -380,8 +380,8 @@ class KmcService:
 
     def _request(self, session: Session, request_id: int, *, lock: bool = False) -> RecoveryRequest:
         query = select(RecoveryRequest).where(RecoveryRequest.id == request_id)
-        if lock:
-            query = query.with_for_update()
+        if lock:  # serialise decisions and the release per request; read its decisions afresh
+            query = query.with_for_update().execution_options(populate_existing=True)
         found = session.scalars(query).first()
         if found is None:
             raise NotFoundError(

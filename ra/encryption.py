@@ -15,6 +15,7 @@ revoked (``superseded``) and the issuance repeated.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -33,6 +34,8 @@ from keymgmt.kmc import KmcService, Pkcs12Bundle, check_encryption_usage
 from keymgmt.kmc_models import EscrowedKey, RecoveryRequest
 
 ENCRYPTION_PROFILE = "official-encryption"
+# what the CA's CSR check accepts in an rfc822Name (ASCII; no internationalised addresses)
+_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,10 @@ class EncryptionCertificateService:
         if email:
             if "email" not in chosen.san_types:
                 raise InvalidError(f"profile {chosen.name} takes no e-mail address", field="email")
-            sans.append(x509.RFC822Name(email.strip()))
+            address = email.strip()
+            if not _EMAIL.fullmatch(address):
+                raise InvalidError(f"{address!r} is not an e-mail address (ASCII local@domain)", field="email")
+            sans.append(x509.RFC822Name(address))
         key_algorithm = None
         if algorithm is not None:
             key_algorithm = next((a for a in KMC_KEY_ALGORITHMS if a == algorithm), None)

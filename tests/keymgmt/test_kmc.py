@@ -426,7 +426,7 @@ def test_the_requester_cannot_approve_even_after_becoming_an_officer(kmc: Servic
         with pytest.raises(ForbiddenError) as caught:
             kmc.kmc.approve(session, promoted, rid)
         assert caught.value.code == "kmc.requester_cannot_decide"
-    # and an officer whose role was taken away since sign-in no longer counts
+    # and an officer whose account was disabled since sign-in no longer counts
     with kmc.sessions() as session:
         session.execute(update(Account).where(Account.username == "officer2").values(disabled=True))
         session.commit()
@@ -486,3 +486,32 @@ def test_an_escrow_failure_after_issuance_names_the_serial(kmc: Services, monkey
     assert (
         caught.value.code == "kmc.escrow_failed" and serial in caught.value.reason and "revoke" in caught.value.reason
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"common_name": " "}, "common_name"),
+        ({"common_name": "x" * 65}, "common_name"),
+        ({"common_name": "a\x00b"}, "common_name"),
+        ({"common_name": "x", "organizational_unit": "y" * 65}, "organizational_unit"),
+        ({"common_name": "x", "email": "not-an-address"}, "email"),
+        ({"common_name": "x", "email": "张@例子.cn"}, "email"),
+        ({"common_name": "x", "algorithm": "ec-p384"}, "algorithm"),
+        ({"common_name": "x", "profile": "no-such-profile"}, "profile"),
+    ],
+)
+def test_bad_issuance_input_names_the_field_and_changes_nothing(services: Services, kwargs: dict[str, str], field: str):
+    with services.sessions() as session:
+        services.kmc.ensure_storage_key(session, SYSTEM)
+        session.commit()
+    before = audit_actions(services, "")
+    with services.sessions() as session:
+        certificates = session.scalar(select(func.count()).select_from(CertificateRecord))
+        with pytest.raises((InvalidError, NotFoundError)) as caught:
+            services.encryption.issue(session, SYSTEM, **kwargs)  # type: ignore[arg-type]
+        assert caught.value.field == field and caught.value.reason
+        session.rollback()
+        assert session.scalar(select(func.count()).select_from(CertificateRecord)) == certificates
+        assert session.scalar(select(func.count()).select_from(EscrowedKey)) == 0
+    assert audit_actions(services, "") == before
