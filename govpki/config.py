@@ -17,6 +17,8 @@ from govpki.mailaddr import address_problem
 KeyStoreKind = Literal["file", "pkcs11"]
 KeyAlgorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+# what the key-management centre makes for escrowed (encryption) key pairs
+KMC_KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("rsa-2048", "rsa-3072", "ec-p256")
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,6 +105,12 @@ class Config:
     expiry_notice_days: tuple[int, ...] = (30,)
     expiry_notice_ra_mailbox: str | None = None  # address or template with {prefecture} (the area code)
     smtp: SmtpSettings | None = None
+    # key-management centre: where its storage key lives (None: the online store), what it
+    # makes, and M-of-N recovery (M approvals needed; at least N officers must exist)
+    kmc_keystore: KeyStoreSettings | None = None
+    kmc_key_algorithm: KeyAlgorithm = "rsa-2048"
+    kmc_recovery_m: int = 2
+    kmc_recovery_n: int = 3
     testing: bool = False
 
     @property
@@ -250,6 +258,19 @@ class Config:
                 password_file=Path(password) if password else None,
             )
 
+        kmc_kind = get("KMC_KEYSTORE", "online")
+        if kmc_kind not in ("online", "file", "pkcs11"):
+            raise ConfigError(f"GOVPKI_KMC_KEYSTORE: {kmc_kind!r} is not 'online', 'file' or 'pkcs11'")
+        kmc_store = None if kmc_kind == "online" else store("KMC_", instance / "keys" / "kmc")
+        kmc_algorithm = algorithm("KMC_KEY_ALGORITHM", "rsa-2048")
+        if kmc_algorithm not in KMC_KEY_ALGORITHMS:
+            raise ConfigError(f"GOVPKI_KMC_KEY_ALGORITHM: must be one of {', '.join(KMC_KEY_ALGORITHMS)}")
+        recovery_m, recovery_n = integer("KMC_RECOVERY_M", 2, minimum=2), integer("KMC_RECOVERY_N", 3, minimum=2)
+        if recovery_m > recovery_n:
+            raise ConfigError(
+                f"GOVPKI_KMC_RECOVERY_M ({recovery_m}) cannot exceed GOVPKI_KMC_RECOVERY_N ({recovery_n})"
+            )
+
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
@@ -299,5 +320,9 @@ class Config:
             expiry_notice_days=day_list("EXPIRY_NOTICE_DAYS", "30"),
             expiry_notice_ra_mailbox=ra_mailbox(),
             smtp=smtp(),
+            kmc_keystore=kmc_store,
+            kmc_key_algorithm=kmc_algorithm,
+            kmc_recovery_m=recovery_m,
+            kmc_recovery_n=recovery_n,
             testing=get("TESTING", "0") == "1",
         )

@@ -1,4 +1,4 @@
-"""Audit tags of the key management domain (``domain:object:verb``)."""
+"""Audit tags of the key-management domain (``domain:object:verb``)."""
 
 from __future__ import annotations
 
@@ -8,3 +8,12 @@ import enum
 class BackupEvent(enum.StrEnum):
     CREATE = "keymgmt:backup:create"
     RESTORE = "keymgmt:backup:restore"
+
+
+class KmcEvent(enum.StrEnum):
+    STORAGE_KEY_CREATE = "kmc:storage_key:create"
+    ESCROW_CREATE = "kmc:escrow:create"
+    RECOVERY_REQUEST = "kmc:recovery:request"
+    RECOVERY_APPROVE = "kmc:recovery:approve"
+    RECOVERY_REJECT = "kmc:recovery:reject"
+    RECOVERY_RELEASE = "kmc:recovery:release"

@@ -16,9 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
+import keymgmt.kmc_models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
+from authz.directory import RoleDirectory
 from authz.services import AccountService, TokenService
 from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
@@ -35,8 +37,11 @@ from govpki.clock import Clock, SystemClock
 from govpki.config import Config, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
+from govpki.principal import Role
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from keymgmt.backup import KeyBackupService
+from keymgmt.kmc import KmcService, KmcSettings
+from ra.encryption import EncryptionCertificateService
 from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
@@ -64,6 +69,8 @@ class Services:
     backup: KeyBackupService
     expiry: ExpiryService
     ceremonies: CeremonyService
+    kmc: KmcService
+    encryption: EncryptionCertificateService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -180,8 +187,13 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     if run_migrations:
         migrate(engine)
     sessions = make_sessionmaker(engine)
-    keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
+    stores = {"root": config.root_keystore, "online": config.online_keystore}
+    if config.kmc_keystore is not None:
+        stores["kmc"] = config.kmc_keystore
+    keystores = KeyStores(stores, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
+    if "kmc" in stores:
+        keystores["kmc"]  # so must a key store of the KMC's own
     gate = WriteGate(config.database_url)
     tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes))
     ca = CaService(
@@ -209,6 +221,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
     auditing = AuditCheckpointService(keystores, clock, audit_settings(config))
+    kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock)
     return Services(
         config=config,
         clock=clock,
@@ -243,7 +256,22 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ceremonies=CeremonyService(
             clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
         ),
+        kmc=kmc,
+        encryption=EncryptionCertificateService(ca=ca, kmc=kmc),
     )
+
+
+def kmc_settings(config: Config) -> KmcSettings:
+    return KmcSettings(
+        store_name="online" if config.kmc_keystore is None else "kmc",
+        key_algorithm=config.kmc_key_algorithm,
+        recovery_m=config.kmc_recovery_m,
+        recovery_n=config.kmc_recovery_n,
+    )
+
+
+def officers() -> RoleDirectory:
+    return RoleDirectory(Role.KEY_RECOVERY_OFFICER)
 
 
 def keystore_summary(settings: KeyStoreSettings) -> str:
