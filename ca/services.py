@@ -37,6 +37,8 @@ from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundE
 from govpki.faults import crash_point
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
+from keymgmt.policy import KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
 
 READ_ROLES = frozenset({Role.CA_OPERATOR, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})
 ISSUE_ROLES = frozenset({Role.CA_OPERATOR})
@@ -124,12 +126,14 @@ class CaService:
         keystores: Mapping[str, KeyStore],
         ledger: IssuanceLedger,
         clock: Clock,
+        keys: KeyService | None = None,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
         self._keystores = keystores
         self._ledger = ledger
         self._clock = clock
+        self._keys = keys or KeyService(keystores, clock, load_key_policy())
 
     # ----- reading ---------------------------------------------------------
 
@@ -197,6 +201,7 @@ class CaService:
         if existing is not None:
             raise ConflictError(f"a root CA already exists ({existing.name})", field="ca")
         settings = self.settings
+        self._keys.check_algorithm(KeyPurpose.ROOT, settings.root_key_algorithm, "root_key_algorithm")
         store_name, store = self._store(CaKind.ROOT)
         now = self._clock.now()
         handle = store.generate(_key_label("root", now), settings.root_key_algorithm)
@@ -239,6 +244,7 @@ class CaService:
         root = self.active_ca(session, CaKind.ROOT)
         # the root key must be at hand before a new issuing key is made for it
         self._keystores[root.key_store].signer(root.key_handle)
+        self._keys.check_algorithm(KeyPurpose.ISSUING_CA, settings.issuing_key_algorithm, "issuing_key_algorithm")
         store_name, store = self._store(CaKind.ISSUING)
         now = self._clock.now()
         handle = store.generate(_key_label("issuing", now), settings.issuing_key_algorithm)
@@ -315,6 +321,20 @@ class CaService:
             details=_ca_details(ca),
             clock=self._clock,
         )
+        public_key = cert.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        self._keys.register(
+            session,
+            principal,
+            purpose=KeyPurpose.ROOT if kind is CaKind.ROOT else KeyPurpose.ISSUING_CA,
+            store=store,
+            handle=handle,
+            algorithm=algorithm,
+            public_key=public_key,
+            description=f"{kind.value} CA {ca.id} {name}",
+        )
+        if kind is CaKind.ROOT:
+            self._keys.count_use(session, store, handle)  # its self-signed certificate
         return ca
 
     # ----- issuance --------------------------------------------------------
@@ -442,7 +462,14 @@ class CaService:
             raise UnavailableError("internal check failed: the signed certificate differs from the linted one")
         crash_point("after_sign")
         der = cert.public_bytes(serialization.Encoding.DER)
-        self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der), not_after=not_after)
+        self._ledger.issued(
+            principal,
+            reservation,
+            cert_der=der,
+            fingerprint=fingerprint(der),
+            not_after=not_after,
+            signed_with=(issuer.key_store, issuer.key_handle),
+        )
         return session.get_one(CertificateRecord, reservation.record_id)
 
 

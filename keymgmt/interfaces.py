@@ -50,6 +50,11 @@ class KeyStore(Protocol):
 
     def has(self, handle: str) -> bool: ...
 
+    def destroy(self, handle: str) -> None:
+        """Remove the key pair from the store for good (for a token: its objects).
+        Raises :class:`KeyNotFoundError` when the store does not hold it."""
+        ...
+
 
 def signature_hash(public_key: PublicKey) -> hashes.SHA256 | hashes.SHA384:
     """The hash a CA uses with this key: SHA-384 for P-384 and RSA ≥ 3072, else SHA-256."""
