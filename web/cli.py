@@ -708,5 +708,9 @@ def openapi() -> None:
     click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
 
 
+from web.cli_keys import keys as _keys  # noqa: E402  (at the end: it uses this module's helpers)
+
+main.add_command(_keys)
+
 if __name__ == "__main__":
     main()

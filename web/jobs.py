@@ -1,5 +1,5 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-signed tree heads of the transparency log, signed audit checkpoints):
+key rotation by the key policy, signed tree heads of the transparency log, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -64,6 +64,12 @@ def _tlog(services: Services, session: Session, principal: Principal) -> list[st
     return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
 
 
+def _keys(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Key rotation by the key policy: a new audit/tlog/token signing key when the current one
+    reaches its end of use minus the overlap; keys past their end of use are retired."""
+    return services.keys.rotate_due(session, principal).lines
+
+
 def _audit_checkpoint(services: Services, session: Session, principal: Principal) -> list[str]:
     """Every GOVPKI_AUDIT_CHECKPOINT_MINUTES: sign the chain head, commit, then export it
     (exported only once it is in the database, so the file never holds a checkpoint the database lacks)."""
@@ -81,7 +87,13 @@ def _audit_checkpoint(services: Services, session: Session, principal: Principal
 
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
-    return [Job("crl", _crls), Job("ocsp", _ocsp), Job("tlog", _tlog), Job("audit-checkpoint", _audit_checkpoint)]
+    return [
+        Job("crl", _crls),
+        Job("ocsp", _ocsp),
+        Job("keys", _keys),
+        Job("tlog", _tlog),
+        Job("audit-checkpoint", _audit_checkpoint),
+    ]
 
 
 def run_due(services: Services, jobs: Sequence[Job] | None = None, principal: Principal = SYSTEM) -> list[JobResult]:

@@ -159,12 +159,12 @@ def backfill() -> None:
         seen.add((row["store"], row["handle"]))
         rows.append(row)
 
-    issued = dict(
+    issued: dict[int, int] = dict(
         conn.execute(
             sa.select(_certs.c.ca_id, sa.func.count()).where(_certs.c.cert_der.is_not(None)).group_by(_certs.c.ca_id)
         ).all()
     )
-    crls = dict(conn.execute(sa.select(_crls.c.ca_id, sa.func.count()).group_by(_crls.c.ca_id)).all())
+    crls: dict[int, int] = dict(conn.execute(sa.select(_crls.c.ca_id, sa.func.count()).group_by(_crls.c.ca_id)).all())
     for ca in conn.execute(sa.select(_cas).order_by(_cas.c.id)):
         public_key = x509.load_der_x509_certificate(ca.cert_der).public_key()
         root = ca.kind == "root"
@@ -185,7 +185,7 @@ def backfill() -> None:
             }
         )
 
-    signed = dict(
+    signed: dict[int, int] = dict(
         conn.execute(sa.select(_responses.c.responder_id, sa.func.count()).group_by(_responses.c.responder_id)).all()
     )
     for responder in conn.execute(sa.select(_responders).order_by(_responders.c.id)):
@@ -223,11 +223,11 @@ def backfill() -> None:
             public_der = conn.execute(
                 sa.select(t.c.public_key_der).where(t.c.key_store == store, t.c.key_handle == handle).limit(1)
             ).scalar_one()
-            public_key = serialization.load_der_public_key(public_der)
+            statement_key: Any = serialization.load_der_public_key(public_der)
             add(
                 {
                     "purpose": purpose,
-                    "algorithm": _algorithm(public_key),
+                    "algorithm": _algorithm(statement_key),
                     "store": store,
                     "handle": handle,
                     "spki_sha256": hashlib.sha256(public_der).hexdigest(),
