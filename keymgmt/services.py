@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -127,7 +128,8 @@ class KeyService:
         key_algorithm = _key_algorithm(chosen)
         now = self._clock.now()
         key_store = self._keystores[store]
-        handle = key_store.generate(label or f"{_label_prefix(purpose)}-{now:%Y%m%dT%H%M%S%fZ}", key_algorithm)
+        label = label or f"{_label_prefix(purpose)}-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        handle = key_store.generate(label, key_algorithm)
         return self.register(
             session,
             principal,
