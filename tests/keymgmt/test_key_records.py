@@ -201,6 +201,7 @@ def test_rotation_with_overlap_then_retire_and_destroy(moving: tuple[Services, M
     _verify_ok(services)  # the statement signed before still verifies, with the old key
 
     # the overlap ends: the old key is retired by the job, statements still verify
+    assert old.use_until is not None
     clock.at = old.use_until + dt.timedelta(seconds=1)
     with services.sessions() as s:
         report = services.keys.rotate_due(s, SYSTEM)
