@@ -58,4 +58,10 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
     assert any("signed audit checkpoint" in line for line in checkpoint_lines), checkpoint_lines
     assert services.config.checkpoint_file.exists()
     again = run_due(services)
-    assert [(r.name, r.lines) for r in again] == [("crl", ()), ("ocsp", ()), ("tlog", ()), ("audit-checkpoint", ())]
+    assert [(r.name, r.lines) for r in again] == [
+        ("crl", ()),
+        ("ocsp", ()),
+        ("keys", ()),
+        ("tlog", ()),
+        ("audit-checkpoint", ()),
+    ]
