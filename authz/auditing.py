@@ -28,7 +28,16 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from govpki import audit
-from govpki.audit import AuditCheckpoint, AuditEntry, AuditHead, AuditVerification, ChainReport, verify_chain
+from govpki.audit import (
+    AuditArchive,
+    AuditCheckpoint,
+    AuditEntry,
+    AuditHead,
+    AuditVerification,
+    ChainReport,
+    archive_anchor,
+    verify_chain,
+)
 from govpki.clock import Clock
 from govpki.errors import ForbiddenError, InvalidError
 from govpki.principal import Principal, PrincipalKind, Role
@@ -78,7 +87,7 @@ class VerificationReport:
         return f"audit chain BROKEN at {where}: {self.reason}"
 
 
-def _key_id(public_der: bytes) -> str:
+def key_id(public_der: bytes) -> str:
     return hashlib.sha256(public_der).hexdigest()
 
 
@@ -86,6 +95,33 @@ def signed_bytes(seq: int, head_hash: str, created_at: _dt.datetime, key_id: str
     """The canonical bytes a checkpoint signature covers."""
     return audit.canonical_json(
         {"seq": seq, "head_hash": head_hash, "created_at": audit.timestamp(created_at), "key_id": key_id}
+    ).encode("utf-8")
+
+
+def archive_signed_bytes(
+    *,
+    first_seq: int,
+    last_seq: int,
+    first_prev_hash: str,
+    last_hash: str,
+    entries: int,
+    file_sha256: str,
+    created_at: _dt.datetime,
+    key_id: str,
+) -> bytes:
+    """What an archive row's signature covers (see authz.archive)."""
+    return audit.canonical_json(
+        {
+            "kind": "audit-archive",
+            "first_seq": first_seq,
+            "last_seq": last_seq,
+            "first_prev_hash": first_prev_hash,
+            "last_hash": last_hash,
+            "entries": entries,
+            "file_sha256": file_sha256,
+            "created_at": audit.timestamp(created_at),
+            "key_id": key_id,
+        }
     ).encode("utf-8")
 
 
@@ -158,7 +194,7 @@ class AuditCheckpointService:
         store = self._keystores[KEY_STORE]
         public_der = statements.public_der(store.public_key(handle))
         created_at = self._clock.now()
-        data = signed_bytes(seq, head_hash, created_at, _key_id(public_der))
+        data = signed_bytes(seq, head_hash, created_at, key_id(public_der))
         signature = statements.sign_statement(store, handle, data)
         row = AuditCheckpoint(
             seq=seq,
@@ -180,7 +216,7 @@ class AuditCheckpointService:
             CHECKPOINT_ACTION,
             object_type="audit_checkpoint",
             object_id=str(seq),
-            details={"head_hash": head_hash, "key_handle": handle, "key_id": _key_id(public_der), "new_key": new_key},
+            details={"head_hash": head_hash, "key_handle": handle, "key_id": key_id(public_der), "new_key": new_key},
             clock=self._clock,
         )
         return row
@@ -267,10 +303,16 @@ class AuditCheckpointService:
     def _verify(self, session: Session, checkpoints_file: Path | None) -> VerificationReport:
         chain = verify_chain(session)
         checkpoints = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)))
-        bad = self._check_checkpoints(session, chain, checkpoints)
+        archived = self._check_archives(session)
+        if isinstance(archived, str):
+            anchor, _ = archive_anchor(session)
+            return VerificationReport(
+                False, chain.entries, chain.head_seq, len(checkpoints), 0, anchor.seq + 1, None, archived
+            )
+        bad = self._check_checkpoints(session, chain, checkpoints, archived)
         exported = 0
         if bad is None and checkpoints_file is not None:
-            exported, bad = self._check_export(session, chain, checkpoints, checkpoints_file)
+            exported, bad = self._check_export(session, chain, checkpoints, checkpoints_file, archived)
         # the chain's own break comes first unless a checkpoint points earlier
         chain_first = not chain.ok and (
             bad is None or bad[0] is None or (chain.first_bad_seq is not None and chain.first_bad_seq <= bad[0])
@@ -293,6 +335,33 @@ class AuditCheckpointService:
             )
         return VerificationReport(True, chain.entries, chain.head_seq, len(checkpoints), exported)
 
+    def _check_archives(self, session: Session) -> dict[int, str] | str:
+        """The archived segments' last hashes by seq (their rows are the anchor the chain
+        starts from), or why an archive row cannot be trusted (signature, fields, key)."""
+        last_hashes: dict[int, str] = {}
+        recorded = self._recorded_keys(session)
+        for row in session.scalars(select(AuditArchive).order_by(AuditArchive.first_seq)):
+            where = f"archive of entries {row.first_seq}..{row.last_seq}"
+            data = archive_signed_bytes(
+                first_seq=row.first_seq,
+                last_seq=row.last_seq,
+                first_prev_hash=row.first_prev_hash,
+                last_hash=row.last_hash,
+                entries=row.entries,
+                file_sha256=row.file_sha256,
+                created_at=row.created_at,
+                key_id=key_id(row.public_key_der),
+            )
+            if data != row.signed_data:
+                return f"{where}: its signed data does not match its fields"
+            if not statements.verify_statement(row.public_key_der, data, row.signature):
+                return f"{where}: its signature is not valid"
+            untrusted = self.trusted_key(row.key_store, row.key_handle, row.public_key_der, recorded)
+            if untrusted is not None:
+                return f"{where}: {untrusted}"
+            last_hashes[row.last_seq] = row.last_hash
+        return last_hashes
+
     def _hashes_at(self, session: Session, seqs: Iterable[int]) -> dict[int, str]:
         wanted = sorted(set(seqs))
         found: dict[int, str] = {}
@@ -312,8 +381,8 @@ class AuditCheckpointService:
         )
         return {handle: spki for handle, spki in rows}
 
-    def _trusted_key(
-        self, store_name: str, handle: str, public_der: bytes, recorded: Mapping[str, str | None]
+    def trusted_key(
+        self, store_name: str, handle: str, public_der: bytes, recorded: Mapping[str, str | None] | None = None
     ) -> str | None:
         """None when the key is ours; else why not. A key no longer in the store (destroyed
         after retirement) is ours if its key record has this public key."""
@@ -321,7 +390,7 @@ class AuditCheckpointService:
             return f"key store {store_name!r} does not hold audit-signing keys"
         store = self._keystores[KEY_STORE]
         if not store.has(handle):
-            if handle in recorded and recorded[handle] == _key_id(public_der):
+            if recorded is not None and handle in recorded and recorded[handle] == key_id(public_der):
                 return None
             return f"signing key {handle!r} is not in the {store_name} key store"
         if statements.public_der(store.public_key(handle)) != public_der:
@@ -342,13 +411,14 @@ class AuditCheckpointService:
         hashes: Mapping[int, str],
         previous_good: int,
         recorded: Mapping[str, str | None],
+        archived: Mapping[int, str],
     ) -> tuple[int | None, int, str] | None:
-        data = signed_bytes(seq, head_hash, created_at, _key_id(public_der))
+        data = signed_bytes(seq, head_hash, created_at, key_id(public_der))
         if signed_data is not None and signed_data != data:
             return None, seq, "the checkpoint's signed data does not match its fields"
         if not statements.verify_statement(public_der, data, signature):
             return None, seq, "the checkpoint signature is not valid"
-        untrusted = self._trusted_key(store_name, handle, public_der, recorded)
+        untrusted = self.trusted_key(store_name, handle, public_der, recorded)
         if untrusted is not None:
             return None, seq, untrusted
         if seq > chain.head_seq and chain.ok:
@@ -361,6 +431,9 @@ class AuditCheckpointService:
                 ),
             )
         actual = hashes.get(seq)
+        if actual is None and archived and seq <= max(archived):
+            # archived: the segment's signed last hash, or (inside a segment) its archive file holds it
+            actual = archived.get(seq, head_hash)
         if actual is None:
             return seq, seq, f"entry {seq} covered by a checkpoint is missing"
         if actual != head_hash:
@@ -375,7 +448,7 @@ class AuditCheckpointService:
         return None
 
     def _check_checkpoints(
-        self, session: Session, chain: ChainReport, checkpoints: list[AuditCheckpoint]
+        self, session: Session, chain: ChainReport, checkpoints: list[AuditCheckpoint], archived: Mapping[int, str]
     ) -> tuple[int | None, int, str] | None:
         hashes = self._hashes_at(session, (c.seq for c in checkpoints))
         recorded = self._recorded_keys(session)
@@ -394,6 +467,7 @@ class AuditCheckpointService:
                 hashes,
                 good,
                 recorded,
+                archived,
             )
             if bad is not None:
                 return bad
@@ -401,7 +475,12 @@ class AuditCheckpointService:
         return None
 
     def _check_export(
-        self, session: Session, chain: ChainReport, checkpoints: list[AuditCheckpoint], path: Path
+        self,
+        session: Session,
+        chain: ChainReport,
+        checkpoints: list[AuditCheckpoint],
+        path: Path,
+        archived: Mapping[int, str],
     ) -> tuple[int, tuple[int | None, int, str] | None]:
         by_seq = {cp.seq: cp for cp in checkpoints}
         try:
@@ -447,6 +526,7 @@ class AuditCheckpointService:
                 hashes,
                 good,
                 recorded,
+                archived,
             )
             if bad is not None:
                 return len(parsed), (bad[0], bad[1], f"exported checkpoint: {bad[2]}")

@@ -107,6 +107,31 @@ class AuditVerification(Base):
     reason: Mapped[str | None] = mapped_column(Text())
 
 
+class AuditArchive(Base):
+    """A segment ``first_seq..last_seq`` of the log written to a signed archive file and
+    then removed from ``audit_log`` (the delete trigger lets only archived entries go).
+    The row is the anchor the rest of the chain verifies from: the next entry's
+    ``prev_hash`` must be ``last_hash``. Signed like a checkpoint (``signed_data``);
+    append-only by trigger."""
+
+    __tablename__ = "audit_archives"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), unique=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), unique=True)
+    first_prev_hash: Mapped[str] = mapped_column(String(64))
+    last_hash: Mapped[str] = mapped_column(String(64))
+    entries: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    file_name: Mapped[str] = mapped_column(String(200))
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    key_store: Mapped[str] = mapped_column(String(20))
+    key_handle: Mapped[str] = mapped_column(String(200))
+    public_key_der: Mapped[bytes] = mapped_column(LargeBinary())
+    signed_data: Mapped[bytes] = mapped_column(LargeBinary())
+    signature: Mapped[bytes] = mapped_column(LargeBinary())
+
+
 @dataclass(frozen=True)
 class AuditRef:
     seq: int
@@ -292,15 +317,15 @@ def _chain_columns(dialect: str) -> tuple[Any, ...]:
 _RAW_SQL = {
     # the stored text: "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
     "sqlite": "SELECT seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash "
-    "FROM audit_log ORDER BY seq",
+    "FROM audit_log WHERE seq > {after:d} ORDER BY seq",
     # the same text, made by the server (on its own core)
     "postgresql": "SELECT seq, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), actor, action, "
-    "object_type, object_id, outcome, details, prev_hash, hash FROM audit_log ORDER BY seq",
+    "object_type, object_id, outcome, details, prev_hash, hash FROM audit_log WHERE seq > {after:d} ORDER BY seq",
 }
 
 
-def _chunks(conn: Connection, batch: int) -> Generator[Sequence[Any], None, None]:
-    """The entries in seq order as plain tuples, ``batch`` rows at a time.
+def _chunks(conn: Connection, batch: int, after: int = 0) -> Generator[Sequence[Any], None, None]:
+    """The entries after ``after`` in seq order as plain tuples, ``batch`` rows at a time.
 
     On SQLite and PostgreSQL straight from a DB-API cursor of the session's connection
     (a server-side cursor on PostgreSQL): SQLAlchemy's row objects cost about as much as
@@ -308,7 +333,12 @@ def _chunks(conn: Connection, batch: int) -> Generator[Sequence[Any], None, None
     sql = _RAW_SQL.get(conn.dialect.name)
     if sql is None:
         # per statement: Connection.execution_options() would change the session's connection for good
-        stmt = select(*_chain_columns(conn.dialect.name)).order_by(_T_LOG.c.seq).execution_options(yield_per=batch)
+        stmt = (
+            select(*_chain_columns(conn.dialect.name))
+            .where(_T_LOG.c.seq > after)
+            .order_by(_T_LOG.c.seq)
+            .execution_options(yield_per=batch)
+        )
         result = conn.execute(stmt)
         try:
             yield from result.partitions()
@@ -319,40 +349,68 @@ def _chunks(conn: Connection, batch: int) -> Generator[Sequence[Any], None, None
     assert dbapi is not None
     cursor = dbapi.cursor("govpki_audit_verify") if conn.dialect.name == "postgresql" else dbapi.cursor()
     try:
-        cursor.execute(sql)
+        cursor.execute(sql.format(after=int(after)))
         while rows := cursor.fetchmany(batch):
             yield rows
     finally:
         cursor.close()
 
 
+def archive_anchor(session: Session) -> tuple[AuditRef, str | None]:
+    """Where the entries still in the database start: after the newest archived segment
+    (``AuditRef(0, GENESIS_HASH)`` when nothing was archived), and why the archive rows
+    themselves do not fit together (``None`` when they do: segments follow each other
+    from entry 1, each starting with the previous one's last hash)."""
+    t = cast(Table, AuditArchive.__table__)
+    rows = session.execute(
+        select(t.c.first_seq, t.c.last_seq, t.c.first_prev_hash, t.c.last_hash).order_by(t.c.first_seq)
+    ).all()
+    seq, digest = 0, GENESIS_HASH
+    for first, last, first_prev, last_hash in rows:
+        if first != seq + 1 or first_prev != digest or last < first:
+            return AuditRef(seq, digest), f"archived segment {first}..{last} does not follow entry {seq}"
+        seq, digest = last, last_hash
+    return AuditRef(seq, digest), None
+
+
 def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     """Walk the whole chain; name the first entry that does not fit.
 
-    Checks: sequence numbers gap-free from 1, each entry's ``prev_hash`` is the
-    previous entry's hash, each hash recomputed from the entry, and the
+    Checks: sequence numbers gap-free from 1 (or from the entry after the newest
+    archived segment, whose last hash the next entry must link to), each entry's
+    ``prev_hash`` is the previous entry's hash, each hash recomputed from the entry, and the
     ``audit_head`` row names the last entry. Rows are streamed in chunks of
     ``batch`` (see :func:`_chunks`), not loaded as ORM objects, and each entry's
     canonical JSON is built as in :func:`fast_entry_hash`, inlined
     (``tests/govpki/test_audit.py`` checks it against :func:`entry_hash`)."""
-    prev = GENESIS_HASH
-    expected = 1
+    anchor, broken = archive_anchor(session)
+    if broken is not None:
+        return ChainReport(False, 0, anchor.seq, anchor.seq + 1, broken, anchor.hash)
+    prev = anchor.hash
+    expected = anchor.seq + 1
     enc = _encode_str
     sha256 = hashlib.sha256
     utc = _UTC
     conn = session.connection()
-    chunks = _chunks(conn, batch)
+    chunks = _chunks(conn, batch, anchor.seq)
     try:
         for rows in chunks:
             for seq, at, actor, action, object_type, object_id, outcome, details, prev_hash, hash_ in rows:
                 if seq != expected:
                     if seq < expected:  # a duplicate cannot happen with the primary key; be explicit anyway
-                        return ChainReport(False, expected - 1, expected - 1, seq, f"entry {seq} appears twice", prev)
+                        return ChainReport(
+                            False, expected - 1 - anchor.seq, expected - 1, seq, f"entry {seq} appears twice", prev
+                        )
                     missing = f"entry {expected} is missing (next is {seq})"
-                    return ChainReport(False, expected - 1, expected - 1, expected, missing, prev)
+                    return ChainReport(False, expected - 1 - anchor.seq, expected - 1, expected, missing, prev)
                 if prev_hash != prev:
                     return ChainReport(
-                        False, expected - 1, expected - 1, seq, "prev_hash does not match the previous entry", prev
+                        False,
+                        expected - 1 - anchor.seq,
+                        expected - 1,
+                        seq,
+                        "prev_hash does not match the previous entry",
+                        prev,
                     )
                 # SQLite's stored "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) -> "YYYY-MM-DDTHH:MM:SS.ffffff";
                 # the slicing is one-to-one, so a changed stored value always changes the hash
@@ -364,7 +422,9 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
                     try:
                         ts = _at_text(at.astimezone(utc) if isinstance(at, _dt.datetime) else at)
                     except (ValueError, TypeError):
-                        return ChainReport(False, expected - 1, expected - 1, seq, "entry time is not a time", prev)
+                        return ChainReport(
+                            False, expected - 1 - anchor.seq, expected - 1, seq, "entry time is not a time", prev
+                        )
                 body = (
                     f'{prev}{{"action":{enc(action)},"actor":{enc(actor)},"at":"{ts}Z","details":{enc(details)},'
                     f'"object_id":{enc(object_id)},"object_type":{enc(object_type)},'
@@ -372,7 +432,12 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
                 )
                 if sha256(body.encode("utf-8")).hexdigest() != hash_:
                     return ChainReport(
-                        False, expected - 1, expected - 1, seq, "entry content does not match its hash", prev
+                        False,
+                        expected - 1 - anchor.seq,
+                        expected - 1,
+                        seq,
+                        "entry content does not match its hash",
+                        prev,
                     )
                 prev = hash_
                 expected += 1
@@ -381,13 +446,22 @@ def verify_chain(session: Session, batch: int = 20000) -> ChainReport:
     last = expected - 1
     head = conn.execute(select(_T_HEAD.c.seq, _T_HEAD.c.hash).where(_T_HEAD.c.id == 1)).first()
     if head is None:
-        return ChainReport(False, last, last, None, "audit_head row is missing", prev)
+        return ChainReport(False, last - anchor.seq, last, None, "audit_head row is missing", prev)
     if head.seq < last:  # entries beyond the head were added behind the writers' backs
         return ChainReport(
-            False, head.seq, head.seq, head.seq + 1, f"the head says {head.seq} but the chain goes on to {last}", prev
+            False,
+            head.seq - anchor.seq,
+            head.seq,
+            head.seq + 1,
+            f"the head says {head.seq} but the chain goes on to {last}",
+            prev,
         )
     if head.seq > last:  # the tail was cut
-        return ChainReport(False, last, last, last + 1, f"chain ends at {last} but the head says {head.seq}", prev)
+        return ChainReport(
+            False, last - anchor.seq, last, last + 1, f"chain ends at {last} but the head says {head.seq}", prev
+        )
     if head.hash != prev:
-        return ChainReport(False, last, last, last, f"entry {last}'s hash is not the one the head records", prev)
-    return ChainReport(True, last, last, head_hash=prev)
+        return ChainReport(
+            False, last - anchor.seq, last, last, f"entry {last}'s hash is not the one the head records", prev
+        )
+    return ChainReport(True, last - anchor.seq, last, head_hash=prev)

@@ -76,11 +76,18 @@ class Config:
     audit_syslog: bool = False  # also send each exported checkpoint to syslog
     # key policy (algorithms, lifetime, rotation overlap per key purpose); None: the shipped file
     key_policy_file: Path | None = None
+    # retention: entries older than this are archived to signed files, then removed (floor 180 days)
+    audit_retention_days: int = 365
+    audit_archive_dir: Path | None = None  # None: <instance>/audit-archive
     testing: bool = False
 
     @property
     def checkpoint_file(self) -> Path:
         return self.audit_checkpoint_file or self.instance_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.audit_archive_dir or self.instance_dir / "audit-archive"
 
     @property
     def listen_url(self) -> str:
@@ -208,5 +215,8 @@ class Config:
             audit_checkpoint_file=Path(get("AUDIT_CHECKPOINT_FILE", str(instance / "audit-checkpoints.jsonl"))),
             audit_syslog=flag("AUDIT_SYSLOG"),
             key_policy_file=Path(policy) if (policy := get("KEY_POLICY_FILE", "")) else None,
+            # the floor is the law's (six months of logs), not a default: a lower value is an error
+            audit_retention_days=integer("AUDIT_RETENTION_DAYS", 365, minimum=180),
+            audit_archive_dir=Path(get("AUDIT_ARCHIVE_DIR", str(instance / "audit-archive"))),
             testing=get("TESTING", "0") == "1",
         )

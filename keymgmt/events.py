@@ -11,3 +11,8 @@ class KeyEvent(enum.StrEnum):
     RETIRE = "keymgmt:key:retire"
     DESTROY = "keymgmt:key:destroy"
     ROTATE = "keymgmt:key:rotate"
+
+
+class BackupEvent(enum.StrEnum):
+    CREATE = "keymgmt:backup:create"
+    RESTORE = "keymgmt:backup:restore"

@@ -108,6 +108,47 @@ class FileKeyStore:
     def public_key(self, handle: str) -> PublicKey:
         return self.signer(handle).public_key()
 
+    def export_private_key_for_backup(self, handle: str) -> bytes:
+        """The private key as unencrypted PKCS#8 DER, for :mod:`keymgmt.backup` only, which
+        wraps it at once under a fresh data key. Signers never expose key material; this is
+        the one narrow way out, and only for keys in files (an HSM key cannot leave its token)."""
+        label = label_of(handle, self.kind)
+        key = self._load(label)
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise KeyStoreError(f"key {label!r} is not an EC or RSA key")
+        return key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    def import_private_key_from_backup(self, label: str, pkcs8_der: bytes) -> str:
+        """Store a key restored by :mod:`keymgmt.backup` under ``label`` (encrypted with this
+        store's passphrase, 0600) and return its handle. An existing label is never replaced."""
+        path = self._path(check_label(label))
+        conflict = ConflictError(f"a key labelled {label!r} already exists in {self.directory}", field="label")
+        if path.exists():
+            raise conflict
+        try:
+            key = serialization.load_der_private_key(pkcs8_der, password=None)
+        except (ValueError, TypeError):
+            raise InvalidError("the restored key is not a PKCS#8 private key", field="key") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise InvalidError("the restored key is not an EC or RSA key", field="key")
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(self._passphrase),
+        )
+        handle = f"file:{label}"
+        with self._lock:
+            try:
+                write_new_file(path, pem)
+            except FileExistsError:
+                raise conflict from None
+            except OSError as exc:
+                raise KeyStoreError(f"cannot write key file {path}: {exc.strerror}") from None
+            self._signers[label] = wrap_private_key(handle, key)
+        return handle
+
     def has(self, handle: str) -> bool:
         try:
             label = label_of(handle, self.kind)

@@ -647,6 +647,66 @@ def audit_checkpoint(out_file: Path | None) -> None:
         click.echo(f"{'exported':10} {', '.join(where)}")
 
 
+@audit.command(name="archive")
+def audit_archive() -> None:
+    """Archive the entries older than GOVPKI_AUDIT_RETENTION_DAYS (up to a signed checkpoint)
+    to a signed file in GOVPKI_AUDIT_ARCHIVE_DIR, then remove them from the log.
+
+    The log is verified first; a log that does not verify is not archived (exit status 1)."""
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            made = services.archive.archive(session, cli_principal())
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    if made is None:
+        days = services.archive.settings.retention.days
+        click.echo(f"nothing to archive: no checkpointed entries older than {days} days")
+        return
+    row = made.row
+    click.echo(f"{'entries':10} {row.first_seq}..{row.last_seq} ({row.entries}), removed from the log")
+    click.echo(f"{'archive':10} {made.path}")
+    click.echo(f"{'signature':10} {made.signature_path}")
+    click.echo(f"{'key':10} {made.public_key_path}")
+    click.echo(f"{'sha256':10} {row.file_sha256}")
+    click.echo(
+        f"check with: openssl dgst -sha256 -verify {made.public_key_path} -signature {made.signature_path} {made.path}"
+    )
+
+
+@audit.command(name="verify-archive")
+@click.argument("archive_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--signature", "signature_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--public-key", "public_key_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def audit_verify_archive(archive_file: Path, signature_file: Path | None, public_key_file: Path | None) -> None:
+    """Check an audit archive file offline (signature, every entry's hash and link, the
+    checkpoints in it) and, when this instance recorded it, that it is the recorded file.
+
+    The signature and key default to the .sig and .pub.pem files beside it. Exit status 1 when broken."""
+    from authz.archive import verify_archive_file
+    from authz.auditing import key_id
+
+    try:
+        report = verify_archive_file(archive_file, signature_path=signature_file, public_key_path=public_key_file)
+    except GovpkiError as exc:
+        report_error(exc)
+    recorded = ""
+    if report.ok:
+        services = load_services()
+        with services.sessions() as session:
+            row = services.archive.find_row(session, report.first_seq, report.last_seq)
+            if row is not None:
+                if row.file_sha256 != report.file_sha256 or key_id(row.public_key_der) != report.key_id:
+                    fail(f"{report.summary}, but it is not the file this instance recorded for that range", code=1)
+                recorded = ", the file this instance recorded"
+    if not report.ok:
+        fail(report.summary, code=1)
+    click.echo(f"{report.summary}{recorded}")
+    click.echo(f"signing key SHA-256 {report.key_id}")
+
+
 @main.group()
 def transparency() -> None:
     """The issuance transparency log (RFC 9162 Merkle tree of issuances and revocations)."""
@@ -711,6 +771,11 @@ def openapi() -> None:
 from web.cli_keys import keys as _keys  # noqa: E402  (at the end: it uses this module's helpers)
 
 main.add_command(_keys)
+
+from web.cli_backup import backup as backup_group  # noqa: E402  (CA key backup; see web/cli_backup.py)
+
+main.add_command(backup_group)
+
 
 if __name__ == "__main__":
     main()

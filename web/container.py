@@ -18,6 +18,7 @@ import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
 import keymgmt.models  # noqa: F401
 import ra.models  # noqa: F401
+from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
 from ca.crl import CrlService, CrlSettings
@@ -35,6 +36,7 @@ from govpki.config import KEY_ALGORITHMS, Config, KeyAlgorithm, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
+from keymgmt.backup import KeyBackupService
 from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
 from keymgmt.services import KeyService
 from ra.services import RegionFile, RegionService, load_region
@@ -60,6 +62,8 @@ class Services:
     tlog: TransparencyLog
     auditing: AuditCheckpointService
     keys: KeyService
+    archive: AuditArchiveService
+    backup: KeyBackupService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -203,6 +207,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
     keys.set_rotator(KeyPurpose.OCSP_SIGNING, ocsp.rotate_all)
+    auditing = AuditCheckpointService(keystores, clock, audit_settings(config), keys)
     return Services(
         config=config,
         clock=clock,
@@ -225,8 +230,15 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             records=DatabaseRecords(revocation),
         ),
         tlog=tlog,
-        auditing=AuditCheckpointService(keystores, clock, audit_settings(config), keys),
+        auditing=auditing,
         keys=keys,
+        archive=AuditArchiveService(
+            keystores,
+            clock,
+            RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
+            auditing,
+        ),
+        backup=KeyBackupService(clock),
     )
 
 

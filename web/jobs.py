@@ -85,6 +85,18 @@ def _audit_checkpoint(services: Services, session: Session, principal: Principal
     ]
 
 
+def _audit_archive(services: Services, session: Session, principal: Principal) -> list[str]:
+    """At most daily: archive the audit entries older than GOVPKI_AUDIT_RETENTION_DAYS (up to
+    a checkpoint) to a signed file, then remove them from the log (committed by the runner)."""
+    if not services.archive.due(session):
+        return []
+    made = services.archive.archive(session, principal)
+    if made is None:
+        return []
+    row = made.row
+    return [f"archived audit entries {row.first_seq}..{row.last_seq} ({row.entries}) to {made.path} and removed them"]
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
     return [
@@ -92,6 +104,7 @@ def default_jobs() -> list[Job]:
         Job("ocsp", _ocsp),
         Job("keys", _keys),
         Job("tlog", _tlog),
+        Job("audit-archive", _audit_archive),
         Job("audit-checkpoint", _audit_checkpoint),
     ]
 

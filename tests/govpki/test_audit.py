@@ -58,6 +58,7 @@ def _drop_guards(services: Services) -> None:
             conn.execute(text("DROP TRIGGER audit_log_no_delete"))
         else:
             conn.execute(text("DROP TRIGGER audit_log_append_only ON audit_log"))
+            conn.execute(text("DROP TRIGGER audit_log_no_delete ON audit_log"))
 
 
 @pytest.mark.parametrize(

@@ -63,5 +63,6 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
         ("ocsp", ()),
         ("keys", ()),
         ("tlog", ()),
+        ("audit-archive", ()),
         ("audit-checkpoint", ()),
     ]
