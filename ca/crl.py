@@ -70,7 +70,7 @@ from ca.models import (
 from ca.services import _LINT_KEYS, can_issue
 from govpki import audit
 from govpki.clock import Clock
-from govpki.errors import ForbiddenError, InvalidError, NotFoundError, UnavailableError
+from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.principal import Principal
 from keymgmt.interfaces import KeyStore, PublicKey, SignerHandle, signature_hash
 from keymgmt.services import KeyService
@@ -317,6 +317,12 @@ class CrlService:
         except ValueError:
             raise InvalidError(f"{kind!r} is not 'full' or 'delta'", field="kind") from None
         ca = self.find_ca(session, ca_id)
+        if ca.retired_at is not None:
+            raise ConflictError(
+                f"CA {ca.id} ({ca.name}) is retired: every certificate it issued has expired and it signs no more CRLs",
+                field="ca",
+                code="ca.retired",
+            )
         is_root = ca.kind == CaKind.ROOT.value
         if is_root and kind is CrlKind.DELTA:
             raise InvalidError("the root publishes only a full CRL (its ARL), no delta CRLs", field="kind")
@@ -419,7 +425,8 @@ class CrlService:
     def refresh_due(self, session: Session, principal: Principal, *, include_root: bool = False) -> list[CrlRecord]:
         """The scheduler's hook: generate what is due and return the new CRLs.
 
-        For each active issuing CA (online key store): a full CRL when there is none,
+        For each issuing CA that is not retired (online key store; a CA superseded by a
+        rollover keeps publishing for the certificates it issued): a full CRL when there is none,
         the newest is ``crl_refresh`` old or it is past its nextUpdate; a delta when
         there is none, the newest is ``delta_refresh`` old, past its nextUpdate, or
         based on an older full CRL than the newest. The root (ARL) only with
@@ -429,7 +436,9 @@ class CrlService:
         now = self._clock.now()
         made: list[CrlRecord] = []
         query = (
-            select(CertificateAuthority).where(CertificateAuthority.active.is_(True)).order_by(CertificateAuthority.id)
+            select(CertificateAuthority)
+            .where(CertificateAuthority.retired_at.is_(None))
+            .order_by(CertificateAuthority.id)
         )
         for ca in session.scalars(query).all():
             if ca.kind == CaKind.ROOT.value:

@@ -66,6 +66,12 @@ _RESERVE = insert(_T).returning(_T.c.id)
 _ADVANCE = update(_T).where(_T.c.id == bindparam("record_id"))
 
 
+def _links(prefecture_code: str | None, contact_email: str | None, renewed_from_id: int | None) -> dict[str, Any]:
+    """Who the certificate serves and what it renews, for the reservation's audit entry (only those set)."""
+    values = {"prefecture": prefecture_code, "contact_email": contact_email, "renewed_from_id": renewed_from_id}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 class IssuanceLedger:
     """Each method is one short transaction through the write gate, in Core SQL
     (this is the hot critical section of issuance)."""
@@ -91,6 +97,9 @@ class IssuanceLedger:
         sans: str,
         key_type: str,
         spki_sha256: str,
+        prefecture_code: str | None = None,
+        contact_email: str | None = None,
+        renewed_from_id: int | None = None,
     ) -> Reservation:
         for _attempt in range(5):
             serial = new_serial()
@@ -112,6 +121,9 @@ class IssuanceLedger:
                                 "sans": sans,
                                 "key_type": key_type,
                                 "spki_sha256": spki_sha256,
+                                "prefecture_code": prefecture_code,
+                                "contact_email": contact_email,
+                                "renewed_from_id": renewed_from_id,
                                 "created_at": now,
                                 "updated_at": now,
                             },
@@ -127,6 +139,7 @@ class IssuanceLedger:
                                 "profile": profile,
                                 "profile_version": profile_version,
                                 "subject": subject,
+                                **_links(prefecture_code, contact_email, renewed_from_id),
                             },
                             clock=self._clock,
                         )

@@ -33,6 +33,14 @@ class CaKind(enum.StrEnum):
     ISSUING = "issuing"
 
 
+class CaState(enum.StrEnum):
+    """What a CA does now (derived from ``active``, ``superseded_at`` and ``retired_at``)."""
+
+    ISSUING = "issuing"  # signs new certificates (``active``), CRLs and OCSP
+    SERVING = "serving"  # superseded by a rollover: no new certificates; still CRLs/ARL, OCSP, trust
+    RETIRED = "retired"  # every certificate it issued has expired; nothing signed any more
+
+
 class CertState(enum.StrEnum):
     RESERVED = "reserved"  # serial reserved, request stored, nothing signed
     APPROVED = "approved"  # linted; exact TBS stored; the CA key may sign next
@@ -79,10 +87,59 @@ class CertificateAuthority(Base):
     cert_der: Mapped[bytes] = mapped_column(LargeBinary())
     not_before: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     not_after: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    # ``active``: this CA issues new certificates (the newest active CA of a kind is
+    # "the" root or issuing CA). A rollover clears it and sets ``superseded_at``; the
+    # CA keeps signing CRLs and OCSP responses (and, a root, stays a trust anchor)
+    # until ``retired_at``, set once the last certificate it issued has expired.
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    superseded_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    retired_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
 
     parent: Mapped[CertificateAuthority | None] = relationship(remote_side=[id])
+
+    @property
+    def state(self) -> CaState:
+        if self.retired_at is not None:
+            return CaState.RETIRED
+        return CaState.ISSUING if self.active else CaState.SERVING
+
+    @property
+    def serving(self) -> bool:
+        """Not retired: it still signs CRLs (ARL) and OCSP responses for what it issued."""
+        return self.retired_at is None
+
+
+class CrossDirection(enum.StrEnum):
+    """RFC 4210 section 4.4 root CA key update."""
+
+    NEW_WITH_OLD = "new_with_old"  # the new root's name and key, signed by the old root key
+    OLD_WITH_NEW = "old_with_new"  # the old root's name and key, signed by the new root key
+
+
+class CrossCertificate(Base):
+    """A cross-certificate between two of our roots, made at a root rollover: the
+    subject root's name and public key, signed by the issuer root's key. Clients that
+    trust only one root reach CAs under the other through it."""
+
+    __tablename__ = "cross_certificates"
+    __table_args__ = (CheckConstraint("direction IN ('new_with_old', 'old_with_new')", name="direction"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(20))
+    subject_ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"), index=True)
+    issuer_ca_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"), index=True)
+    serial: Mapped[str] = mapped_column(String(42))
+    subject: Mapped[str] = mapped_column(Text())
+    issuer: Mapped[str] = mapped_column(Text())
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary())
+    not_before: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+
+    subject_ca: Mapped[CertificateAuthority] = relationship(foreign_keys=[subject_ca_id])
+    issuer_ca: Mapped[CertificateAuthority] = relationship(foreign_keys=[issuer_ca_id])
 
 
 class CertificateRecord(Base):
@@ -129,8 +186,15 @@ class CertificateRecord(Base):
     # The issuing CA's status sequence number at this record's last status change
     # (0: never changed). Delta CRLs list the records changed after their base.
     status_seq: Mapped[int] = mapped_column(BigId, default=0, server_default="0")
+    # Whom the certificate serves, set at issuance (the RA portal fills them): the prefecture
+    # whose RA gets its expiry notices (a table of the ``ra`` layer, referred to by name only),
+    # the subscriber's contact address, and the certificate this one renews.
+    prefecture_code: Mapped[str | None] = mapped_column(ForeignKey("prefectures.code"), index=True)
+    contact_email: Mapped[str | None] = mapped_column(String(254))
+    renewed_from_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"), index=True)
 
     ca: Mapped[CertificateAuthority] = relationship()
+    renewed_from: Mapped[CertificateRecord | None] = relationship(remote_side=[id])
 
 
 class CaStatus(Base):

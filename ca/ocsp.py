@@ -730,7 +730,8 @@ class OcspService:
                 select(CertificateAuthority)
                 .where(
                     CertificateAuthority.kind == CaKind.ISSUING.value,
-                    CertificateAuthority.active.is_(True),
+                    # superseded CAs too: they answer for what they issued until retired
+                    CertificateAuthority.retired_at.is_(None),
                     CertificateAuthority.not_after > now,
                 )
                 .order_by(CertificateAuthority.id)

@@ -20,21 +20,33 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import select
+from sqlalchemy import column, exists, func, select, table
 from sqlalchemy.orm import Session
 
 from ca import lint
 from ca.builder import IssuerUrls, build_name, certificate_builder, validity
-from ca.csr import CheckedRequest, check_csr, check_subject_value
+from ca.csr import OID_FIELDS, CheckedRequest, check_csr, check_subject_value
 from ca.events import CaEvent
 from ca.ledger import IssuanceLedger, new_serial, serial_hex
-from ca.models import CaKind, CaStatus, CertificateAuthority, CertificateRecord, CertState
+from ca.models import (
+    POSSIBLY_ISSUED,
+    CaKind,
+    CaStatus,
+    CertificateAuthority,
+    CertificateRecord,
+    CertState,
+    CrossCertificate,
+    CrossDirection,
+    OcspResponder,
+    RevocationReason,
+)
 from ca.profiles import Profile, ProfileSet, SubjectField
 from govpki import audit
 from govpki.clock import Clock
 from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.faults import crash_point
+from govpki.mailaddr import check_address
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
 from keymgmt.policy import KeyPurpose, load_key_policy
@@ -110,6 +122,26 @@ _LINT_KEYS = _LintKeys()
 
 def fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
+
+
+def spki_fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo (the key's fingerprint)."""
+    return fingerprint(
+        cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """What a rollover made: the CA that stopped issuing, its successor and (a root
+    rollover) the two cross-certificates, NewWithOld first."""
+
+    old: CertificateAuthority
+    new: CertificateAuthority
+    crosses: tuple[CrossCertificate, ...] = ()
+
+
+MAX_CN = 64  # ub-common-name
 
 
 def _san_text(sans: Sequence[x509.GeneralName]) -> str:
@@ -200,7 +232,12 @@ class CaService:
         ).first()
         if existing is not None:
             raise ConflictError(f"a root CA already exists ({existing.name})", field="ca")
+        return self._new_root(session, principal, self.settings.root_name)
+
+    def _new_root(self, session: Session, principal: Principal, name: str) -> CertificateAuthority:
         settings = self.settings
+        if len(name) > MAX_CN:
+            raise InvalidError(f"the CA name {name!r} is longer than {MAX_CN} characters", field="name")
         self._keys.check_algorithm(KeyPurpose.ROOT, settings.root_key_algorithm, "root_key_algorithm")
         store_name, store = self._store(CaKind.ROOT)
         now = self._clock.now()
@@ -210,7 +247,7 @@ class CaService:
         profile = self.profiles.get("subordinate-ca").model_copy(
             update={"name": "root", "path_length": None, "validity_days": settings.root_validity_days}
         )
-        subject = build_name([*settings.identity.fields().items(), ("CN", settings.root_name)])
+        subject = build_name([*settings.identity.fields().items(), ("CN", name)])
         not_before, not_after = validity(profile, now, None)
         builder = certificate_builder(
             profile=profile,
@@ -228,7 +265,7 @@ class CaService:
             session,
             principal,
             CaKind.ROOT,
-            settings.root_name,
+            name,
             None,
             store_name,
             handle,
@@ -240,8 +277,13 @@ class CaService:
         """A new online issuing CA key and its certificate from the root (pathLen 0), through the pipeline."""
         if not can_set_up(principal):
             raise ForbiddenError("only a security administrator may create a CA")
-        settings = self.settings
         root = self.active_ca(session, CaKind.ROOT)
+        return self._new_issuing(session, principal, root, self.settings.issuing_name)
+
+    def _new_issuing(
+        self, session: Session, principal: Principal, root: CertificateAuthority, name: str
+    ) -> CertificateAuthority:
+        settings = self.settings
         # the root key must be at hand before a new issuing key is made for it
         self._keystores[root.key_store].signer(root.key_handle)
         self._keys.check_algorithm(KeyPurpose.ISSUING_CA, settings.issuing_key_algorithm, "issuing_key_algorithm")
@@ -251,7 +293,7 @@ class CaService:
         signer = store.signer(handle)
         csr = (
             x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, settings.issuing_name)]))
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
             .sign(signer, signature_hash(signer.public_key()))
         )
         profile = self.profiles.get("subordinate-ca")
@@ -270,13 +312,306 @@ class CaService:
             session,
             principal,
             CaKind.ISSUING,
-            settings.issuing_name,
+            name,
             root.id,
             store_name,
             handle,
             settings.issuing_key_algorithm,
             cert,
         )
+
+    # ----- rollover and retirement ----------------------------------------
+
+    def _generation_name(self, session: Session, kind: CaKind, base: str) -> str:
+        """``<base> G<n>``: n is one more than the CAs of this kind so far (unique)."""
+        n = session.scalar(
+            select(func.count()).select_from(CertificateAuthority).where(CertificateAuthority.kind == kind.value)
+        )
+        generation = int(n or 0) + 1
+        while True:
+            name = f"{base} G{generation}"
+            taken = session.scalar(select(exists().where(CertificateAuthority.name == name)))
+            if not taken:
+                return name
+            generation += 1
+
+    def _supersede(self, ca: CertificateAuthority, now: _dt.datetime) -> None:
+        ca.active = False
+        ca.superseded_at = now
+
+    def rollover_issuing(self, session: Session, principal: Principal) -> Rollover:
+        """A new issuing CA key and certificate under the active root (same pipeline as
+        ``create_issuing``), named ``<issuing name> G<n>``. New certificates come from it
+        at once; the old CA stops issuing but keeps signing its CRLs and OCSP responses
+        (its delegated responder is still renewed) until :meth:`retire_due` retires it.
+
+        Issues through the ledger: call with a session holding no uncommitted writes
+        (e.g. after committing a root rollover). The caller commits."""
+        if not can_set_up(principal):
+            raise ForbiddenError("only a security administrator may roll over a CA key", field="ca")
+        if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
+            raise RuntimeError("CaService.rollover_issuing needs a session without uncommitted writes (see ca.ledger)")
+        old = self.active_ca(session, CaKind.ISSUING)
+        root = self.active_ca(session, CaKind.ROOT)
+        name = self._generation_name(session, CaKind.ISSUING, self.settings.issuing_name)
+        new = self._new_issuing(session, principal, root, name)
+        now = self._clock.now()
+        for previous in session.scalars(
+            select(CertificateAuthority).where(
+                CertificateAuthority.kind == CaKind.ISSUING.value,
+                CertificateAuthority.active.is_(True),
+                CertificateAuthority.id != new.id,
+            )
+        ).all():
+            self._supersede(previous, now)
+        session.flush()
+        audit.record(
+            session,
+            principal,
+            CaEvent.ISSUING_ROLLOVER.value,
+            object_type="ca",
+            object_id=str(new.id),
+            details={
+                "old_ca_id": old.id,
+                "old_name": old.name,
+                "old_fingerprint_sha256": old.fingerprint_sha256,
+                "new_ca_id": new.id,
+                "new_name": new.name,
+                "new_fingerprint_sha256": new.fingerprint_sha256,
+                "root_ca_id": root.id,
+            },
+            clock=self._clock,
+        )
+        return Rollover(old=old, new=new)
+
+    def rollover_root(self, session: Session, principal: Principal) -> Rollover:
+        """RFC 4210 section 4.4 root key update: a new root key in the root key store, a new
+        self-signed root ``<root name> G<n>`` and the cross-certificates NewWithOld (the new
+        root's name and key signed by the old root key) and OldWithNew (the old root's
+        name and key signed by the new root key). The old root stops certifying CAs but
+        stays a trust anchor and signs its ARL until it is retired. Needs both root
+        keys (a ceremony). The caller commits, then rolls the issuing CA over
+        (:meth:`rollover_issuing`) so that a new issuing CA exists under the new root."""
+        if not can_set_up(principal):
+            raise ForbiddenError("only a security administrator may roll over a CA key", field="ca")
+        old = self.active_ca(session, CaKind.ROOT)
+        old_signer = self._keystores[old.key_store].signer(old.key_handle)  # the old key must be at hand first
+        new = self._new_root(session, principal, self._generation_name(session, CaKind.ROOT, self.settings.root_name))
+        new_signer = self._keystores[new.key_store].signer(new.key_handle)
+        old_cert = x509.load_der_x509_certificate(old.cert_der)
+        new_cert = x509.load_der_x509_certificate(new.cert_der)
+        crosses = (
+            self._cross(session, principal, CrossDirection.NEW_WITH_OLD, new, new_cert, old, old_cert, old_signer),
+            self._cross(session, principal, CrossDirection.OLD_WITH_NEW, old, old_cert, new, new_cert, new_signer),
+        )
+        now = self._clock.now()
+        for previous in session.scalars(
+            select(CertificateAuthority).where(
+                CertificateAuthority.kind == CaKind.ROOT.value,
+                CertificateAuthority.active.is_(True),
+                CertificateAuthority.id != new.id,
+            )
+        ).all():
+            self._supersede(previous, now)
+        session.flush()
+        audit.record(
+            session,
+            principal,
+            CaEvent.ROOT_ROLLOVER.value,
+            object_type="ca",
+            object_id=str(new.id),
+            details={
+                "old_ca_id": old.id,
+                "old_name": old.name,
+                "old_fingerprint_sha256": old.fingerprint_sha256,
+                "new_ca_id": new.id,
+                "new_name": new.name,
+                "new_fingerprint_sha256": new.fingerprint_sha256,
+                "cross_certificates": {c.direction: c.fingerprint_sha256 for c in crosses},
+            },
+            clock=self._clock,
+        )
+        return Rollover(old=old, new=new, crosses=crosses)
+
+    def _cross(
+        self,
+        session: Session,
+        principal: Principal,
+        direction: CrossDirection,
+        subject_ca: CertificateAuthority,
+        subject_cert: x509.Certificate,
+        issuer_ca: CertificateAuthority,
+        issuer_cert: x509.Certificate,
+        issuer_signer: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    ) -> CrossCertificate:
+        """The subject root's exact name and key (so its SKI) under the issuer root's name,
+        key and SKI (as AKI): path builders match it like any CA certificate. Valid from
+        now until the earlier of the two roots' ends; no path length constraint."""
+        profile = self.profiles.get("subordinate-ca").model_copy(update={"name": "cross", "path_length": None})
+        now = self._clock.now().replace(microsecond=0)
+        not_after = min(subject_cert.not_valid_after_utc, issuer_cert.not_valid_after_utc)
+        issuer_key = _public_of(issuer_cert)
+        builder = certificate_builder(
+            profile=profile,
+            subject=subject_cert.subject,
+            public_key=_public_of(subject_cert),
+            serial=new_serial(),
+            not_before=now,
+            not_after=not_after,
+            issuer=issuer_cert,
+            urls=None,
+        )
+        self._lint_copy(builder, issuer_key)
+        cert = builder.sign(issuer_signer, signature_hash(issuer_key))
+        der = cert.public_bytes(serialization.Encoding.DER)
+        cross = CrossCertificate(
+            direction=direction.value,
+            subject_ca_id=subject_ca.id,
+            issuer_ca_id=issuer_ca.id,
+            serial=serial_hex(cert.serial_number),
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            fingerprint_sha256=fingerprint(der),
+            cert_der=der,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            created_at=self._clock.now(),
+        )
+        session.add(cross)
+        session.flush()
+        audit.record(
+            session,
+            principal,
+            CaEvent.CROSS_CREATE.value,
+            object_type="cross_certificate",
+            object_id=str(cross.id),
+            details={
+                "direction": direction.value,
+                "subject_ca_id": subject_ca.id,
+                "issuer_ca_id": issuer_ca.id,
+                "serial": cross.serial,
+                "subject": cross.subject,
+                "issuer": cross.issuer,
+                "fingerprint_sha256": cross.fingerprint_sha256,
+                "spki_sha256": spki_fingerprint(cert),
+                "not_after": cross.not_after.isoformat(),
+            },
+            clock=self._clock,
+        )
+        return cross
+
+    def retire_due(self, session: Session, principal: Principal) -> list[CertificateAuthority]:
+        """Retire the superseded CAs that have nothing left to serve: an issuing CA once
+        every certificate it issued has expired (its own delegated OCSP responder
+        certificates aside), a root once every CA under it is retired. A retired CA signs
+        no more CRLs or OCSP responses, its responders are retired and it is no longer a
+        trust anchor or intermediate of the validation service. The caller commits."""
+        if not (can_issue(principal) or can_set_up(principal)):
+            raise ForbiddenError("your role may not retire CAs", field="ca")
+        now = self._clock.now()
+        retired: list[CertificateAuthority] = []
+        candidates = session.scalars(
+            select(CertificateAuthority)
+            .where(CertificateAuthority.active.is_(False), CertificateAuthority.retired_at.is_(None))
+            .order_by(CertificateAuthority.kind, CertificateAuthority.id)  # "issuing" before "root"
+        ).all()
+        for ca in candidates:
+            if ca.kind == CaKind.ISSUING.value:
+                last = session.scalar(
+                    select(func.max(CertificateRecord.not_after)).where(
+                        CertificateRecord.ca_id == ca.id,
+                        CertificateRecord.state.in_(POSSIBLY_ISSUED),
+                        CertificateRecord.id.not_in(select(OcspResponder.certificate_id)),
+                    )
+                )
+                if last is not None and last > now:
+                    continue
+            else:
+                serving_child = session.scalar(
+                    select(
+                        exists().where(
+                            CertificateAuthority.parent_id == ca.id, CertificateAuthority.retired_at.is_(None)
+                        )
+                    )
+                )
+                if serving_child:
+                    continue
+                last = None
+            self.retire(session, principal, ca, last_certificate_expired=last)
+            retired.append(ca)
+        return retired
+
+    def retire(
+        self,
+        session: Session,
+        principal: Principal,
+        ca: CertificateAuthority,
+        *,
+        last_certificate_expired: _dt.datetime | None = None,
+    ) -> None:
+        """Mark ``ca`` retired (audited) and retire its OCSP responders. This is where a
+        CA key stops being used for good (key records: retire the key here)."""
+        now = self._clock.now()
+        ca.active = False
+        ca.retired_at = now
+        responders = session.scalars(
+            select(OcspResponder).where(OcspResponder.ca_id == ca.id, OcspResponder.active.is_(True))
+        ).all()
+        for responder in responders:
+            responder.active = False
+        session.flush()
+        for responder in responders:
+            audit.record(
+                session,
+                principal,
+                CaEvent.OCSP_RESPONDER_RETIRE.value,
+                object_type="ocsp_responder",
+                object_id=str(responder.id),
+                details={"ca_id": ca.id, "replaced_by": None, "not_after": responder.not_after.isoformat()},
+                clock=self._clock,
+            )
+        # the CA key (and its responders' keys) stop being used for good
+        self._keys.retire_used_key(session, principal, ca.key_store, ca.key_handle, f"CA {ca.id} retired")
+        for responder in responders:
+            self._keys.retire_used_key(
+                session, principal, responder.key_store, responder.key_handle, f"CA {ca.id} retired"
+            )
+        audit.record(
+            session,
+            principal,
+            CaEvent.CA_RETIRE.value,
+            object_type="ca",
+            object_id=str(ca.id),
+            details={
+                **_ca_details(ca),
+                "superseded_at": ca.superseded_at.isoformat() if ca.superseded_at else None,
+                "last_certificate_expired": last_certificate_expired.isoformat() if last_certificate_expired else None,
+            },
+            clock=self._clock,
+        )
+
+    # ----- cross-certificates and chains ----------------------------------
+
+    def cross_certificates(self, session: Session) -> list[CrossCertificate]:
+        return list(session.scalars(select(CrossCertificate).order_by(CrossCertificate.id)))
+
+    def find_cross(self, session: Session, cross_id: int) -> CrossCertificate:
+        cross = session.get(CrossCertificate, cross_id)
+        if cross is None:
+            raise NotFoundError(f"no cross-certificate with id {cross_id}", field="cross")
+        return cross
+
+    def chain_extras(self, session: Session, root: CertificateAuthority) -> list[CrossCertificate]:
+        """Cross-certificates that let clients trusting an older (still serving) root reach
+        ``root``: those with ``root``'s name and key, unexpired, signed by a root that is
+        not retired. Offered after the root wherever a chain is offered."""
+        now = self._clock.now()
+        crosses = session.scalars(
+            select(CrossCertificate)
+            .where(CrossCertificate.subject_ca_id == root.id, CrossCertificate.not_after > now)
+            .order_by(CrossCertificate.id)
+        ).all()
+        return [c for c in crosses if c.issuer_ca.retired_at is None]
 
     def _add_ca(
         self,
@@ -349,13 +684,20 @@ class CaService:
         identity: Mapping[SubjectField, str] | None = None,
         issuer_id: int | None = None,
         validity_days: int | None = None,
+        prefecture: str | None = None,
+        contact_email: str | None = None,
     ) -> CertificateRecord:
         """Issue one certificate. ``identity`` holds subject fields from the registered
         identity (the RA's); they override the CSR's. C, ST and O always come from the CA.
         ``issuer_id`` names the issuing CA (default: the active CA the profile names);
-        ``validity_days`` may shorten the profile's validity, never lengthen it."""
+        ``validity_days`` may shorten the profile's validity, never lengthen it.
+        ``prefecture`` (area code; default the principal's) and ``contact_email`` say whom
+        expiry notices go to (the prefecture's RA and the subscriber)."""
         if not can_issue(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
+        prefecture = self._check_prefecture(session, principal, prefecture)
+        if contact_email is not None:
+            contact_email = check_address(contact_email, "contact_email")
         chosen = self.profiles.get(profile)
         if chosen.ca:
             raise ForbiddenError(
@@ -377,7 +719,120 @@ class CaService:
             issuer = self.find_ca(session, issuer_id)
             if issuer.kind != kind.value:
                 raise InvalidError(f"CA {issuer.id} is not a {kind.value} CA", field="issuer_id")
-        return self._issue(session, principal, profile=chosen, checked=checked, identity=identity or {}, issuer=issuer)
+        # A superseded CA still renews its own delegated OCSP responder (named by id).
+        serving_ok = issuer_id is not None and chosen.ocsp_no_check
+        return self._issue(
+            session,
+            principal,
+            profile=chosen,
+            checked=checked,
+            identity=identity or {},
+            issuer=issuer,
+            prefecture_code=prefecture,
+            contact_email=contact_email,
+            serving_ok=serving_ok,
+        )
+
+    def _check_prefecture(self, session: Session, principal: Principal, code: str | None) -> str | None:
+        """The prefecture a certificate is issued for: the principal's own when it has one
+        (it may name no other), else the one given, which must exist."""
+        if principal.prefecture is not None:
+            if code is not None and code != principal.prefecture:
+                raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="prefecture")
+            return principal.prefecture
+        if code is None:
+            return None
+        if session.scalar(select(_PREFECTURES.c.code).where(_PREFECTURES.c.code == code)) is None:
+            raise InvalidError(f"unknown prefecture code {code!r}", field="prefecture", code="ca.unknown_prefecture")
+        return code
+
+    # ----- renewal ---------------------------------------------------------
+
+    def renew(
+        self, session: Session, principal: Principal, serial: str, *, csr: bytes | str | None = None
+    ) -> CertificateRecord:
+        """A new certificate for the subscriber of ``serial``: same profile (its current
+        version), subject, subjectAltNames, prefecture and contact; from the active issuing
+        CA, through the same checks, lint and recorded pipeline as ``issue``.
+
+        Without ``csr`` the key stays: the original request is used again (its signature
+        proved possession of this key at first issuance) and re-checked against the
+        profile's current key policy. With ``csr`` the request's own signature proves
+        possession; it may carry the same key or a new one. A key that any certificate was
+        revoked for with keyCompromise is refused. The certificate renewed stays valid
+        until it expires or is revoked; the new record links to it (``renewed_from_id``)."""
+        if not can_issue(principal):
+            raise ForbiddenError("your role may not request certificates", field="serial")
+        if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
+            raise RuntimeError("CaService.renew needs a session without uncommitted writes (see ca.ledger)")
+        old = self.get_certificate(session, principal, serial)
+        if principal.prefecture is not None and old.prefecture_code != principal.prefecture:
+            raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="serial")
+        _check_renewable(session, old, self._clock.now())
+        profile = self.profiles.get(old.profile, field="serial")
+        if profile.ca or profile.ocsp_no_check:
+            raise ForbiddenError(
+                f"profile {profile.name} certificates are renewed by rotation, not here", field="serial"
+            )
+        request = old.csr_der if csr is None else csr
+        if request is None:
+            raise InvalidError("the original request was not kept: send a new CSR", field="csr")
+        checked = check_csr(request, profile)
+        compromised = session.scalar(
+            select(CertificateRecord.serial)
+            .where(
+                CertificateRecord.spki_sha256 == checked.spki_sha256,
+                CertificateRecord.revocation_reason == RevocationReason.KEY_COMPROMISE.value,
+            )
+            .limit(1)
+        )
+        if compromised is not None:
+            raise InvalidError(
+                f"this key was revoked for keyCompromise (certificate {compromised}); renew with a new key",
+                field="csr.key" if csr is not None else "csr",
+                code="ca.key_compromised",
+            )
+        assert old.cert_der is not None
+        old_cert = x509.load_der_x509_certificate(old.cert_der)
+        identity = _identity_of(old_cert)
+        if _identity_of_name(self._subject(profile, checked, identity)) != identity:
+            raise InvalidError(
+                f"a renewal keeps the subject {old.subject}; the request adds other fields", field="csr.subject"
+            )
+        if set(checked.sans) != set(_sans_of(old_cert)):
+            raise InvalidError(
+                f"a renewal keeps the subjectAltNames ({old.sans or 'none'}); the request has "
+                f"{_san_text(checked.sans) or 'none'}",
+                field="csr.san",
+            )
+        issuer = self.active_ca(session, CaKind.ROOT if profile.issuer == "root" else CaKind.ISSUING)
+        record = self._issue(
+            session,
+            principal,
+            profile=profile,
+            checked=checked,
+            identity=identity,
+            issuer=issuer,
+            prefecture_code=old.prefecture_code,
+            contact_email=old.contact_email,
+            renewed_from_id=old.id,
+        )
+        audit.record(
+            session,
+            principal,
+            CaEvent.CERT_RENEW.value,
+            object_type="certificate",
+            object_id=record.serial,
+            details={
+                "renewed_from": old.serial,
+                "key": "same" if checked.spki_sha256 == old.spki_sha256 else "new",
+                "proof_of_possession": "original request" if csr is None else "new request",
+                "profile": profile.name,
+                "profile_version": profile.version,
+            },
+            clock=self._clock,
+        )
+        return record
 
     def _subject(self, profile: Profile, checked: CheckedRequest, identity: Mapping[SubjectField, str]) -> x509.Name:
         fields: dict[SubjectField, str] = {}
@@ -409,10 +864,15 @@ class CaService:
         checked: CheckedRequest,
         identity: Mapping[SubjectField, str],
         issuer: CertificateAuthority,
+        prefecture_code: str | None = None,
+        contact_email: str | None = None,
+        renewed_from_id: int | None = None,
+        serving_ok: bool = False,
     ) -> CertificateRecord:
         now = self._clock.now()
         issuer_cert = x509.load_der_x509_certificate(issuer.cert_der)
-        if not issuer.active or issuer_cert.not_valid_after_utc <= now:
+        usable = issuer.active or (serving_ok and issuer.retired_at is None)
+        if not usable or issuer_cert.not_valid_after_utc <= now:
             raise UnavailableError(f"CA {issuer.name} is not active or has expired", field="ca")
         subject = self._subject(profile, checked, identity)
         store = self._keystores[issuer.key_store]
@@ -429,6 +889,9 @@ class CaService:
             sans=_san_text(checked.sans),
             key_type=checked.key_type,
             spki_sha256=checked.spki_sha256,
+            prefecture_code=prefecture_code,
+            contact_email=contact_email,
+            renewed_from_id=renewed_from_id,
         )
         crash_point("after_reserve")
         not_before, not_after = validity(profile, now, issuer_cert.not_valid_after_utc)
@@ -471,6 +934,70 @@ class CaService:
             signed_with=(issuer.key_store, issuer.key_handle),
         )
         return session.get_one(CertificateRecord, reservation.record_id)
+
+
+# The ``ra`` layer's prefectures, by table name only (as the certificates' foreign key names it)
+_PREFECTURES = table("prefectures", column("code"))
+_CA_FIELDS = frozenset({"C", "ST", "O"})  # always the CA's own, so not part of a subscriber's identity
+
+
+def _check_renewable(session: Session, old: CertificateRecord, now: _dt.datetime) -> None:
+    if old.state != CertState.ISSUED.value or old.cert_der is None:
+        raise ConflictError(
+            f"certificate {old.serial} is in state {old.state}: only an issued certificate can be renewed",
+            field="serial",
+            code="ca.not_issued",
+        )
+    if old.revocation_reason == RevocationReason.CERTIFICATE_HOLD.value:
+        raise ConflictError(
+            f"certificate {old.serial} is on hold: release it before renewing", field="serial", code="ca.on_hold"
+        )
+    if old.revocation_reason is not None:
+        raise ConflictError(
+            f"certificate {old.serial} was revoked ({old.revocation_reason}): apply for a new certificate",
+            field="serial",
+            code="ca.revoked",
+        )
+    if old.not_after is not None and old.not_after <= now:
+        raise ConflictError(
+            f"certificate {old.serial} expired on {old.not_after:%Y-%m-%d}: apply for a new certificate",
+            field="serial",
+            code="ca.expired",
+        )
+    successor = session.scalar(
+        select(CertificateRecord.serial)
+        .where(
+            CertificateRecord.renewed_from_id == old.id,
+            CertificateRecord.state == CertState.ISSUED.value,
+            CertificateRecord.revocation_reason.is_(None),
+        )
+        .limit(1)
+    )
+    if successor is not None:
+        raise ConflictError(
+            f"certificate {old.serial} was already renewed as {successor}", field="serial", code="ca.already_renewed"
+        )
+
+
+def _identity_of_name(name: x509.Name) -> dict[SubjectField, str]:
+    fields: dict[SubjectField, str] = {}
+    for attr in name:
+        field = OID_FIELDS.get(attr.oid)
+        if field is not None and field not in _CA_FIELDS and isinstance(attr.value, str):
+            fields[field] = attr.value
+    return fields
+
+
+def _identity_of(cert: x509.Certificate) -> dict[SubjectField, str]:
+    """The subscriber's part of a certificate's subject (C, ST and O are the CA's)."""
+    return _identity_of_name(cert.subject)
+
+
+def _sans_of(cert: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
 
 
 def _key_label(purpose: str, now: _dt.datetime) -> str:

@@ -1,8 +1,9 @@
 """The validation service: :func:`ca.validation.validate` wired to this CA.
 
-Trust anchors are our active root CA(s) plus the extra anchors configured by
-``GOVPKI_EXTRA_TRUST_ANCHORS_FILE``; our active issuing CA certificates are
-offered as intermediates, so callers may omit them. Revocation status of what
+Trust anchors are our root CAs that are not retired (after a root rollover, the
+old and the new root) plus the extra anchors configured by
+``GOVPKI_EXTRA_TRUST_ANCHORS_FILE``; our issuing CA certificates that are not
+retired are offered as intermediates, so callers may omit them. Revocation status of what
 our CAs issued comes from our records, of anything else from its CRL. The
 service only reads: it writes nothing, not even an audit entry.
 """
@@ -80,7 +81,7 @@ class ValidationService:
         if not can_validate(principal):
             raise ForbiddenError("your role may not validate certificates")
         cas = list(session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)))
-        active = [ca for ca in cas if ca.active]
+        active = [ca for ca in cas if ca.retired_at is None]  # superseded CAs serve until retired
         anchors = [x509.load_der_x509_certificate(ca.cert_der) for ca in active if ca.kind == CaKind.ROOT.value]
         ours = [x509.load_der_x509_certificate(ca.cert_der) for ca in active if ca.kind == CaKind.ISSUING.value]
         return validate(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from govpki.errors import ConfigError
+from govpki.mailaddr import address_problem
 
 KeyStoreKind = Literal["file", "pkcs11"]
 KeyAlgorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
@@ -31,6 +32,25 @@ class KeyStoreSettings:
     pkcs11_module: Path | None = None
     pkcs11_token_label: str | None = None
     pkcs11_pin_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The mail server expiry notices go through. The password stays in its file
+    (read when connecting), never in the configuration object or a log line."""
+
+    host: str
+    port: int = 25
+    sender: str = ""
+    starttls: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    timeout_seconds: float = 30.0
+
+    def password(self) -> str | None:
+        if self.password_file is None:
+            return None
+        return self.password_file.read_text(encoding="utf-8").strip()
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,15 @@ class Config:
     # retention: entries older than this are archived to signed files, then removed (floor 180 days)
     audit_retention_days: int = 365
     audit_archive_dir: Path | None = None  # None: <instance>/audit-archive
+    # expiry notices: thresholds in days (the largest is the window), mail over SMTP (None: only list)
+    expiry_notice_days: tuple[int, ...] = (30,)
+    expiry_notice_ra_mailbox: str | None = None  # address or template with {prefecture} (the area code)
+    smtp: SmtpSettings | None = None
     testing: bool = False
+
+    @property
+    def expiry_window_days(self) -> int:
+        return max(self.expiry_notice_days)
 
     @property
     def checkpoint_file(self) -> Path:
@@ -173,6 +201,62 @@ class Config:
                     "[purposes.ocsp_signing] in a policy file named by GOVPKI_KEY_POLICY_FILE"
                 )
 
+        def day_list(name: str, default: str) -> tuple[int, ...]:
+            raw = get(name, default)
+            parts = [p.strip() for p in raw.split(",")]
+            if not all(p.isdigit() and 1 <= int(p) <= 3650 for p in parts):
+                raise ConfigError(f"GOVPKI_{name}: {raw!r} is not a comma-separated list of days (1-3650), e.g. 30,7,1")
+            return tuple(sorted({int(p) for p in parts}, reverse=True))
+
+        def mailbox(name: str, value: str) -> str:
+            problem = address_problem(value)
+            if problem is not None:
+                raise ConfigError(f"GOVPKI_{name}: {value!r} {problem}")
+            return value
+
+        def ra_mailbox() -> str | None:
+            template = get("EXPIRY_NOTICE_RA_MAILBOX", "")
+            if not template:
+                return None
+            try:
+                sample = template.format(prefecture="650100")
+            except (KeyError, IndexError, ValueError):
+                raise ConfigError(
+                    f"GOVPKI_EXPIRY_NOTICE_RA_MAILBOX: {template!r} may use only the placeholder {{prefecture}}"
+                ) from None
+            mailbox("EXPIRY_NOTICE_RA_MAILBOX", sample)
+            return template
+
+        def port_number(name: str, default: int) -> int:
+            value = integer(name, default)
+            if value > 65535:
+                raise ConfigError(f"GOVPKI_{name}: {value} is not a TCP port (1-65535)")
+            return value
+
+        def smtp() -> SmtpSettings | None:
+            smtp_host = get("SMTP_HOST", "")
+            if not smtp_host:
+                return None
+            sender = get("SMTP_FROM", "")
+            if not sender:
+                raise ConfigError("GOVPKI_SMTP_HOST is set: GOVPKI_SMTP_FROM (the sender address) is needed too")
+            username = get("SMTP_USERNAME", "") or None
+            password = get("SMTP_PASSWORD_FILE", "")
+            if bool(username) != bool(password):
+                raise ConfigError(
+                    "GOVPKI_SMTP_USERNAME and GOVPKI_SMTP_PASSWORD_FILE go together: give both or neither"
+                )
+            if password and not Path(password).is_file():
+                raise ConfigError(f"GOVPKI_SMTP_PASSWORD_FILE: {password} is not a readable file")
+            return SmtpSettings(
+                host=smtp_host,
+                port=port_number("SMTP_PORT", 25),
+                sender=mailbox("SMTP_FROM", sender),
+                starttls=flag("SMTP_STARTTLS"),
+                username=username,
+                password_file=Path(password) if password else None,
+            )
+
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
@@ -218,5 +302,8 @@ class Config:
             # the floor is the law's (six months of logs), not a default: a lower value is an error
             audit_retention_days=integer("AUDIT_RETENTION_DAYS", 365, minimum=180),
             audit_archive_dir=Path(get("AUDIT_ARCHIVE_DIR", str(instance / "audit-archive"))),
+            expiry_notice_days=day_list("EXPIRY_NOTICE_DAYS", "30"),
+            expiry_notice_ra_mailbox=ra_mailbox(),
+            smtp=smtp(),
             testing=get("TESTING", "0") == "1",
         )

@@ -279,6 +279,13 @@ class KeyService:
         self._manage(principal, "retire keys")
         return self._retire(session, principal, self._get(session, record_id), reason)
 
+    def retire_used_key(self, session: Session, principal: Principal, store: str, handle: str, reason: str) -> None:
+        """Retire the record of ``store``/``handle`` if it is still in use: for services that
+        stop using a key of their own (a retired CA) and checked their own permission."""
+        record = self.by_handle(session, store, handle)
+        if record is not None and record.state in (KeyState.ACTIVE.value, KeyState.PRE_ACTIVE.value):
+            self._retire(session, principal, record, reason)
+
     def _retire(self, session: Session, principal: Principal, record: KeyRecord, reason: str) -> KeyRecord:
         if record.state not in (KeyState.ACTIVE.value, KeyState.PRE_ACTIVE.value):
             raise ConflictError(

@@ -108,10 +108,14 @@ def make_config(instance: Path, database_url: str, **env: str) -> Config:
 def check_every_issued_certificate(services: Services, folder: Path) -> None:
     folder.mkdir(exist_ok=True)
     with services.sessions() as session:
-        root = services.ca.active_ca(session, CaKind.ROOT)
+        services.ca.active_ca(session, CaKind.ROOT)  # there is one
+        # every root (after a root rollover the old one too) is trusted here
+        roots = session.scalars(select(CertificateAuthority).where(CertificateAuthority.kind == "root")).all()
         issuing = session.scalars(select(CertificateAuthority).where(CertificateAuthority.kind == "issuing")).all()
         leaves = session.scalars(
-            select(CertificateRecord).where(CertificateRecord.cert_der.is_not(None), CertificateRecord.ca_id != root.id)
+            select(CertificateRecord).where(
+                CertificateRecord.cert_der.is_not(None), CertificateRecord.ca_id.not_in([r.id for r in roots])
+            )
         ).all()
         for record in leaves:
             assert record.cert_der is not None
@@ -119,7 +123,8 @@ def check_every_issued_certificate(services: Services, folder: Path) -> None:
             assert not bad, (record.serial, bad)
         if not leaves:
             return
-        root_pem = write_pem(folder / "root.pem", root.cert_der)
+        root_pem = folder / "root.pem"
+        root_pem.write_bytes(b"".join(x509.load_der_x509_certificate(r.cert_der).public_bytes(PEM) for r in roots))
         untrusted = folder / "issuing.pem"
         untrusted.write_bytes(b"".join(x509.load_der_x509_certificate(ca.cert_der).public_bytes(PEM) for ca in issuing))
         files = [str(write_pem(folder / f"{r.serial}.pem", r.cert_der or b"")) for r in leaves]

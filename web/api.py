@@ -17,6 +17,7 @@ from ca.revocation import status_of
 from ca.validation import PathEntry, Purpose, ValidationResult
 from govpki.errors import FieldProblem, InvalidError, NotFoundError
 from govpki.principal import Principal
+from ra.expiry import MAX_WINDOW_DAYS
 from web.container import Services
 from web.openapi import Parameter, document, operation
 from web.openapi import Response as Doc
@@ -34,6 +35,22 @@ class IssueRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     profile: str = Field(min_length=1, max_length=64, description="Certificate profile name, e.g. service-tls-server")
     csr: str = Field(min_length=1, max_length=65536, description="PKCS#10 request: PEM, or base64 of the DER encoding")
+    prefecture: str | None = Field(
+        default=None, max_length=12, description="Area code of the prefecture whose RA gets the expiry notices"
+    )
+    contact_email: str | None = Field(
+        default=None, max_length=254, description="The subscriber's e-mail address for expiry notices"
+    )
+
+
+class RenewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    csr: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="A new PKCS#10 request (PEM or base64 DER) with the same or a new key; "
+        "left out: the key stays and the original request is used again",
+    )
 
 
 REVOKE_REASONS = Literal[
@@ -86,6 +103,9 @@ class CertificateOut(BaseModel):
     certificate_pem: str | None = None
     chain_pem: str | None = Field(default=None, description="issuing CA certificate(s), without the root")
     failure: str | None = None
+    prefecture: str | None = Field(default=None, description="area code of the prefecture it was issued for")
+    contact_email: str | None = None
+    renewed_from: str | None = Field(default=None, description="serial of the certificate this one renews")
 
 
 class CertificateList(BaseModel):
@@ -270,6 +290,9 @@ def render(record: CertificateRecord, *, with_pem: bool = True) -> dict[str, Any
         revocation_reason=record.revocation_reason,
         revoked_at=record.revoked_at,
         invalidity_date=record.invalidity_date,
+        prefecture=record.prefecture_code,
+        contact_email=record.contact_email,
+        renewed_from=record.renewed_from.serial if record.renewed_from is not None else None,
     )
     if with_pem and record.cert_der is not None:
         out.certificate_pem = _pem(record.cert_der)
@@ -294,7 +317,14 @@ def _json(payload: dict[str, Any], status: int = 200) -> Response:
 def issue_certificate() -> Response:
     who = principal()
     body: IssueRequest = parse_body(IssueRequest)
-    record = services().ca.issue(g.db, who, profile=body.profile, csr=_csr_bytes(body.csr))
+    record = services().ca.issue(
+        g.db,
+        who,
+        profile=body.profile,
+        csr=_csr_bytes(body.csr),
+        prefecture=body.prefecture,
+        contact_email=body.contact_email,
+    )
     response = _json(render(record), 201)
     response.headers["Location"] = url_for("api.get_certificate", serial=record.serial)
     return response
@@ -427,6 +457,98 @@ def release_certificate(serial: str) -> Response:
     body: StatusChangeRequest = _optional_body(StatusChangeRequest)
     record = services().revocation.release(g.db, who, serial, ca_id=body.ca_id)
     return _json(render(record, with_pem=False))
+
+
+@bp.post("/certificates/<serial>/renew")
+@operation(
+    "POST",
+    "/api/v1/certificates/{serial}/renew",
+    summary="Renew a certificate: same profile, subject, SANs, prefecture and contact; same or new key",
+    tag="certificates",
+    parameters=(SERIAL_PARAM,),
+    body=RenewRequest,
+    responses={
+        201: Doc("The new certificate (renewed_from names the old one)", CertificateOut),
+        409: Doc("Revoked, on hold, expired, already renewed, or never issued"),
+    },
+)
+def renew_certificate(serial: str) -> Response:
+    who = principal()
+    body: RenewRequest = _optional_body(RenewRequest)
+    record = services().ca.renew(g.db, who, serial, csr=_csr_bytes(body.csr) if body.csr is not None else None)
+    response = _json(render(record), 201)
+    response.headers["Location"] = url_for("api.get_certificate", serial=record.serial)
+    return response
+
+
+class ExpiringCertificateOut(BaseModel):
+    serial: str
+    ca_id: int
+    profile: str
+    subject: str
+    subject_alt_names: str
+    not_after: _dt.datetime
+    days_left: int
+    contact_email: str | None
+
+
+class PrefectureExpiryOut(BaseModel):
+    prefecture: str | None = Field(description="area code; null: certificates issued without a prefecture")
+    name: str | None
+    name_en: str | None
+    certificates: list[ExpiringCertificateOut] = Field(description="soonest first")
+
+
+class ExpiringOut(BaseModel):
+    days: int
+    groups: list[PrefectureExpiryOut]
+
+
+@bp.get("/expiring")
+@operation(
+    "GET",
+    "/api/v1/expiring",
+    summary="Good certificates expiring within a window, per prefecture (a prefecture's principal sees its own)",
+    tag="certificates",
+    parameters=(
+        Parameter("days", "query", "Window in days (default GOVPKI_EXPIRY_NOTICE_DAYS)", {"type": "integer"}),
+        Parameter("prefecture", "query", "Only this prefecture (area code)", {"type": "string"}),
+    ),
+    responses={200: Doc("The expiring certificates", ExpiringOut)},
+)
+def expiring_certificates() -> Response:
+    who = principal()
+    expiry = services().expiry
+    days = _int_arg("days", expiry.settings.window.days)
+    if not 1 <= days <= MAX_WINDOW_DAYS:
+        raise InvalidError(f"must be between 1 and {MAX_WINDOW_DAYS} days", field="days")
+    groups = expiry.expiring(g.db, who, _dt.timedelta(days=days), request.args.get("prefecture") or None)
+    now = services().clock.now()
+    out = ExpiringOut(
+        days=days,
+        groups=[
+            PrefectureExpiryOut(
+                prefecture=group.code,
+                name=group.name,
+                name_en=group.name_en,
+                certificates=[
+                    ExpiringCertificateOut(
+                        serial=c.serial,
+                        ca_id=c.ca_id,
+                        profile=c.profile,
+                        subject=c.subject,
+                        subject_alt_names=c.sans,
+                        not_after=c.not_after,
+                        days_left=c.days_left(now),
+                        contact_email=c.contact_email,
+                    )
+                    for c in group.certificates
+                ],
+            )
+            for group in groups
+        ],
+    )
+    return _json(out.model_dump(mode="json"))
 
 
 def _int_arg(name: str, default: int) -> int:

@@ -190,13 +190,19 @@ def jobs_run(loop: bool, interval: int) -> None:
 @click.option(
     "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), help="Write the certificate (PEM) here."
 )
-def issue(profile: str, csr_file: Any, out_file: Path | None) -> None:
+@click.option("--prefecture", help="Area code of the prefecture whose RA gets the expiry notices, e.g. 650100.")
+@click.option("--contact-email", help="The subscriber's address for expiry notices.")
+def issue(
+    profile: str, csr_file: Any, out_file: Path | None, prefecture: str | None, contact_email: str | None
+) -> None:
     """Issue a certificate: check, reserve, lint, sign, record and audit."""
     services = load_services()
     data = csr_file.read()
     with services.sessions() as session:
         try:
-            record = services.ca.issue(session, cli_principal(), profile=profile, csr=data)
+            record = services.ca.issue(
+                session, cli_principal(), profile=profile, csr=data, prefecture=prefecture, contact_email=contact_email
+            )
             session.commit()
         except GovpkiError as exc:
             session.rollback()
@@ -776,6 +782,14 @@ from web.cli_backup import backup as backup_group  # noqa: E402  (CA key backup;
 
 main.add_command(backup_group)
 
+from web import cli_notices  # noqa: E402  (after main; it takes helpers from here when run)
+
+cli_notices.register(main)
+
+from web.cli_ceremony import ca_group, ceremony  # noqa: E402  (registered here, at the end)
+
+main.add_command(ca_group)
+main.add_command(ceremony)
 
 if __name__ == "__main__":
     main()

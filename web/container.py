@@ -21,6 +21,7 @@ import ra.models  # noqa: F401
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.services import AccountService, TokenService
+from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
 from ca.ledger import IssuanceLedger
 from ca.ocsp import OcspService
@@ -39,6 +40,7 @@ from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from keymgmt.backup import KeyBackupService
 from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
 from keymgmt.services import KeyService
+from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
 
@@ -64,6 +66,8 @@ class Services:
     keys: KeyService
     archive: AuditArchiveService
     backup: KeyBackupService
+    expiry: ExpiryService
+    ceremonies: CeremonyService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -159,6 +163,15 @@ def audit_settings(config: Config) -> AuditSettings:
     )
 
 
+def expiry_settings(config: Config, profiles: ProfileSet) -> ExpirySettings:
+    return ExpirySettings(
+        thresholds=config.expiry_notice_days,
+        ra_mailbox=config.expiry_notice_ra_mailbox,
+        smtp=config.smtp,
+        excluded_profiles=frozenset(p.name for p in profiles.profiles.values() if p.ca or p.ocsp_no_check),
+    )
+
+
 def build_services(config: Config, *, clock: Clock | None = None, run_migrations: bool = True) -> Services:
     """Validate configuration (profiles, region file, key stores), migrate, wire services.
     Raises ConfigError with a clear message when anything is wrong."""
@@ -239,6 +252,10 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             auditing,
         ),
         backup=KeyBackupService(clock),
+        expiry=ExpiryService(clock, expiry_settings(config, profiles)),
+        ceremonies=CeremonyService(
+            clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
+        ),
     )
 
 

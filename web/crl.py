@@ -67,6 +67,8 @@ def _crl(ca_id: int, kind: CrlKind) -> _Served:
             )
         return _served(arl)
     record = services.crl.latest(g.db, ca_id, kind, with_der=False)
+    if record is not None and ca.retired_at is not None:
+        return _served(record)  # a retired CA signs nothing more: its last CRL stays
     if record is None or record.next_update <= services.clock.now():
         # None yet, or stale (the scheduler is behind): sign one now, in this request's
         # unit of work (committed with the response).

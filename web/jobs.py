@@ -1,5 +1,6 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-key rotation by the key policy, signed tree heads of the transparency log, signed audit checkpoints):
+key rotation by the key policy, signed tree heads of the transparency log, retiring
+superseded CAs, certificate expiry notices, audit archival, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -70,6 +71,14 @@ def _keys(services: Services, session: Session, principal: Principal) -> list[st
     return services.keys.rotate_due(session, principal).lines
 
 
+def _ca_retire(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Retire the CAs superseded by a rollover once the last certificate they issued has expired."""
+    return [
+        f"retired {ca.kind} CA {ca.id} ({ca.name}): nothing it issued is valid any more"
+        for ca in services.ca.retire_due(session, principal)
+    ]
+
+
 def _audit_checkpoint(services: Services, session: Session, principal: Principal) -> list[str]:
     """Every GOVPKI_AUDIT_CHECKPOINT_MINUTES: sign the chain head, commit, then export it
     (exported only once it is in the database, so the file never holds a checkpoint the database lacks)."""
@@ -97,6 +106,12 @@ def _audit_archive(services: Services, session: Session, principal: Principal) -
     return [f"archived audit entries {row.first_seq}..{row.last_seq} ({row.entries}) to {made.path} and removed them"]
 
 
+def _expiry_notices(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Mail the expiry notices that are due (GOVPKI_EXPIRY_NOTICE_DAYS); without SMTP, only count.
+    Commits after each claim and each mail, so a restart never sends one twice."""
+    return services.expiry.send_due(session, principal, checkpoint=session.commit).lines
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
     return [
@@ -104,6 +119,8 @@ def default_jobs() -> list[Job]:
         Job("ocsp", _ocsp),
         Job("keys", _keys),
         Job("tlog", _tlog),
+        Job("ca-retire", _ca_retire),
+        Job("expiry-notices", _expiry_notices),
         Job("audit-archive", _audit_archive),
         Job("audit-checkpoint", _audit_checkpoint),
     ]

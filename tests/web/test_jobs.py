@@ -63,6 +63,8 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
         ("ocsp", ()),
         ("keys", ()),
         ("tlog", ()),
+        ("ca-retire", ()),
+        ("expiry-notices", ()),
         ("audit-archive", ()),
         ("audit-checkpoint", ()),
     ]

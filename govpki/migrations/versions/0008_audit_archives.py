@@ -1,7 +1,7 @@
 """audit archives: signed segments of the audit log, and the only way entries leave it
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0007
 Create Date: 2026-11-22 15:20:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import govpki.db
 
 revision = "0008"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
