@@ -177,6 +177,19 @@ class FileKeyStore:
             return False
         return self._path(label).is_file()
 
+    def destroy(self, handle: str) -> None:
+        """Delete the key file (the passphrase-encrypted key; nothing in clear was ever on disk)."""
+        label = label_of(handle, self.kind)
+        path = self._path(label)
+        with self._lock:
+            self._signers.pop(label, None)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                raise KeyNotFoundError(f"no key labelled {label!r} in {self.directory}", field="handle") from None
+            except OSError as exc:
+                raise KeyStoreError(f"cannot delete key file {path}: {exc.strerror}") from None
+
     def labels(self) -> list[str]:
         """Labels of the keys in the folder, sorted."""
         return sorted(p.name[: -len(_SUFFIX)] for p in self.directory.glob(f"*{_SUFFIX}") if p.is_file())

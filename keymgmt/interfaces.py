@@ -50,6 +50,11 @@ class KeyStore(Protocol):
 
     def has(self, handle: str) -> bool: ...
 
+    def destroy(self, handle: str) -> None:
+        """Remove the key pair from the store for good (for a token: its objects).
+        Raises :class:`KeyNotFoundError` when the store does not hold it."""
+        ...
+
 
 class SecretDecryptError(KeyStoreError):
     """Ciphertext under a secret key did not authenticate: wrong key, changed bytes or

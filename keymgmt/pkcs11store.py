@@ -222,6 +222,10 @@ class _Connection:
             found = self._objects[(label, object_class)] = objects[0]
         return found
 
+    def forget(self, label: str, object_class: ObjectClass) -> None:
+        """Drop a cached object (after it was destroyed); call inside ``run``."""
+        self._objects.pop((label, object_class), None)
+
 
 def _connection(module_path: Path, token_label: str, pin: str) -> _Connection:
     module = _module(module_path)
@@ -361,6 +365,27 @@ class Pkcs11KeyStore:
         except KeyNotFoundError:
             return False
         return True
+
+    def destroy(self, handle: str) -> None:
+        """Destroy the private and public key objects of the key on the token."""
+        label = label_of(handle, self.kind)
+
+        def remove(session: Any) -> None:
+            objects = [
+                obj
+                for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+                for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label})
+            ]
+            if not objects:
+                raise KeyNotFoundError(f"no key labelled {label!r} on token {self.token_label!r}", field="handle")
+            for obj in objects:
+                obj.destroy()
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                self._conn.forget(label, object_class)
+
+        with self._lock:
+            self._signers.pop(label, None)
+        self._conn.run(remove)
 
     def protection(self, handle: str) -> KeyProtection:
         """Read back the private key's protection attributes from the token."""

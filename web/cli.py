@@ -749,6 +749,10 @@ def openapi() -> None:
     click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
 
 
+from web.cli_keys import keys as _keys  # noqa: E402  (at the end: it uses this module's helpers)
+
+main.add_command(_keys)
+
 from web.cli_backup import backup as backup_group  # noqa: E402  (CA key backup; see web/cli_backup.py)
 
 main.add_command(backup_group)

@@ -1,7 +1,7 @@
 """key-management centre: storage keys, escrowed keys, recoveries; key_recovery_officer role
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-22 14:50:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import govpki.db
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
