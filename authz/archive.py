@@ -171,12 +171,8 @@ class AuditArchiveService:
         checkpoint = session.scalar(select(AuditCheckpoint).where(AuditCheckpoint.seq == last))
         assert checkpoint is not None
         store = self._keystores[KEY_STORE]
-        handle, _new = statements.current_or_new_key(
-            store,
-            checkpoint.key_handle if checkpoint.key_store == KEY_STORE else None,
-            "audit-signing",
-            self._clock.now(),
-        )
+        # the current audit-signing key (key policy), as for checkpoints
+        handle, _new = self._checkpoints._signing_key(session, principal)
         public_der = statements.public_der(store.public_key(handle))
         signing_key_id = key_id(public_der)
         created_at = self._clock.now()

@@ -43,6 +43,9 @@ from govpki.errors import ForbiddenError, InvalidError
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt import statements
 from keymgmt.interfaces import KeyStore
+from keymgmt.models import KeyRecord
+from keymgmt.policy import KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
 
 log = logging.getLogger("govpki.audit")
 
@@ -128,10 +131,17 @@ class _RaisingSyslog(logging.handlers.SysLogHandler):
 
 
 class AuditCheckpointService:
-    def __init__(self, keystores: Mapping[str, KeyStore], clock: Clock, settings: AuditSettings) -> None:
+    def __init__(
+        self,
+        keystores: Mapping[str, KeyStore],
+        clock: Clock,
+        settings: AuditSettings,
+        keys: KeyService | None = None,
+    ) -> None:
         self._keystores = keystores
         self._clock = clock
         self._settings = settings
+        self._keys = keys or KeyService(keystores, clock, load_key_policy())
 
     @property
     def settings(self) -> AuditSettings:
@@ -152,9 +162,12 @@ class AuditCheckpointService:
         if not (principal.has(Role.SECURITY_AUDITOR) or principal.has(Role.SECURITY_ADMIN)):
             raise ForbiddenError(f"only the system, a security auditor or a security administrator may {what}")
 
-    def _signing_key(self, session: Session, last: AuditCheckpoint | None) -> tuple[str, bool]:
-        handle = last.key_handle if last is not None and last.key_store == KEY_STORE else None
-        return statements.current_or_new_key(self._keystores[KEY_STORE], handle, "audit-signing", self._clock.now())
+    def _signing_key(self, session: Session, principal: Principal) -> tuple[str, bool]:
+        """The current audit-signing key (key policy: rotated with an overlap), or a new one."""
+        record, new = self._keys.signing_key(session, principal, KeyPurpose.AUDIT_SIGNING)
+        if record.store != KEY_STORE:
+            raise InvalidError(f"audit-signing key {record.id} is not in the {KEY_STORE} key store", field="key")
+        return record.handle, new
 
     def checkpoint(self, session: Session, principal: Principal) -> AuditCheckpoint | None:
         """Sign the current chain head; ``None`` when nothing was logged since the last
@@ -174,7 +187,10 @@ class AuditCheckpointService:
                 only = session.scalar(select(AuditEntry.action).where(AuditEntry.seq == seq))
                 if only == CHECKPOINT_ACTION:
                     return None
-        handle, new_key = self._signing_key(session, last)
+        handle, new_key = self._signing_key(session, principal)
+        if new_key:  # the new key's audit entry is covered by this checkpoint too
+            head = session.get_one(AuditHead, 1, populate_existing=True)
+            seq, head_hash = head.seq, head.hash
         store = self._keystores[KEY_STORE]
         public_der = statements.public_der(store.public_key(handle))
         created_at = self._clock.now()
@@ -193,6 +209,7 @@ class AuditCheckpointService:
         )
         session.add(row)
         session.flush()
+        self._keys.count_use(session, KEY_STORE, handle)
         audit.record(
             session,
             principal,
@@ -322,6 +339,7 @@ class AuditCheckpointService:
         """The archived segments' last hashes by seq (their rows are the anchor the chain
         starts from), or why an archive row cannot be trusted (signature, fields, key)."""
         last_hashes: dict[int, str] = {}
+        recorded = self._recorded_keys(session)
         for row in session.scalars(select(AuditArchive).order_by(AuditArchive.first_seq)):
             where = f"archive of entries {row.first_seq}..{row.last_seq}"
             data = archive_signed_bytes(
@@ -338,7 +356,7 @@ class AuditCheckpointService:
                 return f"{where}: its signed data does not match its fields"
             if not statements.verify_statement(row.public_key_der, data, row.signature):
                 return f"{where}: its signature is not valid"
-            untrusted = self.trusted_key(row.key_store, row.key_handle, row.public_key_der)
+            untrusted = self.trusted_key(row.key_store, row.key_handle, row.public_key_der, recorded)
             if untrusted is not None:
                 return f"{where}: {untrusted}"
             last_hashes[row.last_seq] = row.last_hash
@@ -353,12 +371,27 @@ class AuditCheckpointService:
                 found[seq] = digest
         return found
 
-    def trusted_key(self, store_name: str, handle: str, public_der: bytes) -> str | None:
-        """None when the key is ours; else why not."""
+    @staticmethod
+    def _recorded_keys(session: Session) -> dict[str, str | None]:
+        """handle → SPKI SHA-256 of every audit-signing key record in the online store."""
+        rows = session.execute(
+            select(KeyRecord.handle, KeyRecord.spki_sha256).where(
+                KeyRecord.purpose == KeyPurpose.AUDIT_SIGNING.value, KeyRecord.store == KEY_STORE
+            )
+        )
+        return {handle: spki for handle, spki in rows}
+
+    def trusted_key(
+        self, store_name: str, handle: str, public_der: bytes, recorded: Mapping[str, str | None] | None = None
+    ) -> str | None:
+        """None when the key is ours; else why not. A key no longer in the store (destroyed
+        after retirement) is ours if its key record has this public key."""
         if store_name != KEY_STORE:  # never open another store (the root's is kept offline)
             return f"key store {store_name!r} does not hold audit-signing keys"
         store = self._keystores[KEY_STORE]
         if not store.has(handle):
+            if recorded is not None and handle in recorded and recorded[handle] == key_id(public_der):
+                return None
             return f"signing key {handle!r} is not in the {store_name} key store"
         if statements.public_der(store.public_key(handle)) != public_der:
             return "the public key is not the key store's audit-signing key"
@@ -377,6 +410,7 @@ class AuditCheckpointService:
         chain: ChainReport,
         hashes: Mapping[int, str],
         previous_good: int,
+        recorded: Mapping[str, str | None],
         archived: Mapping[int, str],
     ) -> tuple[int | None, int, str] | None:
         data = signed_bytes(seq, head_hash, created_at, key_id(public_der))
@@ -384,7 +418,7 @@ class AuditCheckpointService:
             return None, seq, "the checkpoint's signed data does not match its fields"
         if not statements.verify_statement(public_der, data, signature):
             return None, seq, "the checkpoint signature is not valid"
-        untrusted = self.trusted_key(store_name, handle, public_der)
+        untrusted = self.trusted_key(store_name, handle, public_der, recorded)
         if untrusted is not None:
             return None, seq, untrusted
         if seq > chain.head_seq and chain.ok:
@@ -417,6 +451,7 @@ class AuditCheckpointService:
         self, session: Session, chain: ChainReport, checkpoints: list[AuditCheckpoint], archived: Mapping[int, str]
     ) -> tuple[int | None, int, str] | None:
         hashes = self._hashes_at(session, (c.seq for c in checkpoints))
+        recorded = self._recorded_keys(session)
         good = 0
         for cp in checkpoints:
             bad = self._check_one(
@@ -431,6 +466,7 @@ class AuditCheckpointService:
                 chain,
                 hashes,
                 good,
+                recorded,
                 archived,
             )
             if bad is not None:
@@ -474,6 +510,7 @@ class AuditCheckpointService:
                 raise InvalidError(f"line {number} is not an exported checkpoint", field="checkpoints") from None
         parsed.sort(key=lambda i: i["seq"])
         hashes = self._hashes_at(session, (i["seq"] for i in parsed))
+        recorded = self._recorded_keys(session)
         good = 0
         for item in parsed:
             bad = self._check_one(
@@ -488,6 +525,7 @@ class AuditCheckpointService:
                 chain,
                 hashes,
                 good,
+                recorded,
                 archived,
             )
             if bad is not None:

@@ -252,13 +252,8 @@ class EvidenceService:
             transparency = self._certificates.collect(session, events)
 
         store = self._keystores[KEY_STORE]
-        latest = self._checkpoints.latest(session)
-        handle, _new = statements.current_or_new_key(
-            store,
-            latest.key_handle if latest is not None and latest.key_store == KEY_STORE else None,
-            "audit-signing",
-            self._clock.now(),
-        )
+        # the current audit-signing key, as checkpoints and archives use (the key policy rotates it)
+        handle, _new = self._checkpoints._signing_key(session, principal)
         public_der = statements.public_der(store.public_key(handle))
         signer = key_id(public_der)
         created_at = self._clock.now()

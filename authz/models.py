@@ -18,7 +18,10 @@ from govpki.db import Base, UTCDateTime
 class Account(Base):
     __tablename__ = "accounts"
     __table_args__ = (
-        CheckConstraint("role IN ('system_admin', 'security_admin', 'security_auditor', 'ca_operator')", name="role"),
+        CheckConstraint(
+            "role IN ('system_admin', 'security_admin', 'security_auditor', 'ca_operator', 'key_recovery_officer')",
+            name="role",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -73,6 +73,7 @@ from govpki.clock import Clock
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnavailableError
 from govpki.principal import Principal
 from keymgmt.interfaces import KeyStore, PublicKey, SignerHandle, signature_hash
+from keymgmt.services import KeyService
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called every ``CHUNK`` entries while a CRL is built."""
@@ -266,10 +267,13 @@ _ENTRY_COLUMNS = (
 
 
 class CrlService:
-    def __init__(self, settings: CrlSettings, keystores: Mapping[str, KeyStore], clock: Clock) -> None:
+    def __init__(
+        self, settings: CrlSettings, keystores: Mapping[str, KeyStore], clock: Clock, keys: KeyService | None = None
+    ) -> None:
         self.settings = settings
         self._keystores = keystores
         self._clock = clock
+        self._keys = keys
 
     # ----- reading ---------------------------------------------------------
 
@@ -393,6 +397,8 @@ class CrlService:
         )
         session.add(record)
         session.flush()
+        if self._keys is not None:
+            self._keys.count_use(session, ca.key_store, ca.key_handle)
         audit.record(
             session,
             principal,

@@ -30,6 +30,7 @@ from govpki.clock import Clock
 from govpki.db import WriteGate
 from govpki.errors import UnavailableError
 from govpki.principal import Principal
+from keymgmt.services import KeyService
 
 SERIAL_BITS = 127  # positive, at most 16 octets DER, far above the 64-bit floor
 
@@ -75,11 +76,14 @@ class IssuanceLedger:
     """Each method is one short transaction through the write gate, in Core SQL
     (this is the hot critical section of issuance)."""
 
-    def __init__(self, engine: Engine, clock: Clock, gate: WriteGate, tlog: TransparencyLog) -> None:
+    def __init__(
+        self, engine: Engine, clock: Clock, gate: WriteGate, tlog: TransparencyLog, keys: KeyService | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._gate = gate
         self._tlog = tlog
+        self._keys = keys
 
     def reserve(
         self,
@@ -200,7 +204,17 @@ class IssuanceLedger:
         cert_der: bytes,
         fingerprint: str,
         not_after: _dt.datetime,
+        signed_with: tuple[str, str] | None = None,
     ) -> None:
+        """``signed_with``: the CA key's (store, handle), whose usage counter goes up by one."""
+
+        def after(conn: Connection) -> None:
+            self._tlog.append_issue(
+                conn, ca_id=reservation.ca_id, serial=reservation.serial_hex, cert_sha256=fingerprint
+            )
+            if self._keys is not None and signed_with is not None:
+                self._keys.count_use(conn, *signed_with)
+
         self._transition(
             principal,
             reservation,
@@ -220,9 +234,7 @@ class IssuanceLedger:
                 "fingerprint_sha256": fingerprint,
                 "not_after": not_after.isoformat(),
             },
-            after=lambda conn: self._tlog.append_issue(
-                conn, ca_id=reservation.ca_id, serial=reservation.serial_hex, cert_sha256=fingerprint
-            ),
+            after=after,
         )
 
     def fail(self, principal: Principal, reservation: Reservation, reason: str) -> None:

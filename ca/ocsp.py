@@ -3,7 +3,8 @@
 * **Delegated responders.** Each online issuing CA has an OCSP signing certificate
   (profile ``ocsp-signing``: id-kp-OCSPSigning, ocsp-nocheck) issued through the normal
   pipeline, its key in the online key store. :meth:`OcspService.ensure_responder` makes
-  one and rotates it when less than ``ocsp_responder_renew_days`` are left; the old one
+  one and rotates it when less than the key policy's ``ocsp_signing`` overlap is left
+  (its certificate lives the policy's ``lifetime_days``); the old one
   is retired (audited) but stays valid until it expires, so the responses it signed keep
   verifying until they are re-signed. The CA key never signs a response.
 * **Pre-signed responses** (``ocsp_responses``, one per CA, serial and CertID hash):
@@ -71,6 +72,8 @@ from govpki.db import WriteGate
 from govpki.errors import ForbiddenError, InvalidError
 from govpki.principal import Principal
 from keymgmt.interfaces import KeyStore, SignerHandle, signature_hash
+from keymgmt.policy import KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
 
 log = logging.getLogger("govpki.ocsp")
 
@@ -160,6 +163,8 @@ class _ActiveResponder:
     cert: ax509.Certificate
     signer: SignerHandle
     key_hash: bytes  # SHA-1 of the responder's public key (ResponderID byKey)
+    key_store: str
+    key_handle: str
     algorithm: str  # asn1crypto signature algorithm name
     hash: hashes.HashAlgorithm
     not_after: _dt.datetime
@@ -371,7 +376,10 @@ class OcspService:
         responder_days: int = 30,
         renew_days: int = 7,
         key_algorithm: KeyAlgorithm = "ec-p256",
+        keys: KeyService | None = None,
     ) -> None:
+        self._keys = keys or KeyService(keystores, clock, load_key_policy())
+        self._keys.check_algorithm(KeyPurpose.OCSP_SIGNING, key_algorithm, "ocsp_key_algorithm")
         if refresh_hours >= validity_hours:
             raise InvalidError("must be less than ocsp_validity_hours", field="ocsp_refresh_hours")
         if renew_days >= responder_days:
@@ -410,10 +418,14 @@ class OcspService:
             raise ForbiddenError("your role may not read OCSP responders")
         return list(session.scalars(select(OcspResponder).order_by(OcspResponder.id)))
 
-    def ensure_responder(self, session: Session, principal: Principal, ca: CertificateAuthority) -> OcspResponder:
-        """The CA's active responder; a new one when there is none or less than the renew
-        window is left (the old one is retired). Issues through ``CaService.issue``, so the
-        session must hold no uncommitted writes; the caller commits the responder row."""
+    def ensure_responder(
+        self, session: Session, principal: Principal, ca: CertificateAuthority, *, force: bool = False
+    ) -> OcspResponder:
+        """The CA's active responder; a new one when there is none, less than the renew
+        window (the key policy's ocsp_signing overlap) is left, or ``force`` (the old one is
+        retired: it signs no more, and its key record stays active, for verification, until
+        its certificate expires). Issues through ``CaService.issue``, so the session must
+        hold no uncommitted writes; the caller commits the responder row."""
         if not can_issue(principal):
             raise ForbiddenError("your role may not manage OCSP responders", field="ca")
         if ca.kind != CaKind.ISSUING.value:
@@ -422,7 +434,7 @@ class OcspService:
             )
         now = self._clock.now()
         current = self.active_responder(session, ca.id)
-        if current is not None and current.not_after - now > self.renew:
+        if current is not None and current.not_after - now > self.renew and not force:
             return current
         store_name = "online"
         store = self._keystores[store_name]
@@ -458,6 +470,17 @@ class OcspService:
         )
         session.add(responder)
         session.flush()
+        self._keys.register(
+            session,
+            principal,
+            purpose=KeyPurpose.OCSP_SIGNING,
+            store=store_name,
+            handle=handle,
+            algorithm=self.key_algorithm,
+            public_key=signer.public_key(),
+            description=f"OCSP responder {responder.id} of CA {ca.id}",
+            use_until=record.not_after,
+        )
         audit.record(
             session,
             principal,
@@ -496,6 +519,25 @@ class OcspService:
             self._responders.pop(ca.id, None)
         return responder
 
+    def rotate_all(
+        self, session: Session, principal: Principal, checkpoint: Callable[[], None] | None = None
+    ) -> list[str]:
+        """A new responder (and key) now for every active issuing CA: ``KeyService``'s
+        rotator for ocsp_signing keys (``govpki keys rotate ocsp_signing``). Issues
+        certificates: call with a session holding no uncommitted writes; with several CAs,
+        ``checkpoint`` (typically ``session.commit``) is called between them, and without
+        it only the first is rotated."""
+        lines: list[str] = []
+        for ca in self._due_cas(session):
+            if audit.holds_audit_lock(session) or session.new or session.dirty:
+                if checkpoint is None:
+                    lines.append("more issuing CAs: run again to rotate their responders")
+                    break
+                checkpoint()  # each issuance needs a clean session (see ca.ledger)
+            made = self.ensure_responder(session, principal, ca, force=True)
+            lines.append(f"new OCSP responder {made.id} for CA {ca.id} (until {made.not_after:%Y-%m-%d})")
+        return lines
+
     def _load_responder(self, row: OcspResponder | Row[Any]) -> _ActiveResponder:
         signer = self._keystores[row.key_store].signer(row.key_handle)
         cert = ax509.Certificate.load(row.cert_der)
@@ -508,6 +550,8 @@ class OcspService:
             cert=cert,
             signer=signer,
             key_hash=cert.public_key.sha1,
+            key_store=row.key_store,
+            key_handle=row.key_handle,
             algorithm=f"{sig_hash.name}_{kind}",
             hash=sig_hash,
             not_after=row.not_after,
@@ -674,6 +718,7 @@ class OcspService:
         now = _now_seconds(self._clock)
         rows = [self._stored_row(responder, ca_id, serial, alg, status, now)[0] for alg in STORED_HASHES]
         _upsert(session, rows)
+        self._keys.count_use(session, responder.key_store, responder.key_handle, len(rows))
         return len(rows)
 
     # ----- periodic refresh ------------------------------------------------
@@ -796,6 +841,7 @@ class OcspService:
                         )
                     )
                 _upsert(session, fresh)
+                self._keys.count_use(session, responder.key_store, responder.key_handle, len(fresh))
                 # a row a concurrent status change made newer is skipped by _upsert; it is fresh anyway
                 report.resigned += len(fresh)
                 report.dropped += len(gone)
@@ -831,6 +877,7 @@ class OcspService:
                     for _id, serial, state, reason, at, seq in missing
                 ]
                 _upsert(session, new_rows)
+                self._keys.count_use(session, responder.key_store, responder.key_handle, len(new_rows))
                 report.presigned += len(new_rows)
                 last_id = missing[-1][0]
                 self._after_batch(len(missing), progress, checkpoint)
@@ -1036,5 +1083,6 @@ class OcspService:
         try:
             with self._gate, self._engine.begin() as conn:
                 _upsert(conn, [row])
+                self._keys.count_use(conn, responder.key_store, responder.key_handle)
         except Exception:  # the answer is good without it; the next request tries again
             log.warning("could not store an OCSP response for %s", row["serial"], exc_info=True)

@@ -49,6 +49,8 @@ from govpki.faults import crash_point
 from govpki.mailaddr import check_address
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.interfaces import KeyStore, PublicKey, signature_hash
+from keymgmt.policy import KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
 
 READ_ROLES = frozenset({Role.CA_OPERATOR, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})
 ISSUE_ROLES = frozenset({Role.CA_OPERATOR})
@@ -156,12 +158,14 @@ class CaService:
         keystores: Mapping[str, KeyStore],
         ledger: IssuanceLedger,
         clock: Clock,
+        keys: KeyService | None = None,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
         self._keystores = keystores
         self._ledger = ledger
         self._clock = clock
+        self._keys = keys or KeyService(keystores, clock, load_key_policy())
 
     # ----- reading ---------------------------------------------------------
 
@@ -234,6 +238,7 @@ class CaService:
         settings = self.settings
         if len(name) > MAX_CN:
             raise InvalidError(f"the CA name {name!r} is longer than {MAX_CN} characters", field="name")
+        self._keys.check_algorithm(KeyPurpose.ROOT, settings.root_key_algorithm, "root_key_algorithm")
         store_name, store = self._store(CaKind.ROOT)
         now = self._clock.now()
         handle = store.generate(_key_label("root", now), settings.root_key_algorithm)
@@ -281,6 +286,7 @@ class CaService:
         settings = self.settings
         # the root key must be at hand before a new issuing key is made for it
         self._keystores[root.key_store].signer(root.key_handle)
+        self._keys.check_algorithm(KeyPurpose.ISSUING_CA, settings.issuing_key_algorithm, "issuing_key_algorithm")
         store_name, store = self._store(CaKind.ISSUING)
         now = self._clock.now()
         handle = store.generate(_key_label("issuing", now), settings.issuing_key_algorithm)
@@ -564,6 +570,12 @@ class CaService:
                 details={"ca_id": ca.id, "replaced_by": None, "not_after": responder.not_after.isoformat()},
                 clock=self._clock,
             )
+        # the CA key (and its responders' keys) stop being used for good
+        self._keys.retire_used_key(session, principal, ca.key_store, ca.key_handle, f"CA {ca.id} retired")
+        for responder in responders:
+            self._keys.retire_used_key(
+                session, principal, responder.key_store, responder.key_handle, f"CA {ca.id} retired"
+            )
         audit.record(
             session,
             principal,
@@ -644,6 +656,20 @@ class CaService:
             details=_ca_details(ca),
             clock=self._clock,
         )
+        public_key = cert.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        self._keys.register(
+            session,
+            principal,
+            purpose=KeyPurpose.ROOT if kind is CaKind.ROOT else KeyPurpose.ISSUING_CA,
+            store=store,
+            handle=handle,
+            algorithm=algorithm,
+            public_key=public_key,
+            description=f"{kind.value} CA {ca.id} {name}",
+        )
+        if kind is CaKind.ROOT:
+            self._keys.count_use(session, store, handle)  # its self-signed certificate
         return ca
 
     # ----- issuance --------------------------------------------------------
@@ -899,7 +925,14 @@ class CaService:
             raise UnavailableError("internal check failed: the signed certificate differs from the linted one")
         crash_point("after_sign")
         der = cert.public_bytes(serialization.Encoding.DER)
-        self._ledger.issued(principal, reservation, cert_der=der, fingerprint=fingerprint(der), not_after=not_after)
+        self._ledger.issued(
+            principal,
+            reservation,
+            cert_der=der,
+            fingerprint=fingerprint(der),
+            not_after=not_after,
+            signed_with=(issuer.key_store, issuer.key_handle),
+        )
         return session.get_one(CertificateRecord, reservation.record_id)
 
 

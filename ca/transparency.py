@@ -32,6 +32,8 @@ from govpki.clock import Clock
 from govpki.errors import InvalidError, NotFoundError
 from govpki.principal import Principal
 from keymgmt import KeyStore, statements
+from keymgmt.policy import KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
 
 KEY_STORE = "online"
 MAX_ENTRIES = 1000
@@ -138,10 +140,17 @@ class AuditReport:
 
 
 class TransparencyLog:
-    def __init__(self, keystores: Mapping[str, KeyStore], clock: Clock, sth_interval: _dt.timedelta) -> None:
+    def __init__(
+        self,
+        keystores: Mapping[str, KeyStore],
+        clock: Clock,
+        sth_interval: _dt.timedelta,
+        keys: KeyService | None = None,
+    ) -> None:
         self._keystores = keystores
         self._clock = clock
         self._sth_interval = sth_interval
+        self._keys = keys or KeyService(keystores, clock, load_key_policy())
 
     def _store(self) -> KeyStore:
         return self._keystores[KEY_STORE]
@@ -274,10 +283,10 @@ class TransparencyLog:
             return None
         if latest is None and size == 0:
             return None
-        store = self._store()
-        handle, _new = statements.current_or_new_key(
-            store, latest.key_handle if latest is not None else None, "tlog-signing", self._clock.now()
-        )
+        key, _new = self._keys.signing_key(session, principal, KeyPurpose.TLOG_SIGNING)
+        if key.store != KEY_STORE:
+            raise InvalidError(f"tlog-signing key {key.id} is not in the {KEY_STORE} key store", field="key")
+        store, handle = self._store(), key.handle
         root_hash = self.root(session, size).hex()
         now = self._clock.now()
         signed = sth_signed_data(size, root_hash, now)
@@ -294,6 +303,7 @@ class TransparencyLog:
         )
         session.add(head)
         session.flush()
+        self._keys.count_use(session, KEY_STORE, handle)
         audit.record(
             session,
             principal,

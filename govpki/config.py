@@ -17,6 +17,8 @@ from govpki.mailaddr import address_problem
 KeyStoreKind = Literal["file", "pkcs11"]
 KeyAlgorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+# what the key-management centre makes for escrowed (encryption) key pairs
+KMC_KEY_ALGORITHMS: tuple[KeyAlgorithm, ...] = ("rsa-2048", "rsa-3072", "ec-p256")
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,8 +87,6 @@ class Config:
     arl_validity_days: int = 30  # the root's CRL (signed at ceremonies; the root key is offline)
     ocsp_validity_hours: int = 24  # pre-signed responses: nextUpdate - thisUpdate
     ocsp_refresh_hours: int = 12  # re-sign a response when it is this old
-    ocsp_responder_days: int = 30  # delegated OCSP signing certificate lifetime
-    ocsp_responder_renew_days: int = 7  # rotate it when less than this is left
     tlog_sth_minutes: int = 10  # the jobs sign a transparency log tree head this often (when the log grew)
     jobs_interval_seconds: int = 60  # how often `serve` runs the due jobs (CRLs, OCSP); 0: never
     # the dedicated OCSP responder (`govpki ocsp serve`; `serve` starts it too): None is "off"
@@ -96,6 +96,8 @@ class Config:
     audit_checkpoint_minutes: int = 60
     audit_checkpoint_file: Path | None = None  # None: <instance>/audit-checkpoints.jsonl
     audit_syslog: bool = False  # also send each exported checkpoint to syslog
+    # key policy (algorithms, lifetime, rotation overlap per key purpose); None: the shipped file
+    key_policy_file: Path | None = None
     # retention: entries older than this are archived to signed files, then removed (floor 180 days)
     audit_retention_days: int = 365
     audit_archive_dir: Path | None = None  # None: <instance>/audit-archive
@@ -103,6 +105,12 @@ class Config:
     expiry_notice_days: tuple[int, ...] = (30,)
     expiry_notice_ra_mailbox: str | None = None  # address or template with {prefecture} (the area code)
     smtp: SmtpSettings | None = None
+    # key-management centre: where its storage key lives (None: the online store), what it
+    # makes, and M-of-N recovery (M approvals needed; at least N officers must exist)
+    kmc_keystore: KeyStoreSettings | None = None
+    kmc_key_algorithm: KeyAlgorithm = "rsa-2048"
+    kmc_recovery_m: int = 2
+    kmc_recovery_n: int = 3
     testing: bool = False
 
     @property
@@ -194,6 +202,13 @@ class Config:
                 raise ConfigError(f"GOVPKI_{name}: {listen!r} is not HOST:PORT")
             return host, int(port_text)
 
+        for moved in ("OCSP_RESPONDER_DAYS", "OCSP_RESPONDER_RENEW_DAYS"):
+            if get(moved, ""):
+                raise ConfigError(
+                    f"GOVPKI_{moved} is replaced by the key policy: set lifetime_days and overlap_days of "
+                    "[purposes.ocsp_signing] in a policy file named by GOVPKI_KEY_POLICY_FILE"
+                )
+
         def day_list(name: str, default: str) -> tuple[int, ...]:
             raw = get(name, default)
             parts = [p.strip() for p in raw.split(",")]
@@ -250,6 +265,19 @@ class Config:
                 password_file=Path(password) if password else None,
             )
 
+        kmc_kind = get("KMC_KEYSTORE", "online")
+        if kmc_kind not in ("online", "file", "pkcs11"):
+            raise ConfigError(f"GOVPKI_KMC_KEYSTORE: {kmc_kind!r} is not 'online', 'file' or 'pkcs11'")
+        kmc_store = None if kmc_kind == "online" else store("KMC_", instance / "keys" / "kmc")
+        kmc_algorithm = algorithm("KMC_KEY_ALGORITHM", "rsa-2048")
+        if kmc_algorithm not in KMC_KEY_ALGORITHMS:
+            raise ConfigError(f"GOVPKI_KMC_KEY_ALGORITHM: must be one of {', '.join(KMC_KEY_ALGORITHMS)}")
+        recovery_m, recovery_n = integer("KMC_RECOVERY_M", 2, minimum=2), integer("KMC_RECOVERY_N", 3, minimum=2)
+        if recovery_m > recovery_n:
+            raise ConfigError(
+                f"GOVPKI_KMC_RECOVERY_M ({recovery_m}) cannot exceed GOVPKI_KMC_RECOVERY_N ({recovery_n})"
+            )
+
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
@@ -284,8 +312,6 @@ class Config:
             arl_validity_days=integer("ARL_VALIDITY_DAYS", 30),
             ocsp_validity_hours=integer("OCSP_VALIDITY_HOURS", 24),
             ocsp_refresh_hours=integer("OCSP_REFRESH_HOURS", 12),
-            ocsp_responder_days=integer("OCSP_RESPONDER_DAYS", 30),
-            ocsp_responder_renew_days=integer("OCSP_RESPONDER_RENEW_DAYS", 7),
             tlog_sth_minutes=integer("TLOG_STH_MINUTES", 10),
             jobs_interval_seconds=integer("JOBS_INTERVAL_SECONDS", 60, minimum=0),
             ocsp_listen=ocsp_listen,
@@ -293,11 +319,16 @@ class Config:
             audit_checkpoint_minutes=integer("AUDIT_CHECKPOINT_MINUTES", 60),
             audit_checkpoint_file=Path(get("AUDIT_CHECKPOINT_FILE", str(instance / "audit-checkpoints.jsonl"))),
             audit_syslog=flag("AUDIT_SYSLOG"),
+            key_policy_file=Path(policy) if (policy := get("KEY_POLICY_FILE", "")) else None,
             # the floor is the law's (six months of logs), not a default: a lower value is an error
             audit_retention_days=integer("AUDIT_RETENTION_DAYS", 365, minimum=180),
             audit_archive_dir=Path(get("AUDIT_ARCHIVE_DIR", str(instance / "audit-archive"))),
             expiry_notice_days=day_list("EXPIRY_NOTICE_DAYS", "30"),
             expiry_notice_ra_mailbox=ra_mailbox(),
             smtp=smtp(),
+            kmc_keystore=kmc_store,
+            kmc_key_algorithm=kmc_algorithm,
+            kmc_recovery_m=recovery_m,
+            kmc_recovery_n=recovery_n,
             testing=get("TESTING", "0") == "1",
         )

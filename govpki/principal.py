@@ -13,6 +13,7 @@ class Role(enum.StrEnum):
     SECURITY_AUDITOR = "security_auditor"
     # operational roles
     CA_OPERATOR = "ca_operator"
+    KEY_RECOVERY_OFFICER = "key_recovery_officer"  # approves recoveries of escrowed keys (M of N)
 
 
 class PrincipalKind(enum.StrEnum):

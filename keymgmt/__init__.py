@@ -19,6 +19,8 @@ from keymgmt.interfaces import (
     KeyStore,
     KeyStoreError,
     PublicKey,
+    SecretDecryptError,
+    SecretKeyStore,
     SignerHandle,
     signature_hash,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "Pkcs11KeyStore",
     "PublicKey",
     "RsaSigner",
+    "SecretDecryptError",
+    "SecretKeyStore",
     "SignerHandle",
     "ensure_passphrase_file",
     "open_keystore",

@@ -1,25 +1,45 @@
 """A key store in a folder: one passphrase-encrypted PKCS#8 PEM file per key.
 
 Handles are ``file:<label>``; the key of label ``L`` lives in ``<directory>/L.key.pem``.
-The folder is kept 0700 and key files are 0600 from the moment they exist.
+A secret (AES-256) key lives in ``<directory>/L.secret.json``: the key sealed with
+AES-256-GCM under a key derived from the passphrase with scrypt (salt and parameters in
+the file, the label as associated data). The folder is kept 0700 and key files are 0600
+from the moment they exist.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, InvalidError
 from keymgmt._util import check_label, label_of, write_new_file
-from keymgmt.interfaces import KeyNotFoundError, KeyStoreError, PublicKey, SignerHandle
+from keymgmt.interfaces import (
+    GCM_NONCE_BYTES,
+    KeyNotFoundError,
+    KeyStoreError,
+    PublicKey,
+    SecretDecryptError,
+    SignerHandle,
+)
 from keymgmt.signers import wrap_private_key
 
 _SUFFIX = ".key.pem"
+_SECRET_SUFFIX = ".secret.json"
+_SECRET_FORMAT = "govpki-secret-aes256-gcm-scrypt-v1"
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 
 
 def new_private_key(algorithm: KeyAlgorithm) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
@@ -44,6 +64,7 @@ class FileKeyStore:
         self._passphrase = bytes(passphrase)
         self._lock = threading.Lock()
         self._signers: dict[str, SignerHandle] = {}
+        self._secrets: dict[str, AESGCM] = {}
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.directory.stat().st_mode & 0o077:
@@ -65,7 +86,7 @@ class FileKeyStore:
         path = self._path(check_label(label))
         handle = f"file:{label}"
         conflict = ConflictError(f"a key labelled {label!r} already exists", field="label")
-        if path.exists():
+        if path.exists() or self._secret_path(label).exists():
             raise conflict
         key = new_private_key(algorithm)
         pem = key.private_bytes(
@@ -156,6 +177,108 @@ class FileKeyStore:
             return False
         return self._path(label).is_file()
 
+    def destroy(self, handle: str) -> None:
+        """Delete the key file (the passphrase-encrypted key; nothing in clear was ever on disk)."""
+        label = label_of(handle, self.kind)
+        path = self._path(label)
+        with self._lock:
+            self._signers.pop(label, None)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                raise KeyNotFoundError(f"no key labelled {label!r} in {self.directory}", field="handle") from None
+            except OSError as exc:
+                raise KeyStoreError(f"cannot delete key file {path}: {exc.strerror}") from None
+
     def labels(self) -> list[str]:
         """Labels of the keys in the folder, sorted."""
         return sorted(p.name[: -len(_SUFFIX)] for p in self.directory.glob(f"*{_SUFFIX}") if p.is_file())
+
+    # ----- secret (AES-256) keys: the SecretKeyStore capability ---------------
+
+    def _secret_path(self, label: str) -> Path:
+        return self.directory / f"{label}{_SECRET_SUFFIX}"
+
+    def _kek(self, salt: bytes, n: int, r: int, p: int) -> AESGCM:
+        return AESGCM(Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(self._passphrase))
+
+    def generate_secret(self, label: str) -> str:
+        path = self._secret_path(check_label(label))
+        conflict = ConflictError(f"a key labelled {label!r} already exists", field="label")
+        if path.exists() or self._path(label).exists():
+            raise conflict
+        secret = AESGCM.generate_key(bit_length=256)
+        salt, nonce = os.urandom(16), os.urandom(GCM_NONCE_BYTES)
+        sealed = self._kek(salt, **_SCRYPT).encrypt(nonce, secret, f"govpki-secret:{label}".encode())
+        document = {
+            "format": _SECRET_FORMAT,
+            "label": label,
+            "kdf": {"name": "scrypt", "salt": base64.b64encode(salt).decode(), **_SCRYPT},
+            "nonce": base64.b64encode(nonce).decode(),
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        with self._lock:
+            try:
+                write_new_file(path, json.dumps(document, indent=1).encode() + b"\n")
+            except FileExistsError:
+                raise conflict from None
+            except OSError as exc:
+                raise KeyStoreError(f"cannot write key file {path}: {exc.strerror}") from None
+            self._secrets[label] = AESGCM(secret)
+        return f"file:{label}"
+
+    def _secret(self, handle: str) -> AESGCM:
+        label = label_of(handle, self.kind)
+        with self._lock:
+            cipher = self._secrets.get(label)
+            if cipher is None:
+                cipher = self._secrets[label] = self._load_secret(label)
+            return cipher
+
+    def _load_secret(self, label: str) -> AESGCM:
+        path = self._secret_path(label)
+        try:
+            document = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise KeyNotFoundError(f"no secret key labelled {label!r} in {self.directory}", field="handle") from None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
+        except ValueError:
+            raise KeyStoreError(f"secret key file {path} is damaged (not JSON)") from None
+        try:
+            if document["format"] != _SECRET_FORMAT or document["kdf"]["name"] != "scrypt":
+                raise KeyStoreError(f"secret key file {path} has an unknown format")
+            kdf = document["kdf"]
+            kek = self._kek(base64.b64decode(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+            secret = kek.decrypt(
+                base64.b64decode(document["nonce"]),
+                base64.b64decode(document["sealed"]),
+                f"govpki-secret:{label}".encode(),
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise KeyStoreError(f"secret key file {path} is damaged") from None
+        except InvalidTag:
+            raise KeyStoreError(f"cannot decrypt key {label!r}: wrong passphrase or damaged file") from None
+        return AESGCM(secret)
+
+    def encrypt(self, handle: str, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(GCM_NONCE_BYTES)
+        return nonce + self._secret(handle).encrypt(nonce, plaintext, aad)
+
+    def decrypt(self, handle: str, ciphertext: bytes, aad: bytes) -> bytes:
+        cipher = self._secret(handle)
+        if len(ciphertext) < GCM_NONCE_BYTES + 16:
+            raise SecretDecryptError("the ciphertext is too short to be sealed data", field="ciphertext")
+        try:
+            return cipher.decrypt(ciphertext[:GCM_NONCE_BYTES], ciphertext[GCM_NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise SecretDecryptError(
+                "the ciphertext does not authenticate under this key and associated data", field="ciphertext"
+            ) from None
+
+    def has_secret(self, handle: str) -> bool:
+        try:
+            label = label_of(handle, self.kind)
+        except KeyNotFoundError:
+            return False
+        return self._secret_path(label).is_file()

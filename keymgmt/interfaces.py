@@ -50,6 +50,47 @@ class KeyStore(Protocol):
 
     def has(self, handle: str) -> bool: ...
 
+    def destroy(self, handle: str) -> None:
+        """Remove the key pair from the store for good (for a token: its objects).
+        Raises :class:`KeyNotFoundError` when the store does not hold it."""
+        ...
+
+
+class SecretDecryptError(KeyStoreError):
+    """Ciphertext under a secret key did not authenticate: wrong key, changed bytes or
+    associated data that is not the data it was sealed with."""
+
+    code = "keymgmt.decrypt_failed"
+
+
+GCM_NONCE_BYTES = 12
+"""Ciphertexts of :class:`SecretKeyStore` are ``nonce (12 bytes) || AES-GCM ciphertext || tag (16 bytes)``."""
+
+
+@runtime_checkable
+class SecretKeyStore(Protocol):
+    """A store that can also hold AES-256 *secret* keys and encrypt with them (AES-GCM with
+    associated data). A capability beside :class:`KeyStore`, used to wrap other keys (the
+    key-management centre's storage key); the secret key itself never leaves the store.
+    Secret and key-pair labels share one namespace per store."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def generate_secret(self, label: str) -> str:
+        """Make a new AES-256 key and return its handle."""
+        ...
+
+    def encrypt(self, handle: str, plaintext: bytes, aad: bytes) -> bytes:
+        """Seal ``plaintext`` bound to ``aad`` under a fresh random nonce."""
+        ...
+
+    def decrypt(self, handle: str, ciphertext: bytes, aad: bytes) -> bytes:
+        """Open what :meth:`encrypt` sealed; raises :class:`SecretDecryptError` if it does not authenticate."""
+        ...
+
+    def has_secret(self, handle: str) -> bool: ...
+
 
 def signature_hash(public_key: PublicKey) -> hashes.SHA256 | hashes.SHA384:
     """The hash a CA uses with this key: SHA-384 for P-384 and RSA ≥ 3072, else SHA-256."""

@@ -5,6 +5,10 @@ that ``CKA_LABEL`` (plus a random 16-byte ``CKA_ID`` linking the pair). Private 
 generated on the token as ``CKA_TOKEN``, ``CKA_PRIVATE``, ``CKA_SENSITIVE`` and not
 ``CKA_EXTRACTABLE``; they can sign and do nothing else.
 
+Secret keys (the SecretKeyStore capability) are AES-256 ``CKO_SECRET_KEY`` objects made on
+the token, sensitive and not extractable, allowed to encrypt and decrypt only; data is
+sealed on the token with ``CKM_AES_GCM`` (96-bit random nonce, 128-bit tag, associated data).
+
 Data is hashed in software; the token signs the digest (``CKM_ECDSA``, or ``CKM_RSA_PKCS``
 over a DigestInfo, i.e. PKCS#1 v1.5).
 
@@ -37,16 +41,19 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from govpki.config import KeyAlgorithm
 from govpki.errors import ConflictError, InvalidError
 from keymgmt._util import check_label, label_of
 from keymgmt.interfaces import (
+    GCM_NONCE_BYTES,
     KeyExportRefusedError,
     KeyNotFoundError,
     KeyStoreError,
     PublicKey,
+    SecretDecryptError,
     SignerHandle,
 )
 from keymgmt.signers import EcSigner, RsaSigner
@@ -215,6 +222,10 @@ class _Connection:
             found = self._objects[(label, object_class)] = objects[0]
         return found
 
+    def forget(self, label: str, object_class: ObjectClass) -> None:
+        """Drop a cached object (after it was destroyed); call inside ``run``."""
+        self._objects.pop((label, object_class), None)
+
 
 def _connection(module_path: Path, token_label: str, pin: str) -> _Connection:
     module = _module(module_path)
@@ -355,6 +366,27 @@ class Pkcs11KeyStore:
             return False
         return True
 
+    def destroy(self, handle: str) -> None:
+        """Destroy the private and public key objects of the key on the token."""
+        label = label_of(handle, self.kind)
+
+        def remove(session: Any) -> None:
+            objects = [
+                obj
+                for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+                for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.LABEL: label})
+            ]
+            if not objects:
+                raise KeyNotFoundError(f"no key labelled {label!r} on token {self.token_label!r}", field="handle")
+            for obj in objects:
+                obj.destroy()
+            for object_class in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                self._conn.forget(label, object_class)
+
+        with self._lock:
+            self._signers.pop(label, None)
+        self._conn.run(remove)
+
     def protection(self, handle: str) -> KeyProtection:
         """Read back the private key's protection attributes from the token."""
         label = label_of(handle, self.kind)
@@ -389,5 +421,112 @@ class Pkcs11KeyStore:
                     field="handle",
                 ) from None
             raise KeyStoreError(f"the private key {label!r} is readable from the token; it is not protected")
+
+        self._conn.run(attempt)
+
+    # ----- secret (AES-256) keys: the SecretKeyStore capability ---------------
+
+    def generate_secret(self, label: str) -> str:
+        check_label(label)
+        template = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.ENCRYPT: True,
+            Attribute.DECRYPT: True,
+            Attribute.WRAP: False,
+            Attribute.UNWRAP: False,
+            Attribute.SIGN: False,
+            Attribute.VERIFY: False,
+            Attribute.DERIVE: False,
+        }
+
+        def make(session: Any) -> None:
+            if list(session.get_objects({Attribute.LABEL: label})):
+                raise ConflictError(f"a key labelled {label!r} already exists", field="label")
+            session.generate_key(
+                KeyType.AES,
+                256,
+                label=label,
+                id=secrets.token_bytes(16),
+                store=True,
+                capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+                template=template,
+            )
+
+        self._conn.run(make)
+        return f"pkcs11:{label}"
+
+    def encrypt(self, handle: str, plaintext: bytes, aad: bytes) -> bytes:
+        label = label_of(handle, self.kind)
+        nonce = secrets.token_bytes(GCM_NONCE_BYTES)
+        sealed: bytes = self._conn.run(
+            lambda s: self._conn.find(s, label, ObjectClass.SECRET_KEY).encrypt(
+                plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad)
+            )
+        )
+        return nonce + sealed
+
+    def decrypt(self, handle: str, ciphertext: bytes, aad: bytes) -> bytes:
+        label = label_of(handle, self.kind)
+        if len(ciphertext) < GCM_NONCE_BYTES + 16:
+            raise SecretDecryptError("the ciphertext is too short to be sealed data", field="ciphertext")
+        nonce, sealed = ciphertext[:GCM_NONCE_BYTES], ciphertext[GCM_NONCE_BYTES:]
+
+        def open_(session: Any) -> bytes:
+            key = self._conn.find(session, label, ObjectClass.SECRET_KEY)
+            try:
+                plain: bytes = key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad))
+            except (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.FunctionFailed):
+                # SoftHSM2 reports a failed GCM tag check as CKR_GENERAL_ERROR
+                raise SecretDecryptError(
+                    "the ciphertext does not authenticate under this key and associated data", field="ciphertext"
+                ) from None
+            return plain
+
+        return self._conn.run(open_)
+
+    def has_secret(self, handle: str) -> bool:
+        try:
+            label = label_of(handle, self.kind)
+            self._conn.run(lambda s: self._conn.find(s, label, ObjectClass.SECRET_KEY))
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def secret_protection(self, handle: str) -> KeyProtection:
+        """Read back a secret key's protection attributes from the token."""
+        label = label_of(handle, self.kind)
+        names = (
+            Attribute.TOKEN,
+            Attribute.PRIVATE,
+            Attribute.SENSITIVE,
+            Attribute.EXTRACTABLE,
+            Attribute.ALWAYS_SENSITIVE,
+            Attribute.NEVER_EXTRACTABLE,
+        )
+
+        def read(session: Any) -> KeyProtection:
+            obj = self._conn.find(session, label, ObjectClass.SECRET_KEY)
+            return KeyProtection(*(bool(obj[name]) for name in names))
+
+        return self._conn.run(read)
+
+    def export_secret(self, handle: str) -> NoReturn:
+        """Ask the token for a secret key's value; a protected key is refused
+        (:class:`KeyExportRefusedError`). Never returns key material."""
+        label = label_of(handle, self.kind)
+
+        def attempt(session: Any) -> NoReturn:
+            obj = self._conn.find(session, label, ObjectClass.SECRET_KEY)
+            try:
+                obj[Attribute.VALUE]
+            except (p11.AttributeSensitive, p11.KeyUnextractable, p11.AttributeTypeInvalid):
+                raise KeyExportRefusedError(
+                    f"the token refuses to export the secret key {label!r} (sensitive, not extractable)",
+                    field="handle",
+                ) from None
+            raise KeyStoreError(f"the secret key {label!r} is readable from the token; it is not protected")
 
         self._conn.run(attempt)

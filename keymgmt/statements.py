@@ -1,10 +1,9 @@
 """Signed statements: short canonical byte strings signed with an EC P-256 key of a
-key store (audit checkpoints, transparency-log tree heads). The newest statement's
-key signs the next one; a new key is made only when there is none at hand."""
+key store (audit checkpoints, transparency-log tree heads). Which key signs is the key
+service's choice (``KeyService.signing_key``: the purpose's current key, rotated by the
+key policy)."""
 
 from __future__ import annotations
-
-import datetime as _dt
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -20,14 +19,6 @@ SIGNATURE_ALGORITHM = "ecdsa-with-SHA256"
 
 def public_der(key: PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def current_or_new_key(store: KeyStore, handle: str | None, purpose: str, now: _dt.datetime) -> tuple[str, bool]:
-    """``handle`` when the store still holds it, else a new key labelled ``<purpose>-<time>``;
-    and whether the key is new."""
-    if handle is not None and store.has(handle):
-        return handle, False
-    return store.generate(f"{purpose}-{now:%Y%m%dT%H%M%S%fZ}", KEY_ALGORITHM), True
 
 
 def sign_statement(store: KeyStore, handle: str, data: bytes) -> bytes:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import getpass
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from cryptography import x509
@@ -20,32 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from ca.revocation import REVOKE_REASONS
 from govpki.config import Config
 from govpki.errors import ConfigError, GovpkiError
-from govpki.principal import Principal, PrincipalKind, Role
-from web.container import Services, build_services, keystore_summary
-
-
-def cli_principal() -> Principal:
-    """A local operator with access to the instance folder (and so to the keys)."""
-    return Principal(PrincipalKind.SYSTEM, "cli", f"cli:{getpass.getuser()}", frozenset(Role))
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    click.echo(f"govpki: {message}", err=True)
-    sys.exit(code)
-
-
-def load_services() -> Services:
-    try:
-        return build_services(Config.from_env())
-    except ConfigError as exc:
-        fail(f"configuration error: {exc}")
-    except GovpkiError as exc:  # a key store that cannot be opened, for one
-        fail(f"cannot start: {exc.reason}")
-
-
-def report_error(exc: GovpkiError) -> NoReturn:
-    lines = [f"{p.field}: {p.reason}" if p.field else p.reason for p in exc.problems]
-    fail("; ".join(lines))
+from web.cli_common import cli_principal, fail, load_services, report_error
+from web.container import Services, keystore_summary
 
 
 @click.group()
@@ -774,6 +749,10 @@ def openapi() -> None:
     click.echo(json.dumps(document(Config.from_env().base_url), ensure_ascii=False, indent=2))
 
 
+from web.cli_keys import keys as _keys  # noqa: E402  (at the end: it uses this module's helpers)
+
+main.add_command(_keys)
+
 from web.cli_backup import backup as backup_group  # noqa: E402  (CA key backup; see web/cli_backup.py)
 
 main.add_command(backup_group)
@@ -787,7 +766,13 @@ from web.cli_ceremony import ca_group, ceremony  # noqa: E402  (registered here,
 main.add_command(ca_group)
 main.add_command(ceremony)
 
-import web.cli_audit  # noqa: E402, F401  (adds govpki audit export | verify-export to the audit group)
+from web.cli_kmc import kmc  # noqa: E402  (govpki kmc …; it takes helpers from here when run)
+
+main.add_command(kmc)
+
+from web.cli_audit import register as register_audit_evidence  # noqa: E402  (govpki audit export | verify-export)
+
+register_audit_evidence(audit)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,7 @@
 """``govpki audit export`` and ``govpki audit verify-export``: signed evidence bundles of
-the audit log (see ``authz.evidence``). Added to the ``audit`` group of ``web.cli``."""
+the audit log (see ``authz.evidence``). ``web.cli`` adds them to its ``audit`` group with
+:func:`register`; helpers come from ``web.cli_common`` (never from ``web.cli``, so that
+``python -m web.cli`` imports no module twice)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ from pathlib import Path
 
 import click
 
-import web.cli as base
 from authz.console import AuditFilter
 from authz.evidence import verify_bundle
 from ca.evidence import verify_transparency
 from govpki.errors import GovpkiError
-from web.cli import audit, cli_principal, fail, report_error
+from web import cli_common
+from web.cli_common import cli_principal, fail, report_error
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -27,7 +29,7 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@audit.command(name="export")
+@click.command(name="export")
 @click.option("--since", help="From this time (UTC; YYYY-MM-DDTHH:MM or RFC 3339).")
 @click.option("--until", help="Up to this time (UTC).")
 @click.option("--actor", help="Actor contains this text, e.g. account:alice.")
@@ -47,7 +49,7 @@ def audit_export(out_file: Path, **params: str | None) -> None:
         flt = AuditFilter.from_params(params)
     except GovpkiError as exc:
         report_error(exc)
-    services = base.load_services()
+    services = cli_common.load_services()
     with services.sessions() as session:
         try:
             bundle = services.evidence.export(session, cli_principal(), flt)
@@ -66,7 +68,7 @@ def audit_export(out_file: Path, **params: str | None) -> None:
     click.echo(f"check with: govpki audit verify-export {out_file}")
 
 
-@audit.command(name="verify-export")
+@click.command(name="verify-export")
 @click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
     "--public-key",
@@ -87,3 +89,9 @@ def audit_verify_export(bundle_file: Path, public_key_file: Path | None) -> None
     if not report.ok:
         fail(report.summary, code=1)
     click.echo(report.summary)
+
+
+def register(group: click.Group) -> None:
+    """Add the commands to ``govpki audit``."""
+    group.add_command(audit_export)
+    group.add_command(audit_verify_export)

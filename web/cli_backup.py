@@ -81,7 +81,7 @@ def backup_create(
     """Wrap a key under a fresh data key, split the data key M-of-N, write one share per custodian."""
     from ca.models import CaKind
     from govpki.errors import GovpkiError
-    from web.cli import cli_principal, fail, load_services, report_error
+    from web.cli_common import cli_principal, fail, load_services, report_error
 
     if sum((ca_id is not None, root, store_name is not None)) > 1:
         fail("give one of --ca, --root or --store/--label")
@@ -175,7 +175,7 @@ def backup_restore(
     """Recombine the data key from M shares, unwrap and check the key, store it under a new label."""
     from govpki.errors import GovpkiError
     from keymgmt import FileKeyStore, KeyStore
-    from web.cli import cli_principal, fail, load_services, report_error
+    from web.cli_common import cli_principal, fail, load_services, report_error
 
     if (store_name is None) == (target_dir is None):
         fail("give either --store or --dir (with --passphrase-file)")
@@ -213,7 +213,7 @@ def backup_restore(
 def backup_inspect(manifest_path: Path, share_paths: tuple[Path, ...]) -> None:
     """Show a backup's manifest and which backup each share file belongs to (decrypts nothing)."""
     from govpki.errors import GovpkiError
-    from web.cli import fail, report_error
+    from web.cli_common import fail, report_error
 
     try:
         manifest, shares = inspect_backup(manifest_path, share_paths)

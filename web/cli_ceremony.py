@@ -38,7 +38,7 @@ def ca_rollover(root: bool) -> None:
     certificate at once; the old one keeps signing CRLs and OCSP responses for its
     certificates until the last expires, then the 'ca-retire' job retires it. Needs the
     root key store (a ceremony; 'govpki ceremony root-rollover' records one)."""
-    from web.cli import cli_principal, load_services, report_error
+    from web.cli_common import cli_principal, load_services, report_error
 
     services = load_services()
     outcome = Outcome()
@@ -61,7 +61,7 @@ def ca_rollover(root: bool) -> None:
 @ca_group.command(name="list")
 def ca_list() -> None:
     """Every CA (issuing / serving / retired) and the cross-certificates between roots."""
-    from web.cli import load_services
+    from web.cli_common import load_services
 
     services = load_services()
     try:
@@ -89,7 +89,7 @@ def ceremony() -> None:
 
 
 def _run(kind: CeremonyKind, witnesses: tuple[str, ...], record_file: Path | None, work: Callable[..., Any]) -> None:
-    from web.cli import cli_principal, fail, load_services, report_error
+    from web.cli_common import cli_principal, fail, load_services, report_error
 
     if record_file is not None and record_file.exists():
         fail(f"--record: {record_file} exists; a ceremony record is never overwritten")

@@ -32,7 +32,7 @@ from govpki.errors import GovpkiError
 )
 def renew(serial: str, csr_file: Any, out_file: Path | None) -> None:
     """Renew a certificate: same profile, subject, SANs, prefecture and contact; recorded, linted, audited."""
-    from web.cli import cli_principal, load_services, report_error
+    from web.cli_common import cli_principal, load_services, report_error
 
     services = load_services()
     data = csr_file.read() if csr_file is not None else None
@@ -58,7 +58,7 @@ def renew(serial: str, csr_file: Any, out_file: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per certificate and line.")
 def expiring(days: int | None, prefecture: str | None, as_json: bool) -> None:
     """List good certificates that expire within the window, per prefecture, soonest first."""
-    from web.cli import cli_principal, load_services, report_error
+    from web.cli_common import cli_principal, load_services, report_error
 
     services = load_services()
     within = None if days is None else _dt.timedelta(days=days)

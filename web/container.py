@@ -16,10 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import authz.models  # noqa: F401  (register tables on the shared metadata)
 import ca.models  # noqa: F401
+import keymgmt.kmc_models
+import keymgmt.models  # noqa: F401
 import ra.models  # noqa: F401
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
+from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
 from authz.services import AccountService, TokenService
 from ca.ceremony import CeremonyService
@@ -35,11 +38,16 @@ from ca.transparency import TransparencyLog
 from ca.validation_service import ValidationService, load_trust_anchors
 from govpki import audit  # noqa: F401
 from govpki.clock import Clock, SystemClock
-from govpki.config import Config, KeyStoreSettings
+from govpki.config import KEY_ALGORITHMS, Config, KeyAlgorithm, KeyStoreSettings
 from govpki.db import WriteGate, make_engine, make_sessionmaker, migrate
 from govpki.errors import ConfigError, InvalidError
+from govpki.principal import Role
 from keymgmt import KeyStore, ensure_passphrase_file, open_keystore
 from keymgmt.backup import KeyBackupService
+from keymgmt.kmc import KmcService, KmcSettings
+from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
+from keymgmt.services import KeyService
+from ra.encryption import EncryptionCertificateService
 from ra.expiry import ExpiryService, ExpirySettings
 from ra.services import RegionFile, RegionService, load_region
 
@@ -63,10 +71,13 @@ class Services:
     validation: ValidationService
     tlog: TransparencyLog
     auditing: AuditCheckpointService
+    keys: KeyService
     archive: AuditArchiveService
     backup: KeyBackupService
     expiry: ExpiryService
     ceremonies: CeremonyService
+    kmc: KmcService
+    encryption: EncryptionCertificateService
     audit_console: AuditConsoleService
     evidence: EvidenceService
     certificate_stats: CertificateStats
@@ -179,6 +190,8 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     Raises ConfigError with a clear message when anything is wrong."""
     clock = clock or SystemClock()
     profiles = load_profiles(config.profiles_file)
+    key_policy = load_key_policy(config.key_policy_file)
+    check_key_policy(config, key_policy, profiles)
     region = load_region(config.region_file)
     extra_anchors = load_trust_anchors(config.extra_trust_anchors_file) if config.extra_trust_anchors_file else []
     prepare_instance(config)
@@ -186,17 +199,25 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     if run_migrations:
         migrate(engine)
     sessions = make_sessionmaker(engine)
-    keystores = KeyStores({"root": config.root_keystore, "online": config.online_keystore}, config.instance_dir)
+    stores = {"root": config.root_keystore, "online": config.online_keystore}
+    if config.kmc_keystore is not None:
+        stores["kmc"] = config.kmc_keystore
+    keystores = KeyStores(stores, config.instance_dir)
     keystores["online"]  # the online store must open now: a wrong PIN or passphrase stops start-up
+    if "kmc" in stores:
+        keystores["kmc"]  # so must a key store of the KMC's own
     gate = WriteGate(config.database_url)
-    tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes))
+    keys = KeyService(keystores, clock, key_policy)
+    tlog = TransparencyLog(keystores, clock, timedelta(minutes=config.tlog_sth_minutes), keys)
     ca = CaService(
         settings=ca_settings(config),
         profiles=profiles,
         keystores=keystores,
-        ledger=IssuanceLedger(engine, clock, gate, tlog),
+        ledger=IssuanceLedger(engine, clock, gate, tlog, keys),
         clock=clock,
+        keys=keys,
     )
+    ocsp_policy = key_policy.get(KeyPurpose.OCSP_SIGNING)
     try:
         ocsp = OcspService(
             ca=ca,
@@ -206,15 +227,19 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             clock=clock,
             validity_hours=config.ocsp_validity_hours,
             refresh_hours=config.ocsp_refresh_hours,
-            responder_days=config.ocsp_responder_days,
-            renew_days=config.ocsp_responder_renew_days,
+            responder_days=ocsp_policy.lifetime_days,
+            renew_days=ocsp_policy.overlap_days,
+            key_algorithm=_key_algorithm(ocsp_policy.default_algorithm),
+            keys=keys,
         )
     except InvalidError as exc:
         raise ConfigError(f"GOVPKI_{(exc.field or '').upper()}: {exc.reason}") from None
     revocation = RevocationService(clock, tlog)
     # a status change re-signs the certificate's OCSP responses in its own transaction
     revocation.on_change(ocsp.on_status_change)
-    auditing = AuditCheckpointService(keystores, clock, audit_settings(config))
+    keys.set_rotator(KeyPurpose.OCSP_SIGNING, ocsp.rotate_all)
+    auditing = AuditCheckpointService(keystores, clock, audit_settings(config), keys)
+    kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock)
     return Services(
         config=config,
         clock=clock,
@@ -225,7 +250,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         keystores=keystores,
         ca=ca,
         revocation=revocation,
-        crl=CrlService(crl_settings(config), keystores, clock),
+        crl=CrlService(crl_settings(config), keystores, clock, keys),
         ocsp=ocsp,
         accounts=AccountService(clock),
         tokens=TokenService(clock),
@@ -238,6 +263,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ),
         tlog=tlog,
         auditing=auditing,
+        keys=keys,
         archive=AuditArchiveService(
             keystores,
             clock,
@@ -249,10 +275,56 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ceremonies=CeremonyService(
             clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
         ),
+        kmc=kmc,
+        encryption=EncryptionCertificateService(ca=ca, kmc=kmc),
         audit_console=AuditConsoleService(clock, auditing),
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
         certificate_stats=CertificateStats(clock),
     )
+
+
+def kmc_settings(config: Config) -> KmcSettings:
+    return KmcSettings(
+        store_name="online" if config.kmc_keystore is None else "kmc",
+        key_algorithm=config.kmc_key_algorithm,
+        recovery_m=config.kmc_recovery_m,
+        recovery_n=config.kmc_recovery_n,
+    )
+
+
+def officers() -> RoleDirectory:
+    return RoleDirectory(Role.KEY_RECOVERY_OFFICER)
+
+
+def check_key_policy(config: Config, policy: KeyPolicy, profiles: ProfileSet) -> None:
+    """The configured CA key algorithms and the OCSP responder lifetime must fit the key policy."""
+    where = config.key_policy_file or "the shipped key policy"
+    for name, purpose, algorithm in (
+        ("ROOT_KEY_ALGORITHM", KeyPurpose.ROOT, config.root_key_algorithm),
+        ("ISSUING_KEY_ALGORITHM", KeyPurpose.ISSUING_CA, config.issuing_key_algorithm),
+    ):
+        allowed = policy.get(purpose).algorithms
+        if algorithm not in allowed:
+            raise ConfigError(
+                f"GOVPKI_{name}: {algorithm!r} is not allowed for {purpose.value} keys by {where} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+    ocsp = policy.get(KeyPurpose.OCSP_SIGNING)
+    if ocsp.default_algorithm not in KEY_ALGORITHMS:
+        raise ConfigError(f"{where}: purposes.ocsp_signing.algorithms: the first must be a signing key algorithm")
+    profile_days = profiles.get("ocsp-signing").validity_days
+    if ocsp.lifetime_days > profile_days:
+        raise ConfigError(
+            f"{where}: purposes.ocsp_signing.lifetime_days ({ocsp.lifetime_days}) is the OCSP responder "
+            f"certificate's lifetime and must be at most the ocsp-signing profile's validity ({profile_days})"
+        )
+
+
+def _key_algorithm(name: str) -> KeyAlgorithm:
+    for algorithm in KEY_ALGORITHMS:
+        if algorithm == name:
+            return algorithm
+    raise ConfigError(f"{name!r} is not a signing key algorithm")
 
 
 def keystore_summary(settings: KeyStoreSettings) -> str:

@@ -1,6 +1,6 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
-signed tree heads of the transparency log, retiring superseded CAs, certificate expiry notices,
-audit archival, signed audit checkpoints):
+key rotation by the key policy, signed tree heads of the transparency log, retiring
+superseded CAs, certificate expiry notices, audit archival, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -65,6 +65,12 @@ def _tlog(services: Services, session: Session, principal: Principal) -> list[st
     return [f"signed the transparency log tree head at size {head.tree_size}"] if head else []
 
 
+def _keys(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Key rotation by the key policy: a new audit/tlog/token signing key when the current one
+    reaches its end of use minus the overlap; keys past their end of use are retired."""
+    return services.keys.rotate_due(session, principal).lines
+
+
 def _ca_retire(services: Services, session: Session, principal: Principal) -> list[str]:
     """Retire the CAs superseded by a rollover once the last certificate they issued has expired."""
     return [
@@ -111,6 +117,7 @@ def default_jobs() -> list[Job]:
     return [
         Job("crl", _crls),
         Job("ocsp", _ocsp),
+        Job("keys", _keys),
         Job("tlog", _tlog),
         Job("ca-retire", _ca_retire),
         Job("expiry-notices", _expiry_notices),

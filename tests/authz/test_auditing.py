@@ -189,24 +189,24 @@ def test_recomputed_chain_before_a_checkpoint_is_detected(bare_services: Service
     """The attacker rewrites the history and recomputes every hash and the head: the chain
     itself is consistent again, but the signed checkpoint no longer matches."""
     _append(bare_services, 2)
-    _checkpoint(bare_services)  # covers 1..2; its own entry is 3
-    _append(bare_services, 3)  # 4..6
-    _checkpoint(bare_services)  # covers 1..6
-    _tamper(bare_services, how, at=4)
+    _checkpoint(bare_services)  # covers 1..3 (3: its new key's registration); its own entry is 4
+    _append(bare_services, 3)  # 5..7
+    _checkpoint(bare_services)  # covers 1..7
+    _tamper(bare_services, how, at=5)
     with bare_services.engine.begin() as conn:
         _rechain(conn, 1)
     with bare_services.sessions() as s:
         assert verify_chain(s).ok  # the chain alone cannot tell
     report = _verify(bare_services)
     assert not report.ok
-    assert report.first_bad_checkpoint == 6 and report.first_bad_seq == 3, report  # after the good checkpoint at 2
-    assert "rewritten between entries 3 and 6" in (report.reason or "")
+    assert report.first_bad_checkpoint == 7 and report.first_bad_seq == 4, report  # after the good checkpoint at 3
+    assert "rewritten between entries 4 and 7" in (report.reason or "")
 
 
 def test_truncated_tail_is_detected_by_the_checkpoint(bare_services: Services) -> None:
     _append(bare_services, 6)
-    _checkpoint(bare_services)  # covers 1..6, its entry is 7
-    _append(bare_services, 2)  # 8, 9
+    _checkpoint(bare_services)  # covers 1..7 (7: its new key's registration), its entry is 8
+    _append(bare_services, 2)  # 9, 10
     with bare_services.engine.begin() as conn:
         _unguard(conn)
     with bare_services.engine.begin() as conn:
@@ -215,7 +215,7 @@ def test_truncated_tail_is_detected_by_the_checkpoint(bare_services: Services) -
     with bare_services.sessions() as s:
         assert verify_chain(s).ok
     report = _verify(bare_services)
-    assert not report.ok and report.first_bad_seq == 4 and report.first_bad_checkpoint == 6, report
+    assert not report.ok and report.first_bad_seq == 4 and report.first_bad_checkpoint == 7, report
     assert "the log was cut after 3" in (report.reason or "")
 
 
@@ -232,7 +232,7 @@ def test_tail_cut_with_the_checkpoints_is_caught_by_the_exported_file(bare_servi
         _rechain(conn, 1)
     assert _verify(bare_services).ok  # nothing inside the database shows it
     report = _verify(bare_services, exported)
-    assert not report.ok and report.first_bad_seq == 5 and report.first_bad_checkpoint == 6, report
+    assert not report.ok and report.first_bad_seq == 5 and report.first_bad_checkpoint == 7, report
     assert "exported checkpoint" in (report.reason or "")
 
 
@@ -337,28 +337,29 @@ def test_checkpoint_signs_the_head_and_skips_when_nothing_is_new(bare_services: 
         assert auditing.checkpoint(s, SYSTEM) is None  # an empty log: nothing to sign
     _append(bare_services, 2)
     first = _checkpoint(bare_services)
-    assert (first.seq == 2 and first.key_handle.startswith("audit-signing-")) or "audit-signing-" in first.key_handle
+    # it covers the registration of its new key (entry 3) too
+    assert first.seq == 3 and "audit-signing-" in first.key_handle
     with bare_services.sessions() as s:
         assert auditing.checkpoint(s, SYSTEM) is None  # only its own entry since
-        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == 3)).one()
-        assert entry.action == CHECKPOINT_ACTION and entry.object_id == "2"
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.seq == 4)).one()
+        assert entry.action == CHECKPOINT_ACTION and entry.object_id == "3"
         with pytest.raises(ForbiddenError):
             auditing.checkpoint(s, OPERATOR)
     _append(bare_services, 1)
     second = _checkpoint(bare_services)
-    assert second.seq == 4 and second.key_handle == first.key_handle  # the current key is reused
+    assert second.seq == 5 and second.key_handle == first.key_handle  # the current key is reused
     public = serialization.load_der_public_key(second.public_key_der)
     assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1"
     exported = bare_services.config.checkpoint_file
     assert stat.S_IMODE(exported.stat().st_mode) == 0o600
     lines = [json.loads(line) for line in exported.read_text().splitlines()]
-    assert [line["seq"] for line in lines] == [2, 4]
+    assert [line["seq"] for line in lines] == [3, 5]
     assert {"seq", "head_hash", "created_at", "public_key", "signature"} <= set(lines[0])
     report = _verify(bare_services)
-    assert report.ok and report.checkpoints == 2 and report.entries == 5, report
+    assert report.ok and report.checkpoints == 2 and report.entries == 6, report
     with bare_services.sessions() as s:
         runs = s.scalars(select(AuditVerification).order_by(AuditVerification.id)).all()
-        assert runs[-1].ok and runs[-1].entries == 5 and runs[-1].actor == AUDITOR.audit_name
+        assert runs[-1].ok and runs[-1].entries == 6 and runs[-1].actor == AUDITOR.audit_name
 
 
 def test_a_broken_run_is_recorded(bare_services: Services) -> None:

@@ -347,9 +347,9 @@ def test_verify_now_is_recorded_and_charts_count(services: Services) -> None:
 def test_cli_export_and_verify_export(
     services: Services, revoked: CertificateRecord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from web import cli
+    from web import cli, cli_common
 
-    monkeypatch.setattr(cli, "load_services", lambda: services)
+    monkeypatch.setattr(cli_common, "load_services", lambda: services)
     monkeypatch.setattr(services, "dispose", lambda: None)
     runner = CliRunner()
     out = tmp_path / "out.tar"

@@ -32,6 +32,7 @@ from govpki.config import Config
 from govpki.errors import ConflictError, ForbiddenError, UnavailableError
 from govpki.principal import SYSTEM, Principal, PrincipalKind, Role
 from keymgmt import KeyExportRefusedError, Pkcs11KeyStore
+from keymgmt.policy import KeyPurpose
 from tests.helpers import check_every_issued_certificate, csr_pem, write_pem
 from tests.softhsm import softhsm_settings
 from web.app import create_app
@@ -334,7 +335,8 @@ def test_a_serving_ca_issues_nothing_new_but_renews_its_ocsp_responder(pki: Serv
                 session, SYSTEM, profile="service-tls-server", csr=csr_pem(cn="x.example.gov.cn"), issuer_id=old.id
             )
     # into the responder's renew window: the OCSP job rotates the old CA's responder too
-    clock.at = responder.not_after - dt.timedelta(days=services.config.ocsp_responder_renew_days - 1)
+    renew_days = services.keys.policy.get(KeyPurpose.OCSP_SIGNING).overlap_days
+    clock.at = responder.not_after - dt.timedelta(days=renew_days - 1)
     results = run_due(services)
     assert all(r.ok for r in results), results
     assert f"rotated the OCSP responder of CA {old.id}" in next(r.lines for r in results if r.name == "ocsp")

@@ -61,6 +61,7 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
     assert [(r.name, r.lines) for r in again] == [
         ("crl", ()),
         ("ocsp", ()),
+        ("keys", ()),
         ("tlog", ()),
         ("ca-retire", ()),
         ("expiry-notices", ()),

@@ -1,7 +1,7 @@
 """certificate prefecture, contact and renewal link; expiry notices
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-11-23 09:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import govpki.db
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
