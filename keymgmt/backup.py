@@ -68,7 +68,10 @@ from keymgmt._util import check_label, label_of, write_new_file
 from keymgmt.events import BackupEvent
 from keymgmt.filestore import FileKeyStore
 from keymgmt.interfaces import KeyExportRefusedError, KeyStore, KeyStoreError, PublicKey
+from keymgmt.models import KeyState
 from keymgmt.pkcs11store import Pkcs11KeyStore
+from keymgmt.policy import KeyPurpose
+from keymgmt.services import KeyService
 
 MANIFEST_FORMAT = "govpki-key-backup/1"
 SHARE_FORMAT = "govpki-key-backup-share/1"
@@ -423,15 +426,31 @@ def inspect_backup(manifest_path: Path, share_paths: Sequence[Path] = ()) -> tup
 # --- the service -------------------------------------------------------------------------
 
 
+_CA_PURPOSES = {"root-ca": KeyPurpose.ROOT, "issuing-ca": KeyPurpose.ISSUING_CA}
+
+
+def _record_purpose(purpose: str) -> KeyPurpose | None:
+    """The key-record purpose a backup's free-form purpose names, if any."""
+    if purpose in _CA_PURPOSES:
+        return _CA_PURPOSES[purpose]
+    try:
+        return KeyPurpose(purpose.replace("-", "_"))
+    except ValueError:
+        return None
+
+
 class KeyBackupService:
     """M-of-N backup and restore of file-store keys. ``scrypt_log2_n`` sets the cost of new
     shares (restores read it from each share file)."""
 
-    def __init__(self, clock: Clock, *, scrypt_log2_n: int = DEFAULT_SCRYPT_LOG2_N) -> None:
+    def __init__(
+        self, clock: Clock, *, scrypt_log2_n: int = DEFAULT_SCRYPT_LOG2_N, keys: KeyService | None = None
+    ) -> None:
         if not 14 <= scrypt_log2_n <= 22:
             raise InvalidError("scrypt cost (log2 N) must be between 14 and 22", field="scrypt_log2_n")
         self.clock = clock
         self.scrypt_log2_n = scrypt_log2_n
+        self._keys = keys  # records a key restored into a configured key store (pre-active)
 
     # -- backup --
 
@@ -620,10 +639,13 @@ class KeyBackupService:
         target: KeyStore,
         *,
         label: str | None = None,
+        target_name: str | None = None,
     ) -> RestoreResult:
         """Recombine the data key from at least M shares, unwrap the key, check it is the key
         the manifest names, and store it in ``target`` (a file key store) under ``label``
-        (default: the manifest's). Nothing is written unless every check passes. Audited."""
+        (default: the manifest's). Nothing is written unless every check passes. Audited.
+        ``target_name``: the configured key store ``target`` is (``online``, ``root``); the
+        restored key then gets a pre-active key record (it signs nothing until put to use)."""
         _require_admin(principal, "restore a key from a backup")
         if not isinstance(target, FileKeyStore):
             raise InvalidError(
@@ -727,6 +749,19 @@ class KeyBackupService:
             },
             clock=self.clock,
         )
+        purpose = _record_purpose(manifest.purpose)
+        if self._keys is not None and target_name is not None and purpose is not None:
+            self._keys.register(
+                session,
+                principal,
+                purpose=purpose,
+                store=target_name,
+                handle=handle,
+                algorithm=manifest.algorithm,
+                public_key=key.public_key(),
+                state=KeyState.PRE_ACTIVE,
+                description=f"restored from backup {manifest.backup_id}",
+            )
         # Stored after the audit entry: a failure here rolls the entry back with it.
         imported = target.import_private_key_from_backup(label, pkcs8)
         assert imported == handle

@@ -54,6 +54,8 @@ from keymgmt.kmc_models import (
     RecoveryRequest,
     RecoveryState,
 )
+from keymgmt.policy import KeyPurpose
+from keymgmt.services import KeyService
 
 ENCRYPTION_USAGES = frozenset(
     {"key_encipherment", "key_agreement", "key_encipherment_or_agreement", "data_encipherment"}
@@ -143,6 +145,9 @@ def _spki(public_key: PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+ESCROW_STORE = "escrow"  # the key record's store for escrowed keys: sealed rows, not a key store
+
+
 class KmcService:
     def __init__(
         self,
@@ -151,6 +156,7 @@ class KmcService:
         keystores: Mapping[str, object],
         officers: OfficerDirectory,
         clock: Clock,
+        keys: KeyService | None = None,
     ) -> None:
         if not 2 <= settings.recovery_m <= settings.recovery_n:
             raise InvalidError("recovery needs 2 <= M <= N", field="recovery_m")
@@ -158,6 +164,7 @@ class KmcService:
         self._keystores = keystores
         self._officers = officers
         self._clock = clock
+        self._keys = keys  # records the storage key and each escrowed key (key_records)
 
     # ----- the storage key -------------------------------------------------
 
@@ -195,6 +202,16 @@ class KmcService:
         )
         session.add(key)
         session.flush()
+        if self._keys is not None:
+            self._keys.register(
+                session,
+                principal,
+                purpose=KeyPurpose.KMC_STORAGE,
+                store=name,
+                handle=handle,
+                algorithm="aes-256",
+                description="KMC storage key (wraps escrowed encryption keys)",
+            )
         audit.record(
             session,
             principal,
@@ -300,6 +317,18 @@ class KmcService:
         )
         session.add(escrow)
         session.flush()
+        if self._keys is not None:
+            # not in a key store: sealed in escrowed_keys under the storage key ("escrow" names that)
+            self._keys.register(
+                session,
+                principal,
+                purpose=KeyPurpose.ESCROWED_ENCRYPTION,
+                store=ESCROW_STORE,
+                handle=generated.key_ref,
+                algorithm=generated.algorithm,
+                public_key=generated.public_key,
+                description=f"escrowed encryption key of certificate {cert_serial}",
+            )
         audit.record(
             session,
             principal,

@@ -190,12 +190,14 @@ def backup_restore(
     with services.sessions() as session:
         try:
             target: KeyStore
-            if target_dir is not None and passphrase_file is not None:
+            if target_dir is not None and passphrase_file is not None:  # a store outside this instance: no record
                 target = FileKeyStore(target_dir, _read_passphrase(passphrase_file, "--passphrase-file", "key store"))
             else:
                 assert store_name is not None
                 target = services.keystores[store_name]
-            result = services.backup.restore(session, cli_principal(), manifest_path, shares, target, label=label)
+            result = services.backup.restore(
+                session, cli_principal(), manifest_path, shares, target, label=label, target_name=store_name
+            )
             session.commit()
         except GovpkiError as exc:
             session.rollback()

@@ -239,7 +239,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     revocation.on_change(ocsp.on_status_change)
     keys.set_rotator(KeyPurpose.OCSP_SIGNING, ocsp.rotate_all)
     auditing = AuditCheckpointService(keystores, clock, audit_settings(config), keys)
-    kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock)
+    kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock, keys=keys)
     return Services(
         config=config,
         clock=clock,
@@ -270,7 +270,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             RetentionSettings(timedelta(days=config.audit_retention_days), config.archive_dir),
             auditing,
         ),
-        backup=KeyBackupService(clock),
+        backup=KeyBackupService(clock, keys=keys),
         expiry=ExpiryService(clock, expiry_settings(config, profiles)),
         ceremonies=CeremonyService(
             clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}

@@ -246,6 +246,27 @@ def test_restore_under_another_label(
     assert target.public_key(restored.handle) == made.public
 
 
+def test_a_key_restored_into_a_configured_store_gets_a_pre_active_record(
+    bare_services: Services, session: Session, store: FileKeyStore, tmp_path: Path
+) -> None:
+    """Restored into the instance's own key store, the key is recorded (purpose from the
+    backup, state pre-active: it signs nothing until someone puts it to use)."""
+    from keymgmt.models import KeyRecord
+
+    backup = KeyBackupService(SystemClock(), scrypt_log2_n=14, keys=bare_services.keys)
+    made = make_backup(backup, session, store, tmp_path / "b")
+    online = bare_services.keystores["online"]
+    restored = backup.restore(
+        session, SYSTEM, made.manifest, made.inputs(1, 3), online, label="issuing-restored", target_name="online"
+    )
+    record = session.scalars(select(KeyRecord).where(KeyRecord.handle == restored.handle)).one()
+    assert (record.purpose, record.store, record.state) == ("issuing_ca", "online", "pre_active")
+    assert record.description.startswith("restored from backup")
+    # a store outside the instance (no name) gets no record
+    other = backup.restore(session, SYSTEM, made.manifest, made.inputs(1, 2), FileKeyStore(tmp_path / "t", PASS))
+    assert session.scalars(select(KeyRecord).where(KeyRecord.handle == other.handle)).first() is None
+
+
 # --- refusals: each a clear error, nothing restored ----------------------------------------
 
 

@@ -23,6 +23,7 @@ from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundE
 from govpki.principal import SYSTEM, Principal, Role
 from keymgmt import KeyExportRefusedError, Pkcs11KeyStore, SecretDecryptError
 from keymgmt.kmc_models import EscrowedKey, KmcStorageKey, RecoveryRequest
+from keymgmt.models import KeyRecord
 from ra.encryption import IssuedEncryption
 from tests.helpers import check_every_issued_certificate, make_config
 from tests.softhsm import softhsm_settings
@@ -179,6 +180,15 @@ def test_escrow_issues_the_encryption_certificate_and_a_pkcs12_that_opens_with_t
     actions = audit_actions(kmc)
     assert [a for a, _, _ in actions] == ["kmc:storage_key:create", "kmc:escrow:create"]
     assert actions[1][1] == str(issued.escrow.id)
+
+    # both keys have key records: the storage key in its store, the escrowed key sealed in "escrow"
+    with kmc.sessions() as session:
+        records = {r.purpose: r for r in session.scalars(select(KeyRecord))}
+        storage = kmc.kmc.storage_key(session)
+    assert (records["kmc_storage"].store, records["kmc_storage"].handle) == (storage.key_store, storage.key_handle)
+    escrowed = records["escrowed_encryption"]
+    assert (escrowed.store, escrowed.handle, escrowed.algorithm) == ("escrow", issued.escrow.key_ref, algorithm)
+    assert escrowed.spki_sha256 == issued.escrow.spki_sha256 and escrowed.state == "active"
 
 
 def test_the_storage_key_is_in_the_configured_store_and_never_leaves_it(kmc: Services):
