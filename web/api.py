@@ -101,7 +101,11 @@ class CertificateOut(BaseModel):
     revoked_at: _dt.datetime | None = None
     invalidity_date: _dt.datetime | None = None
     certificate_pem: str | None = None
-    chain_pem: str | None = Field(default=None, description="issuing CA certificate(s), without the root")
+    chain_pem: str | None = Field(
+        default=None,
+        description="issuing CA certificate(s), without the root; after a root rollover also the "
+        "cross-certificate(s) that lead from the older root to the issuing CA's root",
+    )
     failure: str | None = None
     prefecture: str | None = Field(default=None, description="area code of the prefecture it was issued for")
     contact_email: str | None = None
@@ -297,7 +301,11 @@ def render(record: CertificateRecord, *, with_pem: bool = True) -> dict[str, Any
     if with_pem and record.cert_der is not None:
         out.certificate_pem = _pem(record.cert_der)
         ca = record.ca
-        out.chain_pem = _pem(ca.cert_der) if ca.kind == "issuing" else ""
+        if ca.kind == "issuing" and ca.parent is not None:
+            crosses = services().ca.chain_extras(g.db, ca.parent)
+            out.chain_pem = "".join(_pem(der) for der in [ca.cert_der, *(c.cert_der for c in crosses)])
+        else:
+            out.chain_pem = ""
     return out.model_dump(mode="json")
 
 

@@ -470,6 +470,11 @@ def test_root_rollover_cross_certificates_both_directions(pki: Services, tmp_pat
     assert client.get("/ca/root.der").data == new_root.cert_der
     chain = x509.load_pem_x509_certificates(client.get("/ca/chain.pem").data)
     assert [c.public_bytes(der) for c in chain] == [new_issuing.cert_der, new_root.cert_der, nwo]
+    # a certificate's chain in the API leads to the old root too (issuing CA, then NewWithOld)
+    record = client.get(f"/api/v1/certificates/{under_new.serial_number:x}", headers=auth)
+    assert record.status_code == 200, record.json
+    api_chain = x509.load_pem_x509_certificates(record.json["chain_pem"].encode())
+    assert [c.public_bytes(der) for c in api_chain] == [new_issuing.cert_der, nwo]
 
     # ARLs: the new root signed its first at the rollover; at a ceremony both roots' are refreshed
     with services.sessions() as session:
