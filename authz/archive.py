@@ -172,7 +172,7 @@ class AuditArchiveService:
         assert checkpoint is not None
         store = self._keystores[KEY_STORE]
         # the current audit-signing key (key policy), as for checkpoints
-        handle, _new = self._checkpoints._signing_key(session, principal)
+        handle, _new = self._checkpoints.signing_key(session, principal)
         public_der = statements.public_der(store.public_key(handle))
         signing_key_id = key_id(public_der)
         created_at = self._clock.now()

@@ -162,7 +162,7 @@ class AuditCheckpointService:
         if not (principal.has(Role.SECURITY_AUDITOR) or principal.has(Role.SECURITY_ADMIN)):
             raise ForbiddenError(f"only the system, a security auditor or a security administrator may {what}")
 
-    def _signing_key(self, session: Session, principal: Principal) -> tuple[str, bool]:
+    def signing_key(self, session: Session, principal: Principal) -> tuple[str, bool]:
         """The current audit-signing key (key policy: rotated with an overlap), or a new one."""
         record, new = self._keys.signing_key(session, principal, KeyPurpose.AUDIT_SIGNING)
         if record.store != KEY_STORE:
@@ -187,7 +187,7 @@ class AuditCheckpointService:
                 only = session.scalar(select(AuditEntry.action).where(AuditEntry.seq == seq))
                 if only == CHECKPOINT_ACTION:
                     return None
-        handle, new_key = self._signing_key(session, principal)
+        handle, new_key = self.signing_key(session, principal)
         if new_key:  # the new key's audit entry is covered by this checkpoint too
             head = session.get_one(AuditHead, 1, populate_existing=True)
             seq, head_hash = head.seq, head.hash

@@ -253,7 +253,7 @@ class EvidenceService:
 
         store = self._keystores[KEY_STORE]
         # the current audit-signing key, as checkpoints and archives use (the key policy rotates it)
-        handle, _new = self._checkpoints._signing_key(session, principal)
+        handle, _new = self._checkpoints.signing_key(session, principal)
         public_der = statements.public_der(store.public_key(handle))
         signer = key_id(public_der)
         created_at = self._clock.now()
