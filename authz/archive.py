@@ -25,7 +25,6 @@ File format (one JSON object per line, canonical JSON):
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as _dt
 import hashlib
@@ -40,9 +39,9 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
-from authz.auditing import KEY_STORE, AuditCheckpointService, archive_signed_bytes, key_id, signed_bytes
+from authz.auditing import KEY_STORE, AuditCheckpointService, archive_signed_bytes, check_exported, key_id
 from govpki import audit
-from govpki.audit import AuditArchive, AuditCheckpoint, AuditEntry, archive_anchor, entry_hash
+from govpki.audit import AuditArchive, AuditCheckpoint, AuditEntry, archive_anchor
 from govpki.clock import Clock
 from govpki.errors import ConflictError, ForbiddenError, InvalidError
 from govpki.principal import Principal, PrincipalKind, Role
@@ -99,7 +98,8 @@ class ArchiveFileReport:
         return f"archive BROKEN ({self.path.name}): " + "; ".join(self.problems)
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (0600), fsynced, through a temporary file beside it."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -188,9 +188,9 @@ class AuditArchiveService:
         public_pem = serialization.load_der_public_key(public_der).public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        _write_new(path, body)
-        _write_new(sig_path, signature)
-        _write_new(pub_path, public_pem)
+        write_private(path, body)
+        write_private(sig_path, signature)
+        write_private(pub_path, public_pem)
 
         file_sha256 = hashlib.sha256(body).hexdigest()
         data = archive_signed_bytes(
@@ -254,7 +254,7 @@ class AuditArchiveService:
             .order_by(AuditEntry.seq)
             .execution_options(yield_per=5000)
         ):
-            lines.append(audit.canonical_json({"entry": _entry_dict(entry)}))
+            lines.append(audit.canonical_json({"entry": audit.exported_entry(entry)}))
             count += 1
             last_hash = entry.hash
         for cp in session.scalars(
@@ -281,21 +281,6 @@ class AuditArchiveService:
         return session.scalars(
             select(AuditArchive).where(AuditArchive.first_seq == first_seq, AuditArchive.last_seq == last_seq)
         ).first()
-
-
-def _entry_dict(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "at": audit.timestamp(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "object_type": entry.object_type,
-        "object_id": entry.object_id,
-        "outcome": entry.outcome,
-        "details": entry.details,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-    }
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -351,49 +336,24 @@ def _check_body(body: bytes, report: ArchiveFileReport) -> None:
     report.first_seq, report.last_seq = int(header["first_seq"]), int(header["last_seq"])
     if header.get("key_id") != report.key_id:
         report.problems.append("the header names another signing key")
-    prev, expected = str(header["first_prev_hash"]), report.first_seq
-    hashes: dict[int, str] = {}
+    entries: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, Any]] = []
     for number, item in lines[1:]:
         if "entry" in item:
-            e = item["entry"]
-            if int(e["seq"]) != expected:
-                report.problems.append(f"line {number}: entry {e['seq']} where {expected} was expected")
-                return
-            at = _dt.datetime.strptime(e["at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
-            digest = entry_hash(
-                prev,
-                seq=expected,
-                at=at,
-                actor=e["actor"],
-                action=e["action"],
-                object_type=e["object_type"],
-                object_id=e["object_id"],
-                outcome=e["outcome"],
-                details=e["details"],
-            )
-            if e["prev_hash"] != prev or e["hash"] != digest:
-                report.problems.append(f"entry {expected} does not match its hash or link")
-                return
-            hashes[expected] = digest
-            prev = digest
-            expected += 1
-            report.entries += 1
+            entries.append(item["entry"])
         elif "checkpoint" in item:
-            cp = item["checkpoint"]
-            seq = int(cp["seq"])
-            cp_public = base64.b64decode(cp["public_key"], validate=True)
-            created = _dt.datetime.strptime(cp["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
-            data = signed_bytes(seq, cp["head_hash"], created, key_id(cp_public))
-            if not statements.verify_statement(cp_public, data, base64.b64decode(cp["signature"], validate=True)):
-                report.problems.append(f"checkpoint {seq}: the signature is not valid")
-            elif hashes.get(seq) != cp["head_hash"]:
-                report.problems.append(f"checkpoint {seq}: entry {seq} does not have the signed hash")
-            report.checkpoints += 1
+            checkpoints.append(item["checkpoint"])
         else:
             raise ValueError(f"line {number} is neither an entry nor a checkpoint")
-    if expected - 1 != report.last_seq or report.entries != int(header["entries"]):
-        report.problems.append(f"the file ends at entry {expected - 1}, the header says {report.last_seq}")
-    elif prev != header["last_hash"]:
+    chain = check_exported(
+        entries, checkpoints, first_seq=report.first_seq, first_prev_hash=str(header["first_prev_hash"])
+    )
+    report.entries, report.checkpoints = chain.entries, len(chain.checkpoints)
+    if chain.problem is not None:
+        report.problems.append(chain.problem)
+    elif chain.last_seq != report.last_seq or report.entries != int(header["entries"]):
+        report.problems.append(f"the file ends at entry {chain.last_seq}, the header says {report.last_seq}")
+    elif chain.last_hash != header["last_hash"]:
         report.problems.append("the last entry's hash is not the header's")
 
 

@@ -20,7 +20,7 @@ import logging
 import logging.handlers
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -123,6 +123,74 @@ def archive_signed_bytes(
             "key_id": key_id,
         }
     ).encode("utf-8")
+
+
+@dataclass
+class ExportedChain:
+    """What :func:`check_exported` found in exported entries and checkpoints."""
+
+    entries: int = 0
+    matched: int = 0  # entries flagged "matched" (evidence bundles)
+    checkpoints: list[int] = field(default_factory=list)  # the seqs of the valid checkpoints
+    last_seq: int = 0
+    last_hash: str = audit.GENESIS_HASH
+    problem: str | None = None
+
+
+def check_exported(
+    entries: Iterable[Mapping[str, Any]],
+    checkpoints: Iterable[Mapping[str, Any]],
+    *,
+    first_seq: int,
+    first_prev_hash: str,
+) -> ExportedChain:
+    """Offline check of a contiguous run of exported entries (:func:`govpki.audit.exported_entry`)
+    starting at ``first_seq`` after ``first_prev_hash``, and of exported checkpoints
+    (:meth:`AuditCheckpointService.export_line`) over it: gap-free, linked, each hash
+    recomputed; each checkpoint's signature valid and its entry carrying the signed hash.
+    Stops at the first problem. Malformed items raise ValueError/KeyError/TypeError."""
+    found = ExportedChain(last_seq=first_seq - 1, last_hash=first_prev_hash)
+    prev, expected = first_prev_hash, first_seq
+    hashes: dict[int, str] = {}
+    for e in entries:
+        seq = int(e["seq"])
+        if seq != expected:
+            found.problem = f"entry {expected} is missing (the next is {seq})"
+            return found
+        if e["prev_hash"] != prev:
+            found.problem = f"entry {seq}: prev_hash does not link to the previous entry"
+            return found
+        digest = audit.entry_hash(
+            prev,
+            seq=seq,
+            at=audit.parse_timestamp(e["at"]),
+            actor=e["actor"],
+            action=e["action"],
+            object_type=e["object_type"],
+            object_id=e["object_id"],
+            outcome=e["outcome"],
+            details=e["details"],
+        )
+        if e["hash"] != digest:
+            found.problem = f"entry {seq}: its content does not match its hash"
+            return found
+        hashes[seq] = prev = digest
+        expected += 1
+        found.entries += 1
+        found.matched += 1 if e.get("matched") is True else 0
+    found.last_seq, found.last_hash = expected - 1, prev
+    for cp in checkpoints:
+        seq = int(cp["seq"])
+        public = base64.b64decode(cp["public_key"], validate=True)
+        data = signed_bytes(seq, cp["head_hash"], audit.parse_timestamp(cp["created_at"]), key_id(public))
+        if not statements.verify_statement(public, data, base64.b64decode(cp["signature"], validate=True)):
+            found.problem = f"checkpoint {seq}: the signature is not valid"
+            return found
+        if hashes.get(seq) != cp["head_hash"]:
+            found.problem = f"checkpoint {seq}: entry {seq} does not have the signed hash"
+            return found
+        found.checkpoints.append(seq)
+    return found
 
 
 class _RaisingSyslog(logging.handlers.SysLogHandler):

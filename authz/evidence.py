@@ -27,9 +27,7 @@ format belongs to the CA domain.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import datetime as _dt
 import hashlib
 import io
 import json
@@ -43,11 +41,11 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from authz.auditing import KEY_STORE, AuditCheckpointService, key_id, signed_bytes
+from authz.auditing import KEY_STORE, AuditCheckpointService, check_exported, key_id
 from authz.console import AuditFilter, authorise_auditor, conditions
 from authz.events import AuthzEvent
 from govpki import audit
-from govpki.audit import AuditArchive, AuditCheckpoint, AuditEntry, archive_anchor, entry_hash
+from govpki.audit import AuditArchive, AuditCheckpoint, AuditEntry, archive_anchor
 from govpki.clock import Clock
 from govpki.errors import ConflictError, InvalidError
 from govpki.principal import Principal
@@ -109,19 +107,7 @@ class EvidenceBundle:
 
 
 def _entry(entry: AuditEntry, matched: bool) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "at": audit.timestamp(entry.at),
-        "actor": entry.actor,
-        "action": entry.action,
-        "object_type": entry.object_type,
-        "object_id": entry.object_id,
-        "outcome": entry.outcome,
-        "details": entry.details,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-        "matched": matched,
-    }
+    return {**audit.exported_entry(entry), "matched": matched}
 
 
 def _tar(members: Sequence[tuple[str, bytes]], mtime: float) -> bytes:
@@ -411,63 +397,27 @@ def verify_bundle(path: Path, *, public_key_path: Path | None = None, checks: Se
     return report
 
 
-def _parse_time(text: str) -> _dt.datetime:
-    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
-
-
 def _check_chain(document: Mapping[str, Any], report: EvidenceReport) -> None:
     span = document["range"]
     report.first_seq, report.last_seq = int(span["first_seq"]), int(span["last_seq"])
-    prev, expected = str(span["first_prev_hash"]), report.first_seq
-    hashes: dict[int, str] = {}
-    for e in document["entries"]:
-        seq = int(e["seq"])
-        if seq != expected:
-            report.problems.append(f"entry {expected} is missing (the next is {seq})")
-            return
-        if e["prev_hash"] != prev:
-            report.problems.append(f"entry {seq}: prev_hash does not link to the previous entry")
-            return
-        digest = entry_hash(
-            prev,
-            seq=seq,
-            at=_parse_time(e["at"]),
-            actor=e["actor"],
-            action=e["action"],
-            object_type=e["object_type"],
-            object_id=e["object_id"],
-            outcome=e["outcome"],
-            details=e["details"],
-        )
-        if e["hash"] != digest:
-            report.problems.append(f"entry {seq}: its content does not match its hash")
-            return
-        hashes[seq] = digest
-        prev = digest
-        expected += 1
-        report.entries += 1
-        report.matched += 1 if e.get("matched") is True else 0
-    if expected - 1 != report.last_seq:
-        report.problems.append(f"the entries end at {expected - 1}, the range says {report.last_seq}")
+    chain = check_exported(
+        document["entries"],
+        document["checkpoints"],
+        first_seq=report.first_seq,
+        first_prev_hash=str(span["first_prev_hash"]),
+    )
+    report.entries, report.matched, report.checkpoints = chain.entries, chain.matched, len(chain.checkpoints)
+    if chain.problem is not None:
+        report.problems.append(chain.problem)
+        return
+    if chain.last_seq != report.last_seq:
+        report.problems.append(f"the entries end at {chain.last_seq}, the range says {report.last_seq}")
         return
     if report.matched != int(document["matched"]):
         report.problems.append(
             f"{report.matched} entries are flagged as matched, the bundle says {document['matched']}"
         )
-    closed = False
-    for cp in document["checkpoints"]:
-        seq = int(cp["seq"])
-        public = base64.b64decode(cp["public_key"], validate=True)
-        data = signed_bytes(seq, cp["head_hash"], _parse_time(cp["created_at"]), key_id(public))
-        if not statements.verify_statement(public, data, base64.b64decode(cp["signature"], validate=True)):
-            report.problems.append(f"checkpoint {seq}: the signature is not valid")
-            return
-        if hashes.get(seq) != cp["head_hash"]:
-            report.problems.append(f"checkpoint {seq}: entry {seq} does not have the signed hash")
-            return
-        report.checkpoints += 1
-        closed = closed or seq == report.last_seq
-    if not closed:
+    if report.last_seq not in chain.checkpoints:
         report.problems.append(f"no signed checkpoint closes the range at entry {report.last_seq}")
 
 

@@ -335,9 +335,19 @@ class CaService:
                 return name
             generation += 1
 
-    def _supersede(self, ca: CertificateAuthority, now: _dt.datetime) -> None:
-        ca.active = False
-        ca.superseded_at = now
+    def _supersede_others(self, session: Session, kind: CaKind, new: CertificateAuthority) -> None:
+        """Every other active CA of ``kind`` stops issuing (it keeps serving until retired)."""
+        now = self._clock.now()
+        for previous in session.scalars(
+            select(CertificateAuthority).where(
+                CertificateAuthority.kind == kind.value,
+                CertificateAuthority.active.is_(True),
+                CertificateAuthority.id != new.id,
+            )
+        ).all():
+            previous.active = False
+            previous.superseded_at = now
+        session.flush()
 
     def rollover_issuing(self, session: Session, principal: Principal) -> Rollover:
         """A new issuing CA key and certificate under the active root (same pipeline as
@@ -355,16 +365,7 @@ class CaService:
         root = self.active_ca(session, CaKind.ROOT)
         name = self._generation_name(session, CaKind.ISSUING, self.settings.issuing_name)
         new = self._new_issuing(session, principal, root, name)
-        now = self._clock.now()
-        for previous in session.scalars(
-            select(CertificateAuthority).where(
-                CertificateAuthority.kind == CaKind.ISSUING.value,
-                CertificateAuthority.active.is_(True),
-                CertificateAuthority.id != new.id,
-            )
-        ).all():
-            self._supersede(previous, now)
-        session.flush()
+        self._supersede_others(session, CaKind.ISSUING, new)
         audit.record(
             session,
             principal,
@@ -404,16 +405,7 @@ class CaService:
             self._cross(session, principal, CrossDirection.NEW_WITH_OLD, new, new_cert, old, old_cert, old_signer),
             self._cross(session, principal, CrossDirection.OLD_WITH_NEW, old, old_cert, new, new_cert, new_signer),
         )
-        now = self._clock.now()
-        for previous in session.scalars(
-            select(CertificateAuthority).where(
-                CertificateAuthority.kind == CaKind.ROOT.value,
-                CertificateAuthority.active.is_(True),
-                CertificateAuthority.id != new.id,
-            )
-        ).all():
-            self._supersede(previous, now)
-        session.flush()
+        self._supersede_others(session, CaKind.ROOT, new)
         audit.record(
             session,
             principal,

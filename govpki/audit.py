@@ -147,6 +147,28 @@ def timestamp(at: _dt.datetime) -> str:
     return at.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_timestamp(text: str) -> _dt.datetime:
+    """The inverse of :func:`timestamp`."""
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
+
+
+def exported_entry(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as archive files and evidence bundles carry it: every hashed field
+    (the time as :func:`timestamp`) and both hashes."""
+    return {
+        "seq": entry.seq,
+        "at": timestamp(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "object_type": entry.object_type,
+        "object_id": entry.object_id,
+        "outcome": entry.outcome,
+        "details": entry.details,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
+
+
 def entry_hash(
     prev_hash: str,
     *,

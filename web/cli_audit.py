@@ -5,28 +5,17 @@ the audit log (see ``authz.evidence``). ``web.cli`` adds them to its ``audit`` g
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
+from authz.archive import write_private
 from authz.console import AuditFilter
 from authz.evidence import verify_bundle
 from ca.evidence import verify_transparency
 from govpki.errors import GovpkiError
 from web import cli_common
 from web.cli_common import cli_principal, fail, report_error
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (0600), fsynced, through a temporary file beside it."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 @click.command(name="export")
