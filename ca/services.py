@@ -372,15 +372,7 @@ class CaService:
             CaEvent.ISSUING_ROLLOVER.value,
             object_type="ca",
             object_id=str(new.id),
-            details={
-                "old_ca_id": old.id,
-                "old_name": old.name,
-                "old_fingerprint_sha256": old.fingerprint_sha256,
-                "new_ca_id": new.id,
-                "new_name": new.name,
-                "new_fingerprint_sha256": new.fingerprint_sha256,
-                "root_ca_id": root.id,
-            },
+            details={**_rollover_details(old, new), "root_ca_id": root.id},
             clock=self._clock,
         )
         return Rollover(old=old, new=new)
@@ -413,12 +405,7 @@ class CaService:
             object_type="ca",
             object_id=str(new.id),
             details={
-                "old_ca_id": old.id,
-                "old_name": old.name,
-                "old_fingerprint_sha256": old.fingerprint_sha256,
-                "new_ca_id": new.id,
-                "new_name": new.name,
-                "new_fingerprint_sha256": new.fingerprint_sha256,
+                **_rollover_details(old, new),
                 "cross_certificates": {c.direction: c.fingerprint_sha256 for c in crosses},
             },
             clock=self._clock,
@@ -1009,6 +996,17 @@ def _public_of(cert: x509.Certificate) -> PublicKey:
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise UnavailableError("the CA certificate has an unsupported key type")
     return key
+
+
+def _rollover_details(old: CertificateAuthority, new: CertificateAuthority) -> dict[str, object]:
+    return {
+        "old_ca_id": old.id,
+        "old_name": old.name,
+        "old_fingerprint_sha256": old.fingerprint_sha256,
+        "new_ca_id": new.id,
+        "new_name": new.name,
+        "new_fingerprint_sha256": new.fingerprint_sha256,
+    }
 
 
 def _ca_details(ca: CertificateAuthority) -> dict[str, object]:

@@ -389,6 +389,9 @@ class Pkcs11KeyStore:
 
     def protection(self, handle: str) -> KeyProtection:
         """Read back the private key's protection attributes from the token."""
+        return self._protection(handle, ObjectClass.PRIVATE_KEY)
+
+    def _protection(self, handle: str, object_class: ObjectClass) -> KeyProtection:
         label = label_of(handle, self.kind)
         names = (
             Attribute.TOKEN,
@@ -400,7 +403,7 @@ class Pkcs11KeyStore:
         )
 
         def read(session: Any) -> KeyProtection:
-            obj = self._conn.find(session, label, ObjectClass.PRIVATE_KEY)
+            obj = self._conn.find(session, label, object_class)
             return KeyProtection(*(bool(obj[name]) for name in names))
 
         return self._conn.run(read)
@@ -497,21 +500,7 @@ class Pkcs11KeyStore:
 
     def secret_protection(self, handle: str) -> KeyProtection:
         """Read back a secret key's protection attributes from the token."""
-        label = label_of(handle, self.kind)
-        names = (
-            Attribute.TOKEN,
-            Attribute.PRIVATE,
-            Attribute.SENSITIVE,
-            Attribute.EXTRACTABLE,
-            Attribute.ALWAYS_SENSITIVE,
-            Attribute.NEVER_EXTRACTABLE,
-        )
-
-        def read(session: Any) -> KeyProtection:
-            obj = self._conn.find(session, label, ObjectClass.SECRET_KEY)
-            return KeyProtection(*(bool(obj[name]) for name in names))
-
-        return self._conn.run(read)
+        return self._protection(handle, ObjectClass.SECRET_KEY)
 
     def export_secret(self, handle: str) -> NoReturn:
         """Ask the token for a secret key's value; a protected key is refused
