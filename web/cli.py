@@ -108,7 +108,8 @@ def _start_jobs_loop(interval: int) -> None:
     )
     atexit.register(child.terminate)
     click.echo(
-        f"scheduled jobs (CRLs, OCSP, tree heads, audit checkpoints) run every {interval} s in process {child.pid}"
+        "scheduled jobs (CRLs, OCSP, key rotation, tree heads, CA retirement, expiry notices, audit archival "
+        f"and checkpoints) run every {interval} s in process {child.pid}"
     )
 
 
