@@ -426,6 +426,40 @@ def inspect_backup(manifest_path: Path, share_paths: Sequence[Path] = ()) -> tup
 # --- the service -------------------------------------------------------------------------
 
 
+SECRET_ALGORITHM = "aes-256"
+
+
+def secret_check_value(secret: bytes) -> str:
+    """What a backup of a secret key records in place of a public-key fingerprint: the
+    SHA-256 of a fixed prefix and the key (256 random bits: it tells nothing of the key)."""
+    return hashlib.sha256(b"govpki-backup-secret-check\0" + secret).hexdigest()
+
+
+def _restored_public_key(payload: bytes, manifest: BackupManifest, manifest_path: Path) -> PublicKey | None:
+    """The unwrapped key must be the one the manifest names; its public key (``None`` for a
+    secret key)."""
+    wrong = ManifestTamperedError(
+        f"manifest file {manifest_path}: the restored key is not the key the manifest names "
+        f"(fingerprint {manifest.spki_sha256})",
+        field="manifest",
+    )
+    if manifest.algorithm == SECRET_ALGORITHM:
+        if len(payload) != 32 or secret_check_value(payload) != manifest.spki_sha256:
+            raise wrong
+        return None
+    try:
+        key = serialization.load_der_private_key(payload, password=None)
+    except (ValueError, TypeError):
+        raise ManifestTamperedError(
+            f"manifest file {manifest_path}: the unwrapped key is not a private key", field="manifest"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or (
+        spki_sha256(key.public_key()) != manifest.spki_sha256 or key_algorithm(key.public_key()) != manifest.algorithm
+    ):
+        raise wrong
+    return key.public_key()
+
+
 _CA_PURPOSES = {"root-ca": KeyPurpose.ROOT, "issuing-ca": KeyPurpose.ISSUING_CA}
 
 
@@ -476,14 +510,20 @@ class KeyBackupService:
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise ConflictError(f"{out_dir} exists and is not an empty folder; give a new folder", field="out_dir")
 
-        pkcs8 = self._export(store, handle)
-        key = serialization.load_der_private_key(pkcs8, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise KeyStoreError(f"key {handle!r} is not an EC or RSA key")
-        public = key.public_key()
-        if public != store.public_key(handle):
-            raise KeyStoreError(f"key {handle!r}: the exported key does not match the store's public key")
-        fingerprint = spki_sha256(public)
+        algorithm: str
+        if isinstance(store, FileKeyStore) and store.has_secret(handle) and not store.has(handle):
+            # a secret (AES-256) key, e.g. the KMC storage key: no public key, a check value instead
+            payload = store.export_secret_for_backup(handle)
+            algorithm, fingerprint = SECRET_ALGORITHM, secret_check_value(payload)
+        else:
+            payload = self._export(store, handle)
+            key = serialization.load_der_private_key(payload, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+                raise KeyStoreError(f"key {handle!r} is not an EC or RSA key")
+            public = key.public_key()
+            if public != store.public_key(handle):
+                raise KeyStoreError(f"key {handle!r}: the exported key does not match the store's public key")
+            algorithm, fingerprint = key_algorithm(public), spki_sha256(public)
         label = label_of(handle, store.kind)
         now = self.clock.now()
         backup_id = str(uuid.uuid4())
@@ -493,7 +533,7 @@ class KeyBackupService:
             "format": MANIFEST_FORMAT,
             "backup_id": backup_id,
             "created_at": _timestamp(now),
-            "key": {"label": label, "purpose": purpose, "algorithm": key_algorithm(public), "spki_sha256": fingerprint},
+            "key": {"label": label, "purpose": purpose, "algorithm": algorithm, "spki_sha256": fingerprint},
             "threshold": threshold,
             "shares": n,
             "custodians": [{"index": i, "name": c.name} for i, c in enumerate(custodians, start=1)],
@@ -501,7 +541,7 @@ class KeyBackupService:
         }
         data_key = AESGCM.generate_key(bit_length=256)
         wrap_nonce = secrets.token_bytes(12)
-        wrapped = AESGCM(data_key).encrypt(wrap_nonce, pkcs8, _aad(header))
+        wrapped = AESGCM(data_key).encrypt(wrap_nonce, payload, _aad(header))
         manifest_doc = {**header, "wrap": {"cipher": CIPHER, "nonce": _b64(wrap_nonce)}, "wrapped_key": _b64(wrapped)}
 
         first = Shamir.split(threshold, n, data_key[:16])
@@ -533,7 +573,7 @@ class KeyBackupService:
             created_at=now,
             label=label,
             purpose=purpose,
-            algorithm=key_algorithm(public),
+            algorithm=algorithm,
             spki_sha256=fingerprint,
             threshold=threshold,
             shares=n,
@@ -656,7 +696,7 @@ class KeyBackupService:
         manifest = loaded.public
         label = check_label(label if label is not None else manifest.label)
         handle = f"{target.kind}:{label}"
-        if target.has(handle):
+        if target.has(handle) or target.has_secret(handle):
             raise ConflictError(
                 f"the target key store already holds a key labelled {label!r}; nothing is overwritten", field="label"
             )
@@ -707,28 +747,14 @@ class KeyBackupService:
 
         data_key = Shamir.combine([(i, v[:16]) for i, v in values]) + Shamir.combine([(i, v[16:]) for i, v in values])
         try:
-            pkcs8 = AESGCM(data_key).decrypt(loaded.nonce, loaded.wrapped_key, _aad(loaded.header))
+            payload = AESGCM(data_key).decrypt(loaded.nonce, loaded.wrapped_key, _aad(loaded.header))
         except InvalidTag:
             raise ManifestTamperedError(
                 f"manifest file {manifest_path}: the key does not unwrap with the data key from these shares "
                 "(the manifest was altered, or a custodian's share was forged)",
                 field="manifest",
             ) from None
-        try:
-            key = serialization.load_der_private_key(pkcs8, password=None)
-        except (ValueError, TypeError):
-            raise ManifestTamperedError(
-                f"manifest file {manifest_path}: the unwrapped key is not a private key", field="manifest"
-            ) from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or (
-            spki_sha256(key.public_key()) != manifest.spki_sha256
-            or key_algorithm(key.public_key()) != manifest.algorithm
-        ):
-            raise ManifestTamperedError(
-                f"manifest file {manifest_path}: the restored key is not the key the manifest names "
-                f"(SPKI SHA-256 {manifest.spki_sha256})",
-                field="manifest",
-            )
+        public = _restored_public_key(payload, manifest, manifest_path)
 
         used = tuple(sorted((share.index, share.custodian) for share, _ in parsed))
         audit.record(
@@ -758,11 +784,14 @@ class KeyBackupService:
                 store=target_name,
                 handle=handle,
                 algorithm=manifest.algorithm,
-                public_key=key.public_key(),
+                public_key=public,
                 state=KeyState.PRE_ACTIVE,
                 description=f"restored from backup {manifest.backup_id}",
             )
         # Stored after the audit entry: a failure here rolls the entry back with it.
-        imported = target.import_private_key_from_backup(label, pkcs8)
+        if public is None:
+            imported = target.import_secret_from_backup(label, payload)
+        else:
+            imported = target.import_private_key_from_backup(label, payload)
         assert imported == handle
         return RestoreResult(manifest, handle, used)

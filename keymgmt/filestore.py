@@ -203,11 +203,25 @@ class FileKeyStore:
         return AESGCM(Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(self._passphrase))
 
     def generate_secret(self, label: str) -> str:
+        return self._seal_new(label, AESGCM.generate_key(bit_length=256))
+
+    def export_secret_for_backup(self, handle: str) -> bytes:
+        """The secret key's 32 bytes, for :mod:`keymgmt.backup` only, which wraps them at once
+        under a fresh data key (the one narrow way out, as for private keys)."""
+        return self._unseal(label_of(handle, self.kind))
+
+    def import_secret_from_backup(self, label: str, secret: bytes) -> str:
+        """Store a secret key restored by :mod:`keymgmt.backup` (sealed with this store's
+        passphrase, 0600) and return its handle. An existing label is never replaced."""
+        if len(secret) != 32:
+            raise InvalidError("the restored secret key is not 256 bits", field="key")
+        return self._seal_new(label, secret)
+
+    def _seal_new(self, label: str, secret: bytes) -> str:
         path = self._secret_path(check_label(label))
         conflict = ConflictError(f"a key labelled {label!r} already exists", field="label")
         if path.exists() or self._path(label).exists():
             raise conflict
-        secret = AESGCM.generate_key(bit_length=256)
         salt, nonce = os.urandom(16), os.urandom(GCM_NONCE_BYTES)
         sealed = self._kek(salt, **_SCRYPT).encrypt(nonce, secret, f"govpki-secret:{label}".encode())
         document = {
@@ -236,6 +250,9 @@ class FileKeyStore:
             return cipher
 
     def _load_secret(self, label: str) -> AESGCM:
+        return AESGCM(self._unseal(label))
+
+    def _unseal(self, label: str) -> bytes:
         path = self._secret_path(label)
         try:
             document = json.loads(path.read_bytes())
@@ -259,7 +276,7 @@ class FileKeyStore:
             raise KeyStoreError(f"secret key file {path} is damaged") from None
         except InvalidTag:
             raise KeyStoreError(f"cannot decrypt key {label!r}: wrong passphrase or damaged file") from None
-        return AESGCM(secret)
+        return secret
 
     def encrypt(self, handle: str, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(GCM_NONCE_BYTES)

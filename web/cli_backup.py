@@ -45,6 +45,11 @@ def backup() -> None:
 @click.option("--ca", "ca_id", type=int, help="Back up this CA's key (default: the active issuing CA).")
 @click.option("--root", is_flag=True, help="Back up the active root CA's key (opens the root key store).")
 @click.option(
+    "--kmc-storage",
+    is_flag=True,
+    help="Back up the KMC storage key (the AES-256 key every escrowed key is sealed under; file store only).",
+)
+@click.option(
     "--store",
     "store_name",
     type=click.Choice(["online", "root"]),
@@ -71,6 +76,7 @@ def backup() -> None:
 def backup_create(
     ca_id: int | None,
     root: bool,
+    kmc_storage: bool,
     store_name: str | None,
     label: str | None,
     purpose: str | None,
@@ -83,8 +89,8 @@ def backup_create(
     from govpki.errors import GovpkiError
     from web.cli_common import cli_principal, fail, load_services, report_error
 
-    if sum((ca_id is not None, root, store_name is not None)) > 1:
-        fail("give one of --ca, --root or --store/--label")
+    if sum((ca_id is not None, root, kmc_storage, store_name is not None)) > 1:
+        fail("give one of --ca, --root, --kmc-storage or --store/--label")
     if (store_name is None) != (label is None):
         fail("--store and --label go together")
     if store_name is not None and not purpose:
@@ -101,6 +107,9 @@ def backup_create(
                 store = services.keystores[store_name]
                 handle = f"{store.kind}:{label}"
                 what = purpose
+            elif kmc_storage:
+                storage = services.kmc.storage_key(session)
+                store, handle, what = services.keystores[storage.key_store], storage.key_handle, "kmc-storage"
             else:
                 if ca_id is not None:
                     ca = services.ca.find_ca(session, ca_id)

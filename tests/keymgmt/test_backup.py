@@ -590,3 +590,48 @@ def test_a_signer_handle_still_refuses_export(store: FileKeyStore) -> None:
         signer.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+
+# --- secret keys (the KMC storage key) -------------------------------------------------------
+
+
+def test_a_secret_key_round_trips_and_still_opens_what_it_sealed(
+    backup: KeyBackupService, session: Session, store: FileKeyStore, tmp_path: Path
+) -> None:
+    """The KMC storage key (AES-256) is backed up like a CA key: restored from M shares it
+    opens what it sealed before; a check value stands in for the public-key fingerprint."""
+    from keymgmt.backup import SECRET_ALGORITHM, secret_check_value
+
+    handle = store.generate_secret("kmc-storage-test")
+    sealed = store.encrypt(handle, b"escrowed key bytes", b"record 7")
+    result = backup.create(
+        session,
+        SYSTEM,
+        store,
+        handle,
+        purpose="kmc-storage",
+        threshold=2,
+        custodians=custodians(),
+        out_dir=tmp_path / "b",
+    )
+    made = Made(result, handle, None)  # type: ignore[arg-type]
+    manifest = json.loads(made.manifest.read_text())
+    assert manifest["key"]["algorithm"] == SECRET_ALGORITHM
+    assert manifest["key"]["spki_sha256"] == secret_check_value(store.export_secret_for_backup(handle))
+    assert store.export_secret_for_backup(handle) not in made.manifest.read_bytes()
+
+    target = FileKeyStore(tmp_path / "t", PASS)
+    restored = backup.restore(session, SYSTEM, made.manifest, made.inputs(3, 1), target)
+    assert restored.handle == handle and target.has_secret(handle) and not target.has(handle)
+    assert FileKeyStore(tmp_path / "t", PASS).decrypt(handle, sealed, b"record 7") == b"escrowed key bytes"
+
+    with pytest.raises(TooFewSharesError):
+        backup.restore(session, SYSTEM, made.manifest, made.inputs(2), FileKeyStore(tmp_path / "u", PASS))
+    with pytest.raises(ConflictError):  # the label exists there now
+        backup.restore(session, SYSTEM, made.manifest, made.inputs(1, 2), target)
+    # a manifest that names another check value is refused (it is authenticated data)
+    manifest["key"]["spki_sha256"] = "0" * 64
+    made.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestTamperedError):
+        backup.restore(session, SYSTEM, made.manifest, made.inputs(1, 2), FileKeyStore(tmp_path / "v", PASS))
+    assert not (tmp_path / "v").exists() or not list((tmp_path / "v").iterdir())

@@ -217,3 +217,40 @@ def test_root_key_and_other_keys(services: Services, tmp_path: Path) -> None:
     )
     assert needs_purpose.exit_code == 2 and "needs --purpose" in needs_purpose.output
     assert not (tmp_path / "x").exists()
+
+
+def test_the_kmc_storage_key_is_backed_up_and_restored(services: Services, tmp_path: Path) -> None:
+    assert run(services, "kmc", "init").exit_code == 0
+    passes = passphrase_files(tmp_path / "passes")
+    folder, backup_id = create(services, tmp_path, passes, "kmc-backup", "--kmc-storage")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["key"]["purpose"] == "kmc-storage" and manifest["key"]["algorithm"] == "aes-256"
+    with services.sessions() as s:
+        storage = services.kmc.storage_key(s)
+    target = tmp_path / "restored"
+    restored = run(
+        services,
+        "backup",
+        "restore",
+        "--manifest",
+        str(folder / "manifest.json"),
+        "--share",
+        f"{folder / 'share-2-bob.json'}={passes['bob']}",
+        "--share",
+        f"{folder / 'share-3-carol.json'}={passes['carol']}",
+        "--dir",
+        str(target),
+        "--passphrase-file",
+        str(passes["store"]),
+    )
+    assert restored.exit_code == 0, restored.output
+    original = services.keystores[storage.key_store]
+    sealed = original.encrypt(storage.key_handle, b"x", b"aad")  # type: ignore[attr-defined]
+    copy = FileKeyStore(target, b"store has a long passphrase")
+    assert copy.decrypt(storage.key_handle, sealed, b"aad") == b"x"
+    assert [a for a, _ in actions(services)] == ["keymgmt:backup:create", "keymgmt:backup:restore"]
+    assert all(d["backup_id"] == backup_id for _, d in actions(services))
+    both = run(
+        services, "backup", "create", "--kmc-storage", "--root", "-m", "2", *custodian_args(passes), "--out", "x"
+    )
+    assert both.exit_code == 2 and "one of --ca, --root, --kmc-storage" in both.output
