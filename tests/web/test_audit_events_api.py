@@ -183,6 +183,7 @@ def test_openapi_documents_the_endpoint(client: FlaskClient):
     from openapi_spec_validator import validate
 
     doc = client.get("/api/v1/openapi.json").json
+    assert doc is not None
     validate(doc)
     post = doc["paths"][URL]["post"]
     assert post["security"] == [{"applicationClient": []}]
