@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import _stats  # noqa: E402
-from bench.issue import _tail, govpki_command, log, stop_process, wait_http  # noqa: E402
+from bench.issue import _tail, log, stop_process, wait_http  # noqa: E402
 
 PATH = "/api/v1/audit/events"
 GOAL_EVENTS_PER_S = 5000.0
@@ -73,6 +73,7 @@ def drive(
     bodies = [make_body(batch, v) for v in range(8)]
     headers = {"Content-Type": "application/json", "Authorization": auth}
     barrier = threading.Barrier(clients + 1)
+    go = threading.Event()
     window: dict[str, float] = {}
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[list[str]] = [[] for _ in range(clients)]
@@ -103,6 +104,7 @@ def drive(
             for i in range(warmup):
                 once(conn, k + i)
             barrier.wait()
+            go.wait()
             i = 0
             while True:
                 if time.perf_counter() >= window["end"]:
@@ -131,6 +133,7 @@ def drive(
     cpu.start()
     window["start"] = time.perf_counter()
     window["end"] = window["start"] + seconds
+    go.set()
     for t in threads:
         t.join()
     length = time.perf_counter() - window["start"]
@@ -169,7 +172,9 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
         env["GOVPKI_THREADS"] = str(args.threads)
     if args.database_url:
         env["GOVPKI_DATABASE_URL"] = args.database_url
-    cmd = govpki_command()
+    # this checkout's code (not whichever checkout the venv's ``govpki`` script was installed from)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-c", "import sys; from web.cli import main; sys.exit(main())"]
 
     def govpki(*argv: str) -> str:
         done = subprocess.run(
