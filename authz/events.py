@@ -13,3 +13,5 @@ class AuthzEvent(enum.StrEnum):
     TOKEN_CREATE = "authz:token:create"
     TOKEN_REVOKE = "authz:token:revoke"
     AUDIT_EXPORT = "authz:audit:export"
+    APPLICATION_REGISTER = "authz:application:register"
+    APPLICATION_DISABLE = "authz:application:disable"

@@ -50,3 +50,24 @@ class ApiToken(Base):
     revoked_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
 
     owner: Mapped[Account | None] = relationship()
+
+
+class Application(Base):
+    """A registered application (an OAuth-style confidential client).
+
+    Only the SHA-256 of its client secret is stored; the secret is shown once, at
+    registration. ``scopes`` is a space-separated list of what it may do
+    (``audit:write``: append its own events to the audit chain). The OIDC provider
+    will add redirect URIs and public clients on top of this registry."""
+
+    __tablename__ = "applications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(48), unique=True)
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(500))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
+    disabled: Mapped[bool] = mapped_column(default=False)
+    disabled_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())

@@ -258,6 +258,91 @@ def record(
     return AuditRef(seq, digest)
 
 
+@dataclass(frozen=True)
+class NewEntry:
+    """One entry for :func:`record_many`: what :func:`record` takes, with its own actor.
+    ``details`` may be given already as its canonical JSON text (``details_text``)."""
+
+    actor: str
+    action: str
+    object_type: str
+    object_id: str
+    details: Mapping[str, Any] | None = None
+    outcome: str = "success"
+    details_text: str | None = None
+
+
+_BUMP_BY = (
+    update(_T_HEAD)
+    .where(_T_HEAD.c.id == 1)
+    .values(seq=_T_HEAD.c.seq + bindparam("count"))
+    .returning(_T_HEAD.c.seq, _T_HEAD.c.hash)
+)
+
+
+def record_many(
+    target: Session | Connection,
+    entries: Sequence[NewEntry],
+    *,
+    clock: Clock | None = None,
+) -> list[AuditRef]:
+    """Append ``entries`` in order, in the caller's transaction, as :func:`record` would one
+    by one: the same hash chain, gap-free sequence numbers and serialisation. The head row is
+    bumped once by ``len(entries)`` (taking the same lock) and the rows go in with one
+    ``executemany``; all entries carry the same time (one transaction, one moment)."""
+    if not entries:
+        return []
+    for entry in entries:
+        if not ACTION_RE.match(entry.action):
+            raise ValueError(f"audit action {entry.action!r} is not a domain:object:verb tag")
+    at = (clock or SystemClock()).now()
+    conn = target.connection() if isinstance(target, Session) else target
+    head = conn.execute(_BUMP_BY, {"count": len(entries)}).first()
+    if head is None:
+        raise RuntimeError("audit_head row is missing: the audit log cannot be written")
+    last_seq, prev = head
+    seq = last_seq - len(entries)
+    rows: list[dict[str, Any]] = []
+    refs: list[AuditRef] = []
+    for entry in entries:
+        seq += 1
+        details_text = (
+            entry.details_text if entry.details_text is not None else canonical_json(dict(entry.details or {}))
+        )
+        digest = fast_entry_hash(
+            prev,
+            seq,
+            at,
+            entry.actor,
+            entry.action,
+            entry.object_type,
+            entry.object_id,
+            entry.outcome,
+            details_text,
+        )
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": entry.actor,
+                "action": entry.action,
+                "object_type": entry.object_type,
+                "object_id": entry.object_id,
+                "outcome": entry.outcome,
+                "details": details_text,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        refs.append(AuditRef(seq, digest))
+        prev = digest
+    conn.execute(_APPEND, rows)
+    conn.execute(_SET_HEAD, {"new_hash": prev})
+    if isinstance(target, Session):
+        target.info[PENDING] = True
+    return refs
+
+
 PENDING = "govpki.audit_pending"
 
 

@@ -20,6 +20,7 @@ class PrincipalKind(enum.StrEnum):
     ACCOUNT = "account"
     API_TOKEN = "api_token"
     SYSTEM = "system"
+    APPLICATION = "application"  # a registered application (client credentials)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Principal:
     name: str
     roles: frozenset[Role] = field(default_factory=frozenset)
     prefecture: str | None = None
+    scopes: frozenset[str] = field(default_factory=frozenset)  # what an application may do, e.g. "audit:write"
 
     @property
     def audit_name(self) -> str:

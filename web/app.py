@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, audit_console, crl, pki, ui
+from web import api, api_events, audit_console, crl, pki, ui
 from web.container import Services, build_services
 from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
@@ -80,7 +80,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         if wants_problem():
             detail = error.description or "error"
             if status == 413:
-                detail = f"the request body is larger than {MAX_REQUEST_BYTES} bytes"
+                detail = f"the request body is larger than {request.max_content_length or MAX_REQUEST_BYTES} bytes"
             return problem(status, detail, code=f"http.{status}", instance=request.path)
         return ui.render_http_error(error)
 
@@ -90,6 +90,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         return problem(500, "an internal error occurred; it was logged", code="govpki.internal", instance=request.path)
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_events.bp)
     app.register_blueprint(pki.bp)
     app.register_blueprint(crl.bp)
     ui.init_app(app)

@@ -775,5 +775,9 @@ from web.cli_audit import register as register_audit_evidence  # noqa: E402  (go
 
 register_audit_evidence(audit)
 
+from web.cli_apps import app_group  # noqa: E402  (govpki app register | list | disable)
+
+main.add_command(app_group)
+
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ import ca.models  # noqa: F401
 import keymgmt.kmc_models
 import keymgmt.models  # noqa: F401
 import ra.models  # noqa: F401
+from authz.applications import ApplicationService
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
@@ -81,6 +82,7 @@ class Services:
     audit_console: AuditConsoleService
     evidence: EvidenceService
     certificate_stats: CertificateStats
+    applications: ApplicationService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -280,6 +282,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         audit_console=AuditConsoleService(clock, auditing),
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
         certificate_stats=CertificateStats(clock),
+        applications=ApplicationService(clock),
     )
 
 

@@ -64,6 +64,7 @@ class Operation:
     responses: dict[int, Response] = field(default_factory=dict)
     parameters: tuple[Parameter, ...] = ()
     auth: bool = True
+    security: str = "operatorToken"
 
 
 OPERATIONS: list[Operation] = []
@@ -79,10 +80,13 @@ def operation(
     responses: dict[int, Response] | None = None,
     parameters: tuple[Parameter, ...] = (),
     auth: bool = True,
+    security: str = "operatorToken",
 ) -> Callable[[F], F]:
     def register(view: F) -> F:
         OPERATIONS.append(
-            Operation(method.lower(), path, summary, view.__name__, tag, body, responses or {}, parameters, auth)
+            Operation(
+                method.lower(), path, summary, view.__name__, tag, body, responses or {}, parameters, auth, security
+            )
         )
         return view
 
@@ -140,7 +144,7 @@ def document(server_url: str) -> dict[str, Any]:
         responses.setdefault("default", {"description": "Error (RFC 9457 problem details)", "content": problem_ref})
         item["responses"] = responses
         if op.auth:
-            item["security"] = [{"operatorToken": []}]
+            item["security"] = [{op.security: []}]
         paths.setdefault(op.path, {})[op.method] = item
     return {
         "openapi": "3.1.0",
@@ -154,7 +158,12 @@ def document(server_url: str) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "operatorToken": {"type": "http", "scheme": "bearer", "description": "Operator API token (gpk_…)"}
+                "operatorToken": {"type": "http", "scheme": "bearer", "description": "Operator API token (gpk_…)"},
+                "applicationClient": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "A registered application's client_id and client_secret (client_secret_basic)",
+                },
             },
         },
     }

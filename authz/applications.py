@@ -1,0 +1,291 @@
+"""Registered applications (OAuth-style confidential clients) and the events they
+append to the audit chain.
+
+An application is registered by a security administrator and gets a ``client_id``
+and a 256-bit client secret, shown once; only the secret's SHA-256 is stored.
+It authenticates with both (HTTP Basic, ``client_secret_basic``) and acts as a
+:class:`Principal` of kind ``application`` carrying its scopes. With the scope
+``audit:write`` it may append its own events (:meth:`ApplicationService.append_events`).
+
+How an application's event is stored (see README, "Audit events from applications"):
+
+* ``action``: the application sends ``object:verb`` or ``app:object:verb``; it is
+  stored as ``app:object:verb``. Any other domain (``ca:``, ``authz:``…) is refused,
+  so an application can never write a tag of govpki's own domains.
+* ``actor``: ``application:<name>/<actor>`` (the application's name, then the
+  actor it names, 1..128 characters, no control characters).
+* ``details``: ``{"source": {"application": name, "client_id": id}, "occurred_at":
+  <the application's time, UTC>, "data": <its details object>}``; the entry's own
+  ``at`` is the server's time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from authz.events import AuthzEvent
+from authz.models import Application
+from govpki import audit
+from govpki.audit import AuditRef, NewEntry
+from govpki.clock import Clock
+from govpki.errors import ConflictError, FieldProblem, ForbiddenError, InvalidError, NotFoundError, UnauthenticatedError
+from govpki.principal import Principal, PrincipalKind, Role
+
+AUDIT_WRITE = "audit:write"
+KNOWN_SCOPES = frozenset({AUDIT_WRITE})
+CLIENT_ID_PREFIX = "app_"
+APP_DOMAIN = "app"
+
+MAX_BATCH = 1000
+MAX_ACTOR = 128
+MAX_OBJECT_TYPE = 50
+MAX_OBJECT_ID = 200
+MAX_DETAILS_BYTES = 16 * 1024
+OUTCOMES = ("success", "failure", "denied")
+
+_NAME = re.compile(r"^[a-z][a-z0-9-]{2,47}$")
+_TAG = r"[a-z][a-z0-9_]{0,29}"
+_ACTION = re.compile(rf"^(?:({_TAG}):)?({_TAG}):({_TAG})$")
+# C0, DEL and C1 controls, and the Unicode line/paragraph separators
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_DUMMY_DIGEST = hashlib.sha256(b"no such application").hexdigest()
+
+
+def application_principal(app: Application) -> Principal:
+    return Principal(
+        PrincipalKind.APPLICATION, app.client_id, app.name, frozenset(), scopes=frozenset(app.scopes.split())
+    )
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    refs: list[AuditRef]
+
+    @property
+    def first(self) -> AuditRef:
+        return self.refs[0]
+
+    @property
+    def last(self) -> AuditRef:
+        return self.refs[-1]
+
+
+def _text(event: Mapping[str, Any], key: str, field: str, max_len: int, *, control_ok: bool = False) -> str:
+    value = event.get(key)
+    if not isinstance(value, str):
+        raise InvalidError("is required and must be a string", field=field)
+    if not 1 <= len(value) <= max_len:
+        raise InvalidError(f"must be 1-{max_len} characters", field=field)
+    if not control_ok and _CONTROL.search(value):
+        raise InvalidError("must not contain control characters", field=field)
+    return value
+
+
+def _action(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidError("is required and must be a string", field=field)
+    match = _ACTION.match(value)
+    if match is None:
+        raise InvalidError(
+            "must be 'object:verb' or 'app:object:verb': lower-case tags of letters, digits and '_', "
+            "each starting with a letter (at most 30 characters)",
+            field=field,
+        )
+    domain, obj, verb = match.groups()
+    if domain is not None and domain != APP_DOMAIN:
+        raise InvalidError(
+            f"applications write only under the domain '{APP_DOMAIN}' (send 'object:verb'); '{domain}:' is not theirs",
+            field=field,
+        )
+    return f"{APP_DOMAIN}:{obj}:{verb}"
+
+
+def _time(value: Any, field: str) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidError("is required: an RFC 3339 date-time with a zone, e.g. 2026-01-31T12:00:00Z", field=field)
+    try:
+        parsed = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None or "T" not in value.upper():
+        raise InvalidError(
+            f"{value!r} is not an RFC 3339 date-time with a zone, e.g. 2026-01-31T12:00:00Z", field=field
+        )
+    return audit.timestamp(parsed)
+
+
+def _details(value: Any, field: str) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidError("must be a JSON object", field=field)
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidError("must not contain NaN or infinite numbers", field=field) from None
+    except RecursionError:
+        raise InvalidError("is nested too deeply", field=field) from None
+    if len(text.encode("utf-8")) > MAX_DETAILS_BYTES:
+        raise InvalidError(f"is larger than {MAX_DETAILS_BYTES} bytes (as compact JSON)", field=field)
+    return value
+
+
+_EVENT_KEYS = frozenset({"actor", "action", "object_type", "object_id", "outcome", "time", "details"})
+
+
+def check_event(event: Any, where: str) -> tuple[str, str, str, str, str, str, Any]:
+    """Schema-check one event; ``where`` prefixes each field name (``events[3].``).
+    Returns (actor, stored action, object_type, object_id, outcome, occurred_at, details)."""
+    if not isinstance(event, Mapping):
+        raise InvalidError("must be a JSON object", field=where.rstrip(".") or "body")
+    unknown = sorted(set(event) - _EVENT_KEYS)
+    if unknown:
+        raise InvalidError("is not a field of an audit event", field=f"{where}{unknown[0]}")
+    actor = _text(event, "actor", f"{where}actor", MAX_ACTOR)
+    action = _action(event.get("action"), f"{where}action")
+    object_type = _text(event, "object_type", f"{where}object_type", MAX_OBJECT_TYPE)
+    object_id = _text(event, "object_id", f"{where}object_id", MAX_OBJECT_ID)
+    outcome = event.get("outcome", "success")
+    if outcome not in OUTCOMES:
+        raise InvalidError(f"must be one of {', '.join(OUTCOMES)}", field=f"{where}outcome")
+    occurred_at = _time(event.get("time"), f"{where}time")
+    details = _details(event.get("details"), f"{where}details")
+    return actor, action, object_type, object_id, str(outcome), occurred_at, details
+
+
+class ApplicationService:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    @staticmethod
+    def _require_security_admin(principal: Principal, what: str) -> None:
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError(f"only a security administrator may {what}")
+
+    def register(
+        self, session: Session, principal: Principal, *, name: str, scopes: Sequence[str] = (AUDIT_WRITE,)
+    ) -> tuple[Application, str]:
+        """Register an application; returns it and its client secret (shown once, stored as a hash)."""
+        self._require_security_admin(principal, "register applications")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidError(
+                "must be 3-48 characters: lower-case letters, digits or '-', starting with a letter", field="name"
+            )
+        wanted = sorted(set(scopes))
+        for scope in wanted:
+            if scope not in KNOWN_SCOPES:
+                raise InvalidError(
+                    f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})", field="scope"
+                )
+        if session.scalar(select(Application.id).where(Application.name == name)) is not None:
+            raise ConflictError(f"an application named {name!r} is registered", field="name")
+        client_id = f"{CLIENT_ID_PREFIX}{secrets.token_hex(12)}"
+        secret = secrets.token_urlsafe(32)  # 256 bits
+        app = Application(
+            name=name,
+            client_id=client_id,
+            secret_sha256=hashlib.sha256(secret.encode("ascii")).hexdigest(),
+            scopes=" ".join(wanted),
+            created_by=principal.audit_name,
+            created_at=self._clock.now(),
+            disabled=False,
+        )
+        session.add(app)
+        session.flush()
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.APPLICATION_REGISTER.value,
+            object_type="application",
+            object_id=client_id,
+            details={"name": name, "scopes": wanted},
+            clock=self._clock,
+        )
+        return app, secret
+
+    def list(self, session: Session) -> list[Application]:
+        return list(session.scalars(select(Application).order_by(Application.id)))
+
+    def disable(self, session: Session, principal: Principal, client_id: str) -> Application:
+        self._require_security_admin(principal, "disable applications")
+        app = session.scalar(select(Application).where(Application.client_id == client_id))
+        if app is None:
+            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+        if app.disabled:
+            raise ConflictError(f"application {app.name!r} is already disabled", field="client_id")
+        app.disabled = True
+        app.disabled_at = self._clock.now()
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.APPLICATION_DISABLE.value,
+            object_type="application",
+            object_id=client_id,
+            details={"name": app.name},
+            clock=self._clock,
+        )
+        return app
+
+    def authenticate(self, session: Session, client_id: str | None, secret: str | None) -> Principal:
+        """Client credentials to a principal. Unknown client, disabled client and wrong
+        secret are the same error; the digest is compared in constant time either way."""
+        if not client_id or secret is None:
+            raise UnauthenticatedError(
+                "client credentials are required: HTTP Basic with client_id and client_secret", field="authorization"
+            )
+        app = None
+        if len(client_id) <= 64:
+            app = session.scalar(select(Application).where(Application.client_id == client_id))
+        digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+        ok = hmac.compare_digest(app.secret_sha256 if app is not None else _DUMMY_DIGEST, digest)
+        if app is None or not ok or app.disabled:
+            raise UnauthenticatedError("the client credentials are not valid", field="authorization")
+        return application_principal(app)
+
+    def append_events(
+        self, session: Session, principal: Principal, events: Sequence[Any], *, batch: bool
+    ) -> AppendResult:
+        """Schema-check every event, then append them all (one batch, one transaction) to
+        the audit chain with the application as their source. One bad event: an
+        :class:`InvalidError` naming ``events[i].field`` (``field`` alone when ``batch`` is
+        false) and nothing appended."""
+        if principal.kind is not PrincipalKind.APPLICATION:
+            raise ForbiddenError("only a registered application may append application audit events")
+        if AUDIT_WRITE not in principal.scopes:
+            raise ForbiddenError(f"application {principal.name!r} lacks the scope {AUDIT_WRITE!r}")
+        if not 1 <= len(events) <= MAX_BATCH:
+            raise InvalidError(f"must hold 1-{MAX_BATCH} events", field="events")
+        prefix = f"{PrincipalKind.APPLICATION.value}:{principal.name}/"
+        source = {"application": principal.name, "client_id": principal.id}
+        entries: list[NewEntry] = []
+        problems: list[FieldProblem] = []
+        for i, event in enumerate(events):
+            try:
+                actor, action, object_type, object_id, outcome, occurred_at, details = check_event(
+                    event, f"events[{i}]." if batch else ""
+                )
+            except InvalidError as exc:
+                problems.extend(exc.problems)
+                if len(problems) >= 20:
+                    break
+                continue
+            if problems:
+                continue
+            text = audit.canonical_json({"data": details, "occurred_at": occurred_at, "source": source})
+            entries.append(NewEntry(prefix + actor, action, object_type, object_id, outcome=outcome, details_text=text))
+        if problems:
+            first = problems[0]
+            more = f" (and {len(problems) - 1} more: see errors)" if len(problems) > 1 else ""
+            raise InvalidError(first.reason + more, field=first.field, problems=problems, code="audit.invalid_event")
+        return AppendResult(audit.record_many(session, entries, clock=self._clock))

@@ -1,0 +1,77 @@
+"""``govpki app register | list | disable``: registered applications (client credentials).
+
+Registered at the end of web.cli with one ``main.add_command(app)``; helpers come from
+web.cli_common (never from web.cli), imported when a command runs."""
+
+from __future__ import annotations
+
+import click
+
+from govpki.errors import GovpkiError
+
+
+@click.group("app")
+def app_group() -> None:
+    """Registered applications: client credentials for the application APIs (audit events)."""
+
+
+@app_group.command("register")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=("audit:write",),
+    show_default=True,
+    help="What the application may do; repeat for several.",
+)
+def register(name: str, scopes: tuple[str, ...]) -> None:
+    """Register application NAME; prints its client_id and client secret (shown only this once)."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            application, secret = services.applications.register(session, cli_principal(), name=name, scopes=scopes)
+            client_id = application.client_id
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    click.echo(f"registered application {name!r} (scopes: {' '.join(sorted(set(scopes))) or '-'})", err=True)
+    click.echo("the client secret is shown only now; store it safely", err=True)
+    click.echo(f"client_id={client_id}")
+    click.echo(f"client_secret={secret}")
+
+
+@app_group.command("list")
+def list_apps() -> None:
+    """List registered applications."""
+    from web.cli_common import load_services
+
+    services = load_services()
+    with services.sessions() as session:
+        apps = services.applications.list(session)
+        click.echo(f"{'client_id':30} {'name':24} {'scopes':16} {'state':9} {'created':20} created by")
+        for a in apps:
+            state = "disabled" if a.disabled else "active"
+            created = a.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            click.echo(f"{a.client_id:30} {a.name:24} {a.scopes or '-':16} {state:9} {created:20} {a.created_by}")
+
+
+@app_group.command("disable")
+@click.argument("client_id")
+def disable(client_id: str) -> None:
+    """Disable the application CLIENT_ID: its credentials stop working at once."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            application = services.applications.disable(session, cli_principal(), client_id)
+            name = application.name
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    click.echo(f"disabled application {name!r} ({client_id})")
