@@ -157,6 +157,7 @@ class RevocationService:
                 "invalidity_date": invalidity_date.isoformat() if invalidity_date else None,
                 "was_on_hold": current == HOLD,
             },
+            before=current,
         )
         return record
 
@@ -179,7 +180,7 @@ class RevocationService:
         record.revocation_reason = HOLD.value
         record.revoked_at = now.replace(microsecond=0)
         record.invalidity_date = None
-        self._changed(session, principal, record, CaEvent.CERT_HOLD, {"reason": HOLD.value})
+        self._changed(session, principal, record, CaEvent.CERT_HOLD, {"reason": HOLD.value}, before=None)
         return record
 
     def release(
@@ -199,7 +200,12 @@ class RevocationService:
         record.released_at = self._clock.now().replace(microsecond=0)
         record.released_hold_at = held_at
         self._changed(
-            session, principal, record, CaEvent.CERT_RELEASE, {"held_at": held_at.isoformat() if held_at else None}
+            session,
+            principal,
+            record,
+            CaEvent.CERT_RELEASE,
+            {"held_at": held_at.isoformat() if held_at else None},
+            before=HOLD.value,
         )
         return record
 
@@ -240,7 +246,11 @@ class RevocationService:
         record: CertificateRecord,
         event: CaEvent,
         details: dict[str, object],
+        *,
+        before: str | None,
     ) -> None:
+        """``before``: the revocation reason before the change (None: good), for the audit
+        entry's before/after values."""
         now = self._clock.now()
         seq = session.execute(
             update(CaStatus)
@@ -259,10 +269,24 @@ class RevocationService:
             event.value,
             object_type="certificate",
             object_id=record.serial,
-            details={"ca_id": record.ca_id, "status_seq": seq, **details},
+            details={
+                "ca_id": record.ca_id,
+                "status_seq": seq,
+                **details,
+                "before": _status_value(before),
+                "after": _status_value(record.revocation_reason),
+            },
             clock=self._clock,
         )
         if record.revocation_reason is not None:  # a revocation or a hold (a release is not logged)
             self._tlog.append_revoke(session, record)
         for listener in self._listeners:
             listener(session, record)
+
+
+def _status_value(reason: str | None) -> dict[str, str]:
+    if reason is None:
+        return {"status": "good"}
+    if reason == HOLD:
+        return {"status": "on_hold"}
+    return {"status": "revoked", "reason": reason}

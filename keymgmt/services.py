@@ -266,11 +266,12 @@ class KeyService:
                 code="keymgmt.not_pre_active",
             )
         now = self._clock.now()
+        before = record.state
         record.state = KeyState.ACTIVE.value
         record.activated_at = now
         record.use_until = record.use_until or now + self.policy.get(record.purpose).lifetime
         session.flush()
-        self._audit(session, principal, KeyEvent.ACTIVATE, record)
+        self._audit(session, principal, KeyEvent.ACTIVATE, record, before=before)
         return record
 
     def retire(self, session: Session, principal: Principal, record_id: int, *, reason: str = "") -> KeyRecord:
@@ -291,10 +292,11 @@ class KeyService:
             raise ConflictError(
                 f"key {record.id} is {record.state} already", field="id", code=f"keymgmt.already_{record.state}"
             )
+        before = record.state
         record.state = KeyState.RETIRED.value
         record.retired_at = self._clock.now()
         session.flush()
-        self._audit(session, principal, KeyEvent.RETIRE, record, reason=reason or None)
+        self._audit(session, principal, KeyEvent.RETIRE, record, before=before, reason=reason or None)
         return record
 
     def destroy(self, session: Session, principal: Principal, record_id: int) -> KeyRecord:
@@ -318,10 +320,11 @@ class KeyService:
             self._keystores[record.store].destroy(record.handle)
         except KeyNotFoundError:
             was_there = False  # gone already (removed by hand): the record still says so
+        before = record.state
         record.state = KeyState.DESTROYED.value
         record.destroyed_at = self._clock.now()
         session.flush()
-        self._audit(session, principal, KeyEvent.DESTROY, record, in_store=was_there)
+        self._audit(session, principal, KeyEvent.DESTROY, record, before=before, in_store=was_there)
         return record
 
     # ----- rotation --------------------------------------------------------
@@ -413,7 +416,16 @@ class KeyService:
 
     # ----- audit -----------------------------------------------------------
 
-    def _audit(self, session: Session, principal: Principal, event: KeyEvent, record: KeyRecord, **extra: Any) -> None:
+    def _audit(
+        self,
+        session: Session,
+        principal: Principal,
+        event: KeyEvent,
+        record: KeyRecord,
+        before: str | None = None,
+        **extra: Any,
+    ) -> None:
+        """``before``: the state the change left (the auditors' console shows before and after)."""
         details: dict[str, Any] = {
             "purpose": record.purpose,
             "algorithm": record.algorithm,
@@ -428,6 +440,8 @@ class KeyService:
         if record.description:
             details["description"] = record.description
         details.update({k: v for k, v in extra.items() if v is not None})
+        if before is not None:
+            details["before"], details["after"] = {"state": before}, {"state": record.state}
         audit.record(
             session,
             principal,

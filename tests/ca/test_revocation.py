@@ -4,10 +4,12 @@ transaction, refused clearly when the change makes no sense."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import func, select
 
+from authz.console import changes_of
 from ca.models import CaKind, CaStatus, CertificateRecord
 from ca.revocation import Status
 from govpki.audit import AuditEntry, verify_chain
@@ -93,6 +95,20 @@ def test_hold_release_and_hold_then_revoke(services: Services) -> None:
         "ca:certificate:release",
         "ca:certificate:hold",
         "ca:certificate:revoke",
+    ]
+    # each entry carries the status before and after (the auditors' console shows them)
+    with services.sessions() as session:
+        entries = session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.object_id == serial, AuditEntry.action.like("ca:certificate:%"))
+            .order_by(AuditEntry.seq)
+        ).all()
+        changes = [changes_of(json.loads(e.details)) for e in entries[-4:]]
+    assert changes == [
+        [("status", "good", "on_hold")],
+        [("status", "on_hold", "good")],
+        [("status", "good", "on_hold")],
+        [("reason", None, "affiliationChanged"), ("status", "on_hold", "revoked")],
     ]
 
 

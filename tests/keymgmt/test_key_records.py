@@ -294,6 +294,7 @@ def test_permissions_auditor_reads_secadmin_manages(services: Services) -> None:
         s.flush()
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "keymgmt:key:retire")).one()
         assert entry.object_id == str(issuing.id) and '"reason":"test"' in entry.details
+        assert '"before":{"state":"active"}' in entry.details and '"after":{"state":"retired"}' in entry.details
         with pytest.raises(ConflictError):
             services.keys.retire(s, SECADMIN, issuing.id)
         s.rollback()
@@ -330,6 +331,7 @@ def test_destroy_a_retired_key_on_softhsm_removes_its_objects(tmp_path: Path, da
         with services.sessions() as s:
             entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "keymgmt:key:destroy")).one()
             assert entry.object_id == str(record_id) and handle in entry.details
+            assert '"before":{"state":"retired"}' in entry.details and '"after":{"state":"destroyed"}' in entry.details
             actions = list(
                 s.scalars(select(AuditEntry.action).where(AuditEntry.object_type == "key").order_by(AuditEntry.seq))
             )
