@@ -42,7 +42,8 @@ MAX_PAGE_SIZE = 500
 PREFECTURE_KEYS = ("prefecture_code", "prefecture")
 PREFECTURE_OBJECTS = ("ra", "prefecture")
 _CERTIFICATES = table("certificates", column("serial"), column("prefecture_code"))
-APPLICATION_KEYS = ("application", "application_name")
+# dotted: a nested key (``source.application`` is where application events name their source)
+APPLICATION_KEYS = ("application", "application_name", "source.application")
 APPLICATION_OBJECTS = ("application",)
 _OUTCOME = re.compile(r"^[a-z_]{1,20}$")
 _ACTION = re.compile(r"^[a-z0-9_:]{1,100}$")
@@ -121,11 +122,12 @@ class AuditFilter:
 
 
 def _json_text(column: Any, key: str, dialect: str) -> Any:
+    path = key.split(".")
     if dialect == "postgresql":
-        return func.jsonb_extract_path_text(cast(column, JSONB), key)
+        return func.jsonb_extract_path_text(cast(column, JSONB), *path)
     if dialect == "sqlite":
-        return func.json_extract(column, f"$.{key}")
-    return cast(column, JSON)[key].as_string()
+        return func.json_extract(column, "$." + ".".join(path))
+    return cast(column, JSON)[tuple(path)].as_string()
 
 
 def _derived_match(keys: Sequence[str], objects: Sequence[str], value: str, dialect: str) -> ColumnElement[bool]:
@@ -174,7 +176,9 @@ def details_of(entry: AuditEntry) -> dict[str, Any]:
 
 def _derive(entry: AuditEntry, details: Mapping[str, Any], keys: Sequence[str], objects: Sequence[str]) -> str | None:
     for key in keys:
-        value = details.get(key)
+        value: Any = details
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
         if isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
     return entry.object_id if entry.object_type in objects else None

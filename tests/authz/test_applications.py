@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from authz.applications import AUDIT_WRITE
+from authz.console import AuditFilter, application_of
 from authz.models import Application
 from govpki import audit
 from govpki.audit import AuditEntry, AuditHead, NewEntry, entry_hash, verify_chain
@@ -138,6 +139,11 @@ def test_append_events_with_the_application_as_source(bare_services: Services):
             }
         )
         assert verify_chain(s).ok
+        # the auditors' console finds them by application (details.source.application)
+        page = bare_services.audit_console.search(s, AUDITOR, AuditFilter(application="e-docs"))
+        assert [e.seq for e in page.entries] == [result.last.seq, result.first.seq]
+        assert {application_of(e) for e in page.entries} == {"e-docs"}
+        assert bare_services.audit_console.search(s, AUDITOR, AuditFilter(application="other")).entries == []
 
 
 @pytest.mark.parametrize(
