@@ -40,6 +40,7 @@ import multiprocessing as mp
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,6 +204,52 @@ def load(
         "errors": sum(r["errors"] for r in results),
         "client_cpu_s": sum(r["cpu"] for r in results),
         **summary,
+    }
+
+
+def load_wrk(
+    folder: Path,
+    port: int,
+    bodies: list[bytes],
+    connections: int,
+    threads: int,
+    seconds: float,
+    warmup: float,
+    keepalive: bool = False,
+) -> dict[str, Any]:
+    """The same load from ``wrk`` (C, Debian's ``wrk``), which leaves the servers far more of
+    the two cores than the Python clients: ``connections`` open at a time over ``threads``
+    threads, the requests in turn (bench/ocsp_wrk.lua), each on a new connection unless
+    ``keepalive``. Answers that are not HTTP 200 with a successful OCSP response count as errors."""
+    blob = folder / "wrk-bodies.bin"
+    blob.write_bytes(b"".join(len(b).to_bytes(4, "big") + b for b in bodies))
+    env = {**os.environ, "OCSP_BODIES": str(blob), "OCSP_KEEPALIVE": "1" if keepalive else "0"}
+    base = ["wrk", f"-t{threads}", f"-c{connections}", "-s", str(BENCH_DIR / "ocsp_wrk.lua")]
+    url = f"http://127.0.0.1:{port}/ocsp"
+    if warmup > 0:  # with the Python clients: a wrk run cut off at its end leaves openssl ocsp's workers stuck
+        load(port, bodies, 1, 4, warmup, 0.2)
+    before = os.times()
+    timed = [*base, f"-d{max(1, round(seconds))}s", url]
+    run = subprocess.run(timed, env=env, capture_output=True, text=True, check=True)
+    after = os.times()
+    facts = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line[:1].isupper() and " " in line)
+    count = int(facts["COUNT"])
+    duration = int(facts["DURATION_US"]) / 1e6
+
+    def us(key: str) -> float:  # wrk's microseconds, in ms
+        return int(facts[key]) / 1000
+
+    return {
+        "rps": count / duration,
+        "count": count,
+        "errors": int(facts["BAD"]) + int(facts["ERRORS"]),
+        "client_cpu_s": (after.children_user + after.children_system) - (before.children_user + before.children_system),
+        "n": count,
+        "p50_ms": us("P50_US"),
+        "p90_ms": us("P90_US"),
+        "p99_ms": us("P99_US"),
+        "max_ms": us("MAX_US"),
+        "mean_ms": us("MEAN_US"),
     }
 
 
@@ -466,10 +513,23 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
                 cpu = _stats.TreeCpu(proc.pid)
                 steal0 = _stats.system_cpu_times()
                 cpu.start()
-                log(f"{name} N={size:,}: {args.seconds} s, {args.procs}×{args.threads} clients")
-                result = load(
-                    port, bodies, args.procs, args.threads, args.seconds, args.warmup, name.endswith("-keepalive")
-                )
+                keepalive = name.endswith("-keepalive")
+                if args.client == "wrk":
+                    clients = f"wrk {args.wrk_threads} thread(s), {args.connections} connections"
+                    log(f"{name} N={size:,}: {args.seconds} s, {clients}")
+                    result = load_wrk(
+                        folder,
+                        port,
+                        bodies,
+                        args.connections,
+                        args.wrk_threads,
+                        args.seconds,
+                        args.warmup,
+                        keepalive,
+                    )
+                else:
+                    log(f"{name} N={size:,}: {args.seconds} s, {args.procs}×{args.threads} clients")
+                    result = load(port, bodies, args.procs, args.threads, args.seconds, args.warmup, keepalive)
                 result["server_cpu_ms_per_req"] = 1000 * cpu.stop() / max(result["count"], 1)
                 result["steal"] = _stats.steal_share(steal0, _stats.system_cpu_times())
                 out[name] = result
@@ -490,7 +550,15 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,1000000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator: wrk (C; default when installed) or the Python clients",
+    )
+    parser.add_argument("--connections", type=int, default=16, help="wrk: connections open at a time")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk: threads")
+    parser.add_argument("--procs", type=int, default=2, help="python client processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per client process")
     parser.add_argument("--sample", type=int, default=10_000, help="serials the clients ask for")
     parser.add_argument("--nonce", action="store_true", help="requests carry a nonce (signed per request)")
