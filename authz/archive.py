@@ -138,9 +138,10 @@ class AuditArchiveService:
         last = self.latest(session)
         return last is None or self._clock.now() - last.created_at >= self._settings.interval
 
-    def eligible(self, session: Session) -> tuple[int, int] | None:
+    def eligible(self, session: Session) -> tuple[int, int, str] | None:
         """The next segment to archive: from the entry after the anchor up to the newest
-        checkpoint whose entry is older than the retention period; ``None`` if there is none."""
+        checkpoint whose entry is older than the retention period, and the anchor's hash
+        (the segment's first prev_hash); ``None`` if there is none."""
         anchor, broken = archive_anchor(session)
         if broken is not None:
             raise ConflictError(f"the archive rows are inconsistent: {broken}", field="audit_archives")
@@ -152,7 +153,7 @@ class AuditArchiveService:
             .order_by(AuditCheckpoint.seq.desc())
             .limit(1)
         )
-        return None if last is None else (anchor.seq + 1, int(last))
+        return None if last is None else (anchor.seq + 1, int(last), anchor.hash)
 
     def archive(self, session: Session, principal: Principal) -> ArchiveResult | None:
         """Archive the eligible segment and remove it from the log; ``None`` if nothing is
@@ -161,13 +162,12 @@ class AuditArchiveService:
         segment = self.eligible(session)
         if segment is None:
             return None
-        report = self._checkpoints._verify(session, None)
+        report = self._checkpoints.check(session)
         if not report.ok:
             raise ConflictError(
                 f"the audit log does not verify, so it is not archived: {report.summary}", field="audit_log"
             )
-        first, last = segment
-        anchor, _ = archive_anchor(session)
+        first, last, first_prev = segment
         checkpoint = session.scalar(select(AuditCheckpoint).where(AuditCheckpoint.seq == last))
         assert checkpoint is not None
         store = self._keystores[KEY_STORE]
@@ -177,7 +177,7 @@ class AuditArchiveService:
         signing_key_id = key_id(public_der)
         created_at = self._clock.now()
 
-        body, count, last_hash = self._file_body(session, anchor.hash, first, last, created_at, signing_key_id)
+        body, count, last_hash = self._file_body(session, first_prev, first, last, created_at, signing_key_id)
         if count != last - first + 1 or last_hash != checkpoint.head_hash:  # verified above; be explicit anyway
             raise ConflictError("the segment to archive is not complete", field="audit_log")
         folder = self._settings.archive_dir
@@ -196,7 +196,7 @@ class AuditArchiveService:
         data = archive_signed_bytes(
             first_seq=first,
             last_seq=last,
-            first_prev_hash=anchor.hash,
+            first_prev_hash=first_prev,
             last_hash=last_hash,
             entries=count,
             file_sha256=file_sha256,
@@ -206,7 +206,7 @@ class AuditArchiveService:
         row = AuditArchive(
             first_seq=first,
             last_seq=last,
-            first_prev_hash=anchor.hash,
+            first_prev_hash=first_prev,
             last_hash=last_hash,
             entries=count,
             created_at=created_at,

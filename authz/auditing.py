@@ -349,7 +349,7 @@ class AuditCheckpointService:
         file. Adds an ``AuditVerification`` row for the run; the caller commits."""
         self._authorise(principal, "verify the audit log")
         started = self._clock.now()
-        report = self._verify(session, checkpoints_file)
+        report = self.check(session, checkpoints_file)
         session.add(
             AuditVerification(
                 started_at=started,
@@ -368,7 +368,8 @@ class AuditCheckpointService:
     def latest_verification(self, session: Session) -> AuditVerification | None:
         return session.scalars(select(AuditVerification).order_by(AuditVerification.id.desc()).limit(1)).first()
 
-    def _verify(self, session: Session, checkpoints_file: Path | None) -> VerificationReport:
+    def check(self, session: Session, checkpoints_file: Path | None = None) -> VerificationReport:
+        """What :meth:`verify` checks, without recording a run (archival checks first)."""
         chain = verify_chain(session)
         checkpoints = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq)))
         archived = self._check_archives(session)

@@ -3,11 +3,13 @@ and machine facts for the result files. Standard library only."""
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import platform
 import socket
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,11 @@ def git_facts(repo: Path) -> dict[str, Any]:
             return ""
 
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+
+
+def write_results(folder: Path, name: str, started: _dt.datetime, results: Mapping[str, Any]) -> Path:
+    """``<folder>/<name>-<UTC start>.json`` (pretty JSON), and where it went."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out_file = folder / f"{name}-{started:%Y%m%dT%H%M%SZ}.json"
+    out_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return out_file

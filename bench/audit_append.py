@@ -328,9 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     results["interrupted"] = interrupted
     print()
     report(results)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    out_file = args.results_dir / f"audit_append-{started:%Y%m%dT%H%M%SZ}.json"
-    out_file.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    out_file = _stats.write_results(args.results_dir, "audit_append", started, results)
     print(f"\nresults: {out_file}")
     if interrupted:
         return 130
