@@ -14,6 +14,9 @@ class Role(enum.StrEnum):
     # operational roles
     CA_OPERATOR = "ca_operator"
     KEY_RECOVERY_OFFICER = "key_recovery_officer"  # approves recoveries of escrowed keys (M of N)
+    # prefecture registration authority staff: each in exactly one prefecture (Principal.prefecture)
+    RA_CLERK = "ra_clerk"  # 受理/录入: registers subscribers, submits requests
+    RA_OFFICER = "ra_officer"  # 审核: approves or rejects requests of others
 
 
 class PrincipalKind(enum.StrEnum):
