@@ -8,7 +8,11 @@ import enum
 class AuthzEvent(enum.StrEnum):
     ACCOUNT_CREATE = "authz:account:create"
     SIGN_IN = "authz:session:sign_in"
-    SIGN_IN_FAIL = "authz:session:sign_in_fail"
+    SIGN_IN_FAIL = "authz:session:sign_in_fail"  # a wrong password or TOTP code (details.factor), or locked
+    ACCOUNT_LOCK = "authz:account:lock"
+    ACCOUNT_UNLOCK = "authz:account:unlock"
+    TOTP_ENROL = "authz:account:totp_enrol"
+    TOTP_RESET = "authz:account:totp_reset"
     PASSWORD_CHANGE = "authz:account:change_password"
     TOKEN_CREATE = "authz:token:create"
     TOKEN_REVOKE = "authz:token:revoke"

@@ -7,17 +7,27 @@ import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from authz import totp
 from authz.events import AuthzEvent
-from authz.models import Account, ApiToken
+from authz.models import Account, ApiToken, SignInFailure, SignInLock
 from govpki import audit
 from govpki.clock import Clock
-from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError, UnauthenticatedError
+from govpki.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from govpki.principal import Principal, PrincipalKind, Role
 
 TOKEN_PREFIX = "gpk_"
@@ -26,11 +36,24 @@ _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD = 12
 TOKEN_ROLES = frozenset({Role.CA_OPERATOR})
 
+RA_ROLES = frozenset({Role.RA_CLERK, Role.RA_OFFICER})  # each in exactly one prefecture
+
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+_prefectures = sa.table("prefectures", sa.column("code"))  # the RA layer's table; authz only looks codes up
+
+WRONG_CREDENTIALS = "authz.wrong_credentials"
+LOCKED = "authz.locked"
+WRONG_TOTP = "authz.wrong_totp"
 
 
 def account_principal(account: Account) -> Principal:
-    return Principal(PrincipalKind.ACCOUNT, str(account.id), account.username, frozenset({Role(account.role)}))
+    return Principal(
+        PrincipalKind.ACCOUNT,
+        str(account.id),
+        account.username,
+        frozenset({Role(account.role)}),
+        prefecture=account.prefecture_code,
+    )
 
 
 def token_principal(token: ApiToken) -> Principal:
@@ -52,19 +75,57 @@ def check_new_password(password: str, username: str) -> None:
         raise InvalidError("is too repetitive; use at least 6 different characters", field="new_password")
 
 
+@dataclass(frozen=True)
+class SignInSettings:
+    """Lock-out: ``max_failures`` failed sign-ins (password or TOTP code) of one user name
+    within ``failure_window`` lock it for ``lockout``. ``totp_issuer`` names the service in
+    authenticator apps."""
+
+    max_failures: int = 5
+    failure_window: _dt.timedelta = _dt.timedelta(minutes=15)
+    lockout: _dt.timedelta = _dt.timedelta(minutes=15)
+    totp_issuer: str = totp.ISSUER
+
+
 class AccountService:
-    def __init__(self, clock: Clock) -> None:
+    """Staff accounts and their sign-in: argon2id password, then (once enrolled) a TOTP
+    code; lock-out by user name after repeated failures, whether the name exists or not."""
+
+    def __init__(
+        self, clock: Clock, settings: SignInSettings | None = None, sealer: totp.TotpSealer | None = None
+    ) -> None:
         self._clock = clock
+        self.settings = settings or SignInSettings()
+        self._sealer = sealer
 
     def count(self, session: Session) -> int:
         return int(session.scalar(select(func.count()).select_from(Account)) or 0)
 
     def create(
-        self, session: Session, principal: Principal, *, username: str, display_name: str, role: Role, password: str
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        username: str,
+        display_name: str,
+        role: Role,
+        password: str,
+        prefecture: str | None = None,
     ) -> Account:
-        """Create a staff account that must change its (one-time) password at first sign-in."""
+        """Create a staff account that must change its (one-time) password at first sign-in.
+        RA staff (``ra_clerk``, ``ra_officer``) name the one prefecture (area code) they work
+        in, which must exist; other roles name none."""
         if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
             raise ForbiddenError("only a security administrator may create accounts")
+        if role in RA_ROLES:
+            if not prefecture:
+                raise InvalidError("is required for RA staff (ra_clerk, ra_officer)", field="prefecture")
+            if session.scalar(select(_prefectures.c.code).where(_prefectures.c.code == prefecture)) is None:
+                raise InvalidError(f"there is no prefecture with area code {prefecture[:12]!r}", field="prefecture")
+        elif prefecture:
+            raise InvalidError("only RA staff (ra_clerk, ra_officer) belong to a prefecture", field="prefecture")
+        if not display_name.strip() or len(display_name) > 128:
+            raise InvalidError("must be 1-128 characters", field="display_name")
         if not _USERNAME.match(username):
             raise InvalidError(
                 "must be 3-64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter",
@@ -80,26 +141,158 @@ class AccountService:
             password_hash=_hasher.hash(password),
             must_change_password=True,
             created_at=now,
+            prefecture_code=prefecture if role in RA_ROLES else None,
         )
         session.add(account)
         session.flush()
+        details: dict[str, str] = {"role": role.value, "display_name": display_name}
+        if account.prefecture_code is not None:
+            details["prefecture"] = account.prefecture_code
         audit.record(
             session,
             principal,
             AuthzEvent.ACCOUNT_CREATE.value,
             object_type="account",
             object_id=username,
-            details={"role": role.value, "display_name": display_name},
+            details=details,
             clock=self._clock,
         )
         return account
+
+    def list_staff(self, session: Session) -> list[Account]:
+        return list(session.scalars(select(Account).order_by(Account.username)))
 
     def get(self, session: Session, account_id: int) -> Account | None:
         account = session.get(Account, account_id)
         return None if account is None or account.disabled else account
 
-    def sign_in(self, session: Session, *, username: str, password: str, source: str) -> Account:
-        """Check a password. Failures are audited with the same message whatever went wrong."""
+    # ----- lock-out ----------------------------------------------------------------
+
+    def locked_until(self, session: Session, username: str) -> _dt.datetime | None:
+        """When the user name's lock ends, if it is locked now."""
+        now = self._clock.now()
+        return session.scalar(
+            select(SignInLock.locked_until)
+            .where(SignInLock.username == username[:64], SignInLock.locked_until > now)
+            .order_by(SignInLock.locked_until.desc())
+            .limit(1)
+        )
+
+    def _refuse_if_locked(self, session: Session, username: str, source: str, factor: str) -> None:
+        """Locked: audit the attempt and refuse, before any password or code is looked at."""
+        if self.locked_until(session, username) is None:
+            return
+        audit.record(
+            session,
+            f"anonymous:{source}",
+            AuthzEvent.SIGN_IN_FAIL.value,
+            object_type="account",
+            object_id=username[:64],
+            outcome="failure",
+            details={"source": source, "factor": factor, "reason": "locked"},
+            clock=self._clock,
+        )
+        raise self._locked_error()
+
+    def _locked_error(self) -> UnauthenticatedError:
+        minutes = int(self.settings.lockout.total_seconds() // 60)
+        return UnauthenticatedError(
+            f"sign-in is locked for {minutes} minutes after too many failed attempts", field="username", code=LOCKED
+        )
+
+    def _failed(self, session: Session, username: str, source: str, factor: str) -> bool:
+        """Audit and count one failure; lock the user name when it is one too many. True if locked now."""
+        name = username[:64]
+        now = self._clock.now()
+        audit.record(
+            session,
+            f"anonymous:{source}",
+            AuthzEvent.SIGN_IN_FAIL.value,
+            object_type="account",
+            object_id=name,
+            outcome="failure",
+            details={"source": source, "factor": factor},
+            clock=self._clock,
+        )
+        since = now - self.settings.failure_window
+        session.execute(delete(SignInFailure).where(SignInFailure.username == name, SignInFailure.failed_at <= since))
+        session.add(SignInFailure(username=name, failed_at=now, factor=factor, source=source[:100]))
+        session.flush()
+        failures = int(
+            session.scalar(
+                select(func.count())
+                .select_from(SignInFailure)
+                .where(SignInFailure.username == name, SignInFailure.failed_at > since)
+            )
+            or 0
+        )
+        if failures < self.settings.max_failures:
+            return False
+        until = now + self.settings.lockout
+        session.add(SignInLock(username=name, locked_at=now, locked_until=until, failures=failures))
+        session.execute(delete(SignInFailure).where(SignInFailure.username == name))  # counted by the lock
+        audit.record(
+            session,
+            f"anonymous:{source}",
+            AuthzEvent.ACCOUNT_LOCK.value,
+            object_type="account",
+            object_id=name,
+            details={
+                "source": source,
+                "failures": failures,
+                "window_minutes": int(self.settings.failure_window.total_seconds() // 60),
+                "locked_until": until.isoformat(),
+            },
+            clock=self._clock,
+        )
+        return True
+
+    def unlock(self, session: Session, principal: Principal, username: str) -> int:
+        """End the user name's lock now (security administrator); returns how many locks ended."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may unlock accounts")
+        now = self._clock.now()
+        locks = list(
+            session.scalars(select(SignInLock).where(SignInLock.username == username, SignInLock.locked_until > now))
+        )
+        if not locks:
+            raise ConflictError(f"{username[:64]!r} is not locked", field="username")
+        for lock in locks:
+            lock.locked_until = now
+        session.execute(delete(SignInFailure).where(SignInFailure.username == username))
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.ACCOUNT_UNLOCK.value,
+            object_type="account",
+            object_id=username,
+            clock=self._clock,
+        )
+        return len(locks)
+
+    # ----- sign-in ------------------------------------------------------------------
+
+    def _signed_in(self, session: Session, account: Account, source: str, factors: list[str]) -> None:
+        session.execute(delete(SignInFailure).where(SignInFailure.username == account.username))
+        details: dict[str, object] = {"source": source, "factors": factors}
+        if not account.totp_enrolled:
+            details["totp"] = "not enrolled"
+        audit.record(
+            session,
+            account_principal(account),
+            AuthzEvent.SIGN_IN.value,
+            object_type="account",
+            object_id=account.username,
+            details=details,
+            clock=self._clock,
+        )
+
+    def sign_in_password(self, session: Session, *, username: str, password: str, source: str) -> Account:
+        """The first factor. A locked user name is refused before the password is looked at
+        (the same for names that do not exist). A failure is audited and counted with the
+        same message whatever went wrong. For an account that has not enrolled TOTP yet this
+        completes the sign-in (audited); otherwise the caller must :meth:`sign_in_totp` next."""
+        self._refuse_if_locked(session, username, source, "password")
         account = session.scalar(select(Account).where(Account.username == username))
         ok = False
         if account is not None and not account.disabled:
@@ -110,24 +303,122 @@ class AccountService:
         else:
             _hasher.hash(password)  # same cost for unknown users
         if not ok or account is None:
+            if self._failed(session, username, source, "password"):
+                raise self._locked_error()
+            raise UnauthenticatedError("wrong user name or password", field="password", code=WRONG_CREDENTIALS)
+        if not account.totp_enrolled:
+            self._signed_in(session, account, source, ["password"])
+        return account
+
+    def sign_in_totp(self, session: Session, account_id: int, *, code: str, source: str) -> Account:
+        """The second factor, after :meth:`sign_in_password`: a code of the account's TOTP
+        secret for now ± one step, not of a step already used. Failures count towards the lock."""
+        account = self.get(session, account_id)
+        if account is None or not account.totp_enrolled:
+            raise UnauthenticatedError("sign in with your password first", field="username")
+        self._refuse_if_locked(session, account.username, source, "totp")
+        cleaned = totp.normalise_code(code)
+        secret = self._require_sealer().open(session, account)
+        step = totp.matching_step(secret, cleaned, self._clock.now(), account.totp_last_step)
+        if step is None:
+            if self._failed(session, account.username, source, "totp"):
+                raise self._locked_error()
+            raise UnauthenticatedError("wrong or already used code", field="code", code=WRONG_TOTP)
+        account.totp_last_step = step
+        self._signed_in(session, account, source, ["password", "totp"])
+        return account
+
+    def sign_in(
+        self, session: Session, *, username: str, password: str, source: str, totp_code: str | None = None
+    ) -> Account:
+        """Both factors at once (the CLI): the password, then the TOTP code if the account has enrolled."""
+        account = self.sign_in_password(session, username=username, password=password, source=source)
+        if account.totp_enrolled:
+            if totp_code is None:
+                raise UnauthenticatedError("a TOTP code is required", field="code", code=WRONG_TOTP)
+            account = self.sign_in_totp(session, account.id, code=totp_code, source=source)
+        return account
+
+    # ----- TOTP enrolment -----------------------------------------------------------
+
+    def _require_sealer(self) -> totp.TotpSealer:
+        if self._sealer is None:
+            raise UnavailableError("TOTP is not set up in this service", field="code")
+        return self._sealer
+
+    def _own_account(self, session: Session, principal: Principal) -> Account:
+        account = session.get(Account, int(principal.id)) if principal.kind is PrincipalKind.ACCOUNT else None
+        if account is None or account.disabled:
+            raise NotFoundError("no such account", field="username")
+        return account
+
+    def totp_enrolment(self, session: Session, principal: Principal) -> tuple[str, str]:
+        """The signed-in account's new TOTP secret and its otpauth:// URI (for the QR code).
+        Made (and stored sealed) on the first call; the same until confirmed."""
+        account = self._own_account(session, principal)
+        if account.totp_enrolled:
+            raise ConflictError("TOTP is already set up for this account", field="code")
+        sealer = self._require_sealer()
+        if account.totp_secret is None:
+            key = sealer.current_key(session, created_by=principal.audit_name, now=self._clock.now())
+            secret = totp.new_secret()
+            account.totp_key_id = key.id
+            account.totp_secret = sealer.seal(account, key, secret)
+        else:
+            secret = sealer.open(session, account)
+        return secret, totp.provisioning_uri(secret, account.username, self.settings.totp_issuer)
+
+    def confirm_totp(self, session: Session, principal: Principal, *, code: str) -> Account:
+        """Finish enrolment with a code from the app; audited either way."""
+        account = self._own_account(session, principal)
+        if account.totp_enrolled:
+            raise ConflictError("TOTP is already set up for this account", field="code")
+        if account.totp_secret is None:
+            raise InvalidError("no TOTP secret has been made for this account", field="code")
+        cleaned = totp.normalise_code(code)
+        secret = self._require_sealer().open(session, account)
+        step = totp.matching_step(secret, cleaned, self._clock.now(), None)
+        if step is None:
             audit.record(
                 session,
-                f"anonymous:{source}",
-                AuthzEvent.SIGN_IN_FAIL.value,
+                principal,
+                AuthzEvent.TOTP_ENROL.value,
                 object_type="account",
-                object_id=username[:64],
+                object_id=account.username,
                 outcome="failure",
-                details={"source": source},
+                details={"reason": "wrong code"},
                 clock=self._clock,
             )
-            raise UnauthenticatedError("wrong user name or password", field="password")
+            raise InvalidError("is not the code your authenticator app shows now", field="code")
+        account.totp_enrolled_at = self._clock.now()
+        account.totp_last_step = step
         audit.record(
             session,
-            account_principal(account),
-            AuthzEvent.SIGN_IN.value,
+            principal,
+            AuthzEvent.TOTP_ENROL.value,
             object_type="account",
             object_id=account.username,
-            details={"source": source},
+            clock=self._clock,
+        )
+        return account
+
+    def reset_totp(self, session: Session, principal: Principal, username: str) -> Account:
+        """Forget an account's TOTP secret (a lost phone): it enrols again at its next sign-in."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may reset a second factor")
+        account = session.scalar(select(Account).where(Account.username == username))
+        if account is None:
+            raise NotFoundError(f"no account {username[:64]!r}", field="username")
+        account.totp_enrolled_at = None
+        account.totp_secret = None
+        account.totp_key_id = None
+        account.totp_last_step = None
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.TOTP_RESET.value,
+            object_type="account",
+            object_id=account.username,
             clock=self._clock,
         )
         return account

@@ -111,6 +111,12 @@ class Config:
     kmc_key_algorithm: KeyAlgorithm = "rsa-2048"
     kmc_recovery_m: int = 2
     kmc_recovery_n: int = 3
+    # staff sign-in: lock-out after this many failures (password or TOTP) within the window
+    signin_max_failures: int = 5
+    signin_failure_window_minutes: int = 15
+    signin_lockout_minutes: int = 15
+    # the Secure flag on the portal's cookies; None: on when GOVPKI_BASE_URL is https
+    cookie_secure: bool | None = None
     testing: bool = False
 
     @property
@@ -124,6 +130,10 @@ class Config:
     @property
     def archive_dir(self) -> Path:
         return self.audit_archive_dir or self.instance_dir / "audit-archive"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.startswith("https://") if self.cookie_secure is None else self.cookie_secure
 
     @property
     def listen_url(self) -> str:
@@ -278,6 +288,11 @@ class Config:
                 f"GOVPKI_KMC_RECOVERY_M ({recovery_m}) cannot exceed GOVPKI_KMC_RECOVERY_N ({recovery_n})"
             )
 
+        cookie_raw = get("COOKIE_SECURE", "auto")
+        if cookie_raw not in ("auto", "0", "1"):
+            raise ConfigError(f"GOVPKI_COOKIE_SECURE: {cookie_raw!r} is not auto, 0 or 1")
+        cookie_secure = None if cookie_raw == "auto" else cookie_raw == "1"
+
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
@@ -330,5 +345,9 @@ class Config:
             kmc_key_algorithm=kmc_algorithm,
             kmc_recovery_m=recovery_m,
             kmc_recovery_n=recovery_n,
+            signin_max_failures=integer("SIGNIN_MAX_FAILURES", 5),
+            signin_failure_window_minutes=integer("SIGNIN_FAILURE_WINDOW_MINUTES", 15),
+            signin_lockout_minutes=integer("SIGNIN_LOCKOUT_MINUTES", 15),
+            cookie_secure=cookie_secure,
             testing=get("TESTING", "0") == "1",
         )

@@ -25,7 +25,8 @@ from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
 from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
-from authz.services import AccountService, TokenService
+from authz.services import AccountService, SignInSettings, TokenService
+from authz.totp import TotpSealer
 from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
 from ca.evidence import CertificateStats, TlogEvidence
@@ -254,7 +255,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         revocation=revocation,
         crl=CrlService(crl_settings(config), keystores, clock, keys),
         ocsp=ocsp,
-        accounts=AccountService(clock),
+        accounts=AccountService(clock, signin_settings(config), TotpSealer(keystores)),
         tokens=TokenService(clock),
         regions=RegionService(clock),
         validation=ValidationService(
@@ -283,6 +284,15 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
         certificate_stats=CertificateStats(clock),
         applications=ApplicationService(clock),
+    )
+
+
+def signin_settings(config: Config) -> SignInSettings:
+    return SignInSettings(
+        max_failures=config.signin_max_failures,
+        failure_window=timedelta(minutes=config.signin_failure_window_minutes),
+        lockout=timedelta(minutes=config.signin_lockout_minutes),
+        totp_issuer=config.organization,
     )
 
 
