@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Generator, Iterator, Sequence
@@ -15,9 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from authz import totp
 from ca import lint
 from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from govpki.config import Config
@@ -150,3 +154,34 @@ def initialised_portal(folder: Path) -> Iterator[tuple[Flask, Services, str]]:
     finally:
         services.dispose()
         databases.close()
+
+
+_TOTP_SECRET = re.compile(r'id="totp-secret"[^>]*>([A-Z2-7 ]+)<')
+_CSRF_TOKEN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def totp_secret_on(page: str) -> str:
+    """The TOTP secret the enrolment page shows in text (grouped by four)."""
+    match = _TOTP_SECRET.search(page)
+    assert match, "the page shows no TOTP secret"
+    return match.group(1).replace(" ", "")
+
+
+def totp_code(secret: str, steps_ahead: int = 0, at: _dt.datetime | None = None) -> str:
+    """The code an authenticator app would show now (``steps_ahead``: a later 30 s step,
+    still accepted within the ±1 window: a second sign-in in the same step as the last)."""
+    return totp.code_at(secret, totp.time_step(at or _dt.datetime.now(_dt.UTC)) + steps_ahead)
+
+
+def enrol_totp(client: FlaskClient, at: _dt.datetime | None = None) -> str:
+    """Set up TOTP through the portal's enrolment page as a person would (read the key shown,
+    type the app's code); returns the secret. The client is signed in with its password."""
+    page = client.get("/totp/enrol")
+    assert page.status_code == 200, page.headers.get("Location")
+    body = page.get_data(as_text=True)
+    secret = totp_secret_on(body)
+    token = _CSRF_TOKEN.search(body)
+    assert token
+    done = client.post("/totp/enrol", data={"csrf_token": token.group(1), "code": totp_code(secret, 0, at)})
+    assert done.status_code == 302, done.get_data(as_text=True)
+    return secret

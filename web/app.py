@@ -29,7 +29,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=config.base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=config.secure_cookies,  # GOVPKI_COOKIE_SECURE (auto: on for an https base URL)
         SESSION_COOKIE_NAME="govpki_session",
         JSON_AS_ASCII=False,
         TESTING=config.testing,

@@ -43,11 +43,15 @@ def _write_secret_file(path: Path, data: bytes) -> None:
 
 
 def _sign_in(services: Services, username: str) -> Principal:
-    """Ask for ``username``'s password and sign the account in (audited either way)."""
+    """Ask for ``username``'s password (and TOTP code, once enrolled) and sign the account in
+    (audited either way; failures count towards the lock-out as at the portal)."""
     password = click.prompt(f"password for {username}", hide_input=True, err=True)
     with services.sessions() as session:
         try:
-            account = services.accounts.sign_in(session, username=username, password=password, source="cli")
+            account = services.accounts.sign_in_password(session, username=username, password=password, source="cli")
+            if account.totp_enrolled:
+                code = click.prompt(f"TOTP code for {username}", err=True)
+                account = services.accounts.sign_in_totp(session, account.id, code=code, source="cli")
         except GovpkiError as exc:
             session.commit()  # the failed sign-in stays on record
             report_error(exc)

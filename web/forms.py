@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, StringField
+from wtforms import IntegerField, PasswordField, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange
 
 from authz.services import MIN_PASSWORD
@@ -78,3 +78,41 @@ class TokenForm(FlaskForm):  # type: ignore[misc]
 
 class ActionForm(FlaskForm):  # type: ignore[misc]
     """A form with nothing but its CSRF token: sign-out and revoke buttons."""
+
+
+class TotpForm(FlaskForm):  # type: ignore[misc]
+    """The 6-digit code of the authenticator app (second sign-in step, and enrolment)."""
+
+    code = StringField(
+        _l("Code from your authenticator app"),
+        validators=[DataRequired(_l("Enter the 6-digit code.")), Length(max=16, message=_l("At most 16 characters."))],
+        render_kw={
+            "autocomplete": "one-time-code",
+            "inputmode": "numeric",
+            "spellcheck": "false",
+            "autofocus": True,
+            "maxlength": 16,
+        },
+    )
+
+
+class StaffForm(FlaskForm):  # type: ignore[misc]
+    """A new RA staff account (a security administrator fills it in)."""
+
+    username = StringField(
+        _l("User name"),
+        validators=[DataRequired(_l("Enter your user name.")), Length(max=64, message=_l("At most 64 characters."))],
+        description=_l("3 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter."),
+        render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"},
+    )
+    display_name = StringField(
+        _l("Full name"),
+        validators=[DataRequired(_l("Enter the full name.")), Length(max=128, message=_l("At most 128 characters."))],
+        render_kw={"autocomplete": "off"},
+    )
+    role = SelectField(
+        _l("Role"),
+        choices=[("ra_clerk", _l("RA clerk (registers, submits)")), ("ra_officer", _l("RA officer (approves)"))],
+        validators=[DataRequired(_l("Choose a role."))],
+    )
+    prefecture = SelectField(_l("Prefecture"), validators=[DataRequired(_l("Choose a prefecture."))])

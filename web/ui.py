@@ -1,5 +1,12 @@
 """The web portal (HTML): sign-in, password change, dashboard, API tokens.
 
+Staff sign-in has two steps once the account has enrolled TOTP: the password
+(the session is then only "half signed in": the account id and time are kept in
+the session, flask-login knows no user), then the authenticator code, after which
+``login_user`` runs. A new account signs in with its one-time password, must
+replace it, then enrols TOTP (a QR code served at its own URL, and the secret in
+text) before it can see any other page.
+
 Thin views like the API: parse a form, call one service with the acting
 principal, render. Views never commit; the app's unit of work does (a response
 below 400 commits, anything else rolls back). Chinese (zh_CN) by default,
@@ -10,12 +17,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import io
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec
 from urllib.parse import urlsplit
 
+import segno
 from flask import (
     Blueprint,
     Flask,
@@ -49,14 +58,14 @@ from werkzeug.wrappers import Response as BaseResponse
 from wtforms import Field
 
 from authz.models import Account
-from authz.services import account_principal
+from authz.services import LOCKED, RA_ROLES, account_principal
 from ca.services import can_read
 from govpki.clock import UTC
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
 from govpki.principal import Principal, Role
 from web import api, api_events
 from web.container import Services
-from web.forms import ActionForm, LoginForm, PasswordForm, TokenForm
+from web.forms import ActionForm, LoginForm, PasswordForm, StaffForm, TokenForm, TotpForm
 from web.problems import STATUS
 
 bp = Blueprint("ui", __name__)
@@ -68,6 +77,11 @@ LANG_COOKIE = "govpki_lang"
 # session cookie expired can say "your session expired" rather than "sign in".
 SIGNED_IN_COOKIE = "govpki_signed_in"
 IDLE_TIMEOUT = _dt.timedelta(minutes=30)
+# between the password and the TOTP code: the session holds this much, no longer
+PENDING_SIGN_IN = "pending_sign_in"
+PENDING_TIMEOUT = _dt.timedelta(minutes=5)
+# pages an account may see before it has enrolled TOTP (after its password change)
+ENROLMENT_ENDPOINTS = frozenset({"ui.password", "ui.totp_enrol", "ui.totp_qr"})
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 SECURE_HEADERS = {
@@ -84,6 +98,9 @@ ROLE_NAMES = {
     Role.SECURITY_ADMIN.value: _l("Security administrator"),
     Role.SECURITY_AUDITOR.value: _l("Security auditor"),
     Role.CA_OPERATOR.value: _l("CA operator"),
+    Role.KEY_RECOVERY_OFFICER.value: _l("Key-recovery officer"),
+    Role.RA_CLERK.value: _l("RA clerk"),
+    Role.RA_OFFICER.value: _l("RA officer"),
 }
 CA_KINDS = {"root": _l("Root CA"), "issuing": _l("Issuing CA")}
 CERT_STATES = {
@@ -207,20 +224,59 @@ def login_required(view: Callable[P, ResponseReturnValue]) -> Callable[P, Respon
         if user.account.must_change_password and request.endpoint != "ui.password":
             flash(_("Choose a new password before you continue."), "warning")
             return redirect(url_for("ui.password"))
+        if not user.account.totp_enrolled and request.endpoint not in ENROLMENT_ENDPOINTS:
+            flash(_("Set up your authenticator app before you continue."), "warning")
+            return redirect(url_for("ui.totp_enrol"))
         return view(*args, **kwargs)
 
     return wrapper
 
 
-def _require_security_admin(user: PortalUser) -> None:
+def _require_security_admin(user: PortalUser, what: str = "manage API tokens") -> None:
     if not user.is_security_admin:
-        raise ForbiddenError("only a security administrator may manage API tokens", field="role")
+        raise ForbiddenError(f"only a security administrator may {what}", field="role")
 
 
 # ----- messages of the services, in the request's language ----------------------------
 
 _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"wrong user name or password"), lambda m: _("Wrong user name or password.")),
+    (
+        re.compile(r"sign-in is locked for (\d+) minutes after too many failed attempts"),
+        lambda m: _(
+            "Too many failed sign-ins: signing in with this user name is locked for %(minutes)s minutes. "
+            "Try again later or ask a security administrator.",
+            minutes=m[1],
+        ),
+    ),
+    (re.compile(r"wrong or already used code"), lambda m: _("Wrong code, or a code that was already used.")),
+    (
+        re.compile(r"must be the (\d+) digits your authenticator app shows"),
+        lambda m: _("Enter the %(count)s digits your authenticator app shows.", count=m[1]),
+    ),
+    (
+        re.compile(r"is not the code your authenticator app shows now"),
+        lambda m: _("This is not the code your authenticator app shows now. Check the time on your phone."),
+    ),
+    (re.compile(r"TOTP is already set up for this account"), lambda m: _("Your authenticator app is already set up.")),
+    (
+        re.compile(r"is required for RA staff \(ra_clerk, ra_officer\)"),
+        lambda m: _("RA staff must belong to a prefecture."),
+    ),
+    (
+        re.compile(r"there is no prefecture with area code '(.*)'"),
+        lambda m: _("There is no prefecture with area code %(code)s.", code=m[1]),
+    ),
+    (re.compile(r"user name '(.+)' is taken"), lambda m: _("The user name %(name)s is taken.", name=m[1])),
+    (
+        re.compile(r"must be 3-64 characters: lower-case letters, digits, '\.', '_' or '-', starting with a letter"),
+        lambda m: _("Use 3 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter."),
+    ),
+    (re.compile(r"must be 1-128 characters"), lambda m: _("Use 1 to 128 characters.")),
+    (
+        re.compile(r"only a security administrator may create accounts"),
+        lambda m: _("Only a security administrator may create accounts."),
+    ),
     (re.compile(r"is not your current password"), lambda m: _("This is not your current password.")),
     (
         re.compile(r"must be at least (\d+) characters"),
@@ -297,6 +353,22 @@ def language(code: str) -> ResponseReturnValue:
     return response
 
 
+def _complete_sign_in(account: Account, target: str | None) -> BaseResponse:
+    """Both factors done (or the account has not enrolled TOTP yet): a fresh session for the user."""
+    session.clear()  # a fresh session (and CSRF token) for the signed-in user
+    login_user(PortalUser(account), fresh=True)
+    session.permanent = True
+    if account.must_change_password:
+        flash(_("This is your first sign-in: replace the one-time password with your own."), "warning")
+        response = redirect(url_for("ui.password"))
+    elif not account.totp_enrolled:
+        response = redirect(url_for("ui.totp_enrol"))
+    else:
+        response = redirect(target or url_for("ui.dashboard"))
+    response.set_cookie(SIGNED_IN_COOKIE, "1", **_cookie_options())
+    return response
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
     if request.method == "GET" and signed_in_user() is not None:
@@ -304,28 +376,77 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     if form.validate_on_submit():
         try:
-            account = services().accounts.sign_in(
+            account = services().accounts.sign_in_password(
                 g.db,
                 username=form.username.data,
                 password=form.password.data,
                 source=request.remote_addr or "unknown",
             )
-        except UnauthenticatedError:
-            # 200 on purpose: the unit of work commits the failure's audit entry.
-            form.form_errors.append(_("Wrong user name or password."))
-            return render_template("login.html", form=form)
+        except UnauthenticatedError as error:
+            # 200 on purpose: the unit of work commits the failure's audit entry (and the lock).
+            form.form_errors.append(field_message(error.reason))
+            return render_template("login.html", form=form, locked=error.code == LOCKED)
         target = _local_path(request.args.get("next"))
-        session.clear()  # a fresh session (and CSRF token) for the signed-in user
-        login_user(PortalUser(account), fresh=True)
-        session.permanent = True
-        if account.must_change_password:
-            flash(_("This is your first sign-in: replace the one-time password with your own."), "warning")
-            response = redirect(url_for("ui.password"))
-        else:
-            response = redirect(target or url_for("ui.dashboard"))
-        response.set_cookie(SIGNED_IN_COOKIE, "1", **_cookie_options())
-        return response
+        if not account.totp_enrolled:
+            return _complete_sign_in(account, target)
+        logout_user()
+        session.clear()  # half signed in: nothing but the account and the time until the code is given
+        session[PENDING_SIGN_IN] = {
+            "account": account.id,
+            "at": services().clock.now().isoformat(),
+            "next": target,
+        }
+        return redirect(url_for("ui.login_totp"))
     return render_template("login.html", form=form), 422 if form.is_submitted() else 200
+
+
+def _pending_sign_in() -> tuple[int, str | None] | None:
+    """The half-signed-in account (password given, code not yet) and where to go after, if still fresh."""
+    pending = session.get(PENDING_SIGN_IN)
+    if not isinstance(pending, dict) or not isinstance(pending.get("account"), int):
+        return None
+    try:
+        started = _dt.datetime.fromisoformat(str(pending.get("at")))
+    except ValueError:
+        return None
+    if started.tzinfo is None or services().clock.now() - started > PENDING_TIMEOUT:
+        return None
+    target = pending.get("next")
+    return pending["account"], target if isinstance(target, str) else None
+
+
+@bp.route("/login/totp", methods=["GET", "POST"])
+def login_totp() -> ResponseReturnValue:
+    """The second sign-in step: the code of the authenticator app."""
+    pending = _pending_sign_in()
+    if pending is None:
+        had_pending = session.pop(PENDING_SIGN_IN, None) is not None
+        if had_pending:
+            minutes = int(PENDING_TIMEOUT.total_seconds() // 60)
+            flash(_("The sign-in was not finished within %(minutes)d minutes. Please start again.", minutes=minutes))
+        else:
+            flash(_("Please sign in to see this page."), "info")
+        return redirect(url_for("ui.login"))
+    account_id, target = pending
+    form = TotpForm()
+    if form.validate_on_submit():
+        try:
+            account = services().accounts.sign_in_totp(
+                g.db, account_id, code=form.code.data, source=request.remote_addr or "unknown"
+            )
+        except InvalidError as error:
+            attach_error(form, error, {"code": form.code})
+            return render_template("login_totp.html", form=form), 422
+        except UnauthenticatedError as error:
+            # 200 on purpose: the unit of work commits the failure's audit entry (and the lock).
+            if error.code == LOCKED:
+                session.pop(PENDING_SIGN_IN, None)
+                flash(field_message(error.reason), "warning")
+                return redirect(url_for("ui.login"))
+            attach_error(form, error, {"code": form.code})
+            return render_template("login_totp.html", form=form)
+        return _complete_sign_in(account, target)
+    return render_template("login_totp.html", form=form), 422 if form.is_submitted() else 200
 
 
 @bp.post("/logout")
@@ -352,9 +473,57 @@ def password() -> ResponseReturnValue:
             attach_error(form, error, {"current_password": form.current_password, "new_password": form.new_password})
         else:
             flash(_("Your password has been changed."), "success")
+            if not user.account.totp_enrolled:
+                return redirect(url_for("ui.totp_enrol"))
             return redirect(url_for("ui.dashboard"))
     status = 422 if form.is_submitted() else 200
     return render_template("password.html", form=form, forced=user.account.must_change_password), status
+
+
+@bp.route("/totp/enrol", methods=["GET", "POST"])
+@login_required
+def totp_enrol() -> ResponseReturnValue:
+    """Set up the authenticator app: a QR code (its own URL: the CSP allows no data: images)
+    and the secret in text; the user confirms with a code."""
+    user = _user()
+    if user.account.totp_enrolled:
+        return redirect(url_for("ui.dashboard"))
+    form = TotpForm()
+    accounts = services().accounts
+    if form.validate_on_submit():
+        try:
+            accounts.confirm_totp(g.db, user.principal, code=form.code.data)
+        except InvalidError as error:
+            attach_error(form, error, {"code": form.code})
+            # 200 on purpose: the failed attempt's audit entry is committed
+            secret, _uri = accounts.totp_enrolment(g.db, user.principal)
+            return render_template("totp_enrol.html", form=form, secret=_grouped(secret))
+        flash(_("Your authenticator app is set up. From now on you sign in with your password and a code."), "success")
+        return redirect(url_for("ui.dashboard"))
+    secret, _uri = accounts.totp_enrolment(g.db, user.principal)
+    status = 422 if form.is_submitted() else 200
+    return render_template("totp_enrol.html", form=form, secret=_grouped(secret)), status
+
+
+def _grouped(secret: str) -> str:
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+@bp.get("/totp/enrol/qr.svg")
+@login_required
+def totp_qr() -> ResponseReturnValue:
+    user = _user()
+    if user.account.totp_enrolled:
+        raise NotFoundError("your authenticator app is already set up", field="code")
+    _secret, uri = services().accounts.totp_enrolment(g.db, user.principal)
+    out = io.BytesIO()
+    segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2, title="TOTP")
+    response = make_response(out.getvalue())
+    response.mimetype = "image/svg+xml"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return response
 
 
 @bp.get("/dashboard")
@@ -404,6 +573,52 @@ def revoke_token(token_id: int) -> ResponseReturnValue:
     token = services().tokens.revoke(g.db, user.principal, token_id)
     flash(_("Token %(name)s has been revoked; it no longer works.", name=token.name), "success")
     return redirect(url_for("ui.tokens"))
+
+
+@bp.route("/staff", methods=["GET", "POST"])
+@login_required
+def staff() -> ResponseReturnValue:
+    """RA staff accounts: a security administrator creates a clerk or officer of one prefecture."""
+    user = _user()
+    _require_security_admin(user, "create accounts")
+    svc = services()
+    form = StaffForm()
+    form.prefecture.choices = [("", "—")] + [
+        (p.code, f"{p.code} {p.name} ({p.name_en})") for p in svc.region.prefectures
+    ]
+    status = 200
+    if form.validate_on_submit():
+        from authz.services import one_time_password
+
+        password = one_time_password()
+        try:
+            account = svc.accounts.create(
+                g.db,
+                user.principal,
+                username=form.username.data.strip(),
+                display_name=form.display_name.data.strip(),
+                role=Role(form.role.data),
+                password=password,
+                prefecture=form.prefecture.data,
+            )
+        except (InvalidError, ConflictError) as error:
+            attach_error(
+                form,
+                error,
+                {
+                    "username": form.username,
+                    "display_name": form.display_name,
+                    "role": form.role,
+                    "prefecture": form.prefecture,
+                },
+            )
+        else:
+            return render_template("staff_created.html", account=account, password=password)
+    if form.is_submitted():
+        status = 422
+    ra_roles = {r.value for r in RA_ROLES}
+    accounts = [a for a in svc.accounts.list_staff(g.db) if a.role in ra_roles]
+    return render_template("staff.html", form=form, accounts=accounts), status
 
 
 # ----- errors -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from werkzeug.test import TestResponse
 from authz.models import Account, ApiToken
 from govpki.audit import AuditEntry
 from govpki.principal import SYSTEM, Role
-from tests.helpers import csr_pem, initialised_portal
+from tests.helpers import csr_pem, enrol_totp, initialised_portal, totp_code
 from web.bootstrap import FIRST_ADMIN
 from web.container import Services
 
@@ -31,6 +31,7 @@ NEW_PASSWORD = "Tianshan-Snow-2024"
 _CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 _SECRET = re.compile(r"gpk_[0-9a-f]+_[A-Za-z0-9_-]+")
 _numbers = itertools.count(1)
+SECRETS: dict[str, str] = {}  # TOTP secrets of the accounts that enrolled, by user name
 
 
 @dataclass
@@ -87,7 +88,7 @@ def account(portal: Portal, username: str) -> Account:
 
 
 def signed_in(portal: Portal, role: Role = Role.SECURITY_ADMIN, display_name: str | None = None) -> FlaskClient:
-    """A client of a new account that has already replaced its one-time password."""
+    """A client of a new account that has already replaced its one-time password and enrolled TOTP."""
     return signed_in_as(portal, role, display_name)[0]
 
 
@@ -103,6 +104,8 @@ def signed_in_as(
         {"current_password": password, "new_password": NEW_PASSWORD, "repeat_password": NEW_PASSWORD},
     )
     assert changed.status_code == 302, changed.get_data(as_text=True)
+    assert changed.headers["Location"] == "/totp/enrol"
+    SECRETS[username] = enrol_totp(client)
     return client, username
 
 
@@ -317,13 +320,15 @@ def test_the_first_admin_changes_the_one_time_password_and_sees_the_dashboard(po
         {"current_password": portal.admin_password, "new_password": NEW_PASSWORD, "repeat_password": NEW_PASSWORD},
     )
     assert changed.status_code == 302
-    assert changed.headers["Location"] == "/dashboard"
+    assert changed.headers["Location"] == "/totp/enrol"  # then the authenticator app, before anything else
     assert not account(portal, FIRST_ADMIN).must_change_password
+    assert "密码已修改" in text(client.get("/totp/enrol"))
+    assert client.get("/dashboard").headers["Location"] == "/totp/enrol"
+    secret = enrol_totp(client)
 
     dashboard = client.get("/dashboard")
     assert dashboard.status_code == 200
     body = text(dashboard)
-    assert "密码已修改" in body
     config = portal.services.config
     assert config.root_ca_name in body and config.issuing_ca_name in body
     for prefecture in portal.services.region.prefectures:
@@ -332,9 +337,11 @@ def test_the_first_admin_changes_the_one_time_password_and_sees_the_dashboard(po
     assert "乌鲁木齐市" in body
     assert 'href="/ca/1.der"' in body and 'href="/ca/2.pem"' in body
 
-    # and the new password is the one that works from now on
+    # and the new password, then a code, is what works from now on
     other = portal.app.test_client()
-    assert sign_in(other, FIRST_ADMIN, NEW_PASSWORD).headers["Location"] == "/dashboard"
+    assert sign_in(other, FIRST_ADMIN, NEW_PASSWORD).headers["Location"] == "/login/totp"
+    done = post_form(other, "/login/totp", {"code": totp_code(secret, 1)})
+    assert done.headers["Location"] == "/dashboard"
 
 
 def test_sign_in_returns_to_the_page_asked_for_but_never_off_site(portal: Portal) -> None:
@@ -346,13 +353,18 @@ def test_sign_in_returns_to_the_page_asked_for_but_never_off_site(portal: Portal
     assert "请先登录再访问此页面" in text(page)
     token = csrf(page)
     back = again.post("/login?next=/tokens", data={"csrf_token": token, "username": username, "password": NEW_PASSWORD})
-    assert back.headers["Location"] == "/tokens"
+    assert back.headers["Location"] == "/login/totp"
+    done = post_form(again, "/login/totp", {"code": totp_code(SECRETS[username], 1)})
+    assert done.headers["Location"] == "/tokens"
+    _client, other = signed_in_as(portal)  # (another account: one more code in this 30-second step)
     evil = portal.app.test_client()
     token = csrf(evil.get("/login"))
     out = evil.post(
-        "/login?next=//evil.example/", data={"csrf_token": token, "username": username, "password": NEW_PASSWORD}
+        "/login?next=//evil.example/", data={"csrf_token": token, "username": other, "password": NEW_PASSWORD}
     )
-    assert out.headers["Location"] == "/dashboard"
+    assert out.headers["Location"] == "/login/totp"
+    landed = post_form(evil, "/login/totp", {"code": totp_code(SECRETS[other], 1)})
+    assert landed.headers["Location"] == "/dashboard"
 
 
 def test_sign_out_needs_csrf_and_ends_the_session(portal: Portal) -> None:
