@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from werkzeug.serving import make_server
 
-from tests.helpers import initialised_portal
+from tests.helpers import initialised_portal, totp_code, totp_secret_on
 from web.bootstrap import FIRST_ADMIN
 from web.container import Services
 
@@ -110,9 +110,23 @@ def test_first_sign_in_to_token_and_sign_out(served: Served) -> None:
             page.get_by_label("再次输入新密码").fill(NEW_PASSWORD)
             page.get_by_role("button", name="修改密码").click()
 
+            # then the authenticator app: a QR code (its own URL, so the CSP holds) and the key in text
+            expect(page).to_have_url(base + "/totp/enrol")
+            expect(page.get_by_text("密码已修改")).to_be_visible()
+            qr = page.get_by_role("img", name="身份验证器应用的二维码")
+            expect(qr).to_be_visible()
+            assert qr.evaluate("img => img.complete && img.naturalWidth > 100")
+            shot(page, "03b-totp-enrol")
+            secret = totp_secret_on(page.content())
+            page.get_by_label("身份验证器应用中的验证码").fill("000000" if totp_code(secret) != "000000" else "111111")
+            page.get_by_role("button", name="确认").click()
+            expect(page.locator("#code-errors")).to_contain_text("这不是身份验证器应用当前显示的验证码")
+            page.get_by_label("身份验证器应用中的验证码").fill(totp_code(secret))
+            page.get_by_role("button", name="确认").click()
+
             # the dashboard
             expect(page).to_have_url(base + "/dashboard")
-            expect(page.get_by_text("密码已修改")).to_be_visible()
+            expect(page.get_by_text("身份验证器应用已设置")).to_be_visible()
             expect(page.get_by_role("cell", name="乌鲁木齐市")).to_be_visible()
             expect(page.get_by_role("cell", name="阿勒泰地区")).to_be_visible()
             expect(page.get_by_role("cell", name=config.root_ca_name, exact=True)).to_be_visible()

@@ -17,15 +17,17 @@ from werkzeug.serving import make_server
 
 from authz.evidence import verify_bundle
 from authz.models import Account
+from authz.services import account_principal
 from ca.evidence import verify_transparency
 from govpki.principal import SYSTEM, Role
-from tests.helpers import initialised_portal
+from tests.helpers import initialised_portal, totp_code
 from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS, Served, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 AUDITOR = "auditor1"
 PASSWORD = "Bogda-Peak-Audit-2024"
+SECRETS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             db.flush()
             account = db.scalars(select(Account).where(Account.username == AUDITOR)).one()
             account.must_change_password = False  # the forced change is covered by test_browser.py
+            db.flush()
+            # so is TOTP enrolment: here the auditor has enrolled and signs in with a code
+            secret, _uri = services.accounts.totp_enrolment(db, account_principal(account))
+            services.accounts.confirm_totp(db, account_principal(account), code=totp_code(secret))
             db.commit()
+        SECRETS[AUDITOR] = secret
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, name="portal", daemon=True)
         thread.start()
@@ -68,6 +75,9 @@ def test_auditor_filters_opens_an_entry_verifies_and_exports(served: Served, tmp
             page.get_by_label("用户名").fill(AUDITOR)
             page.get_by_label("密码", exact=True).fill(PASSWORD)
             page.get_by_role("button", name="登录").click()
+            expect(page).to_have_url(base + "/login/totp")
+            page.get_by_label("身份验证器应用中的验证码").fill(totp_code(SECRETS[AUDITOR], 1))
+            page.get_by_role("button", name="确认").click()
             expect(page).to_have_url(base + "/dashboard")
 
             # the console, from the navigation
