@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange
 
 from authz.services import MIN_PASSWORD
@@ -112,7 +113,10 @@ class StaffForm(FlaskForm):  # type: ignore[misc]
     )
     role = SelectField(
         _l("Role"),
-        choices=[("ra_clerk", _l("RA clerk (registers, submits)")), ("ra_officer", _l("RA officer (approves)"))],
+        choices=[
+            SelectChoice("ra_clerk", _l("RA clerk (registers, submits)")),
+            SelectChoice("ra_officer", _l("RA officer (approves)")),
+        ],
         validators=[DataRequired(_l("Choose a role."))],
     )
     prefecture = SelectField(_l("Prefecture"), validators=[DataRequired(_l("Choose a prefecture."))])

@@ -56,6 +56,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import Field
+from wtforms.fields.choices import SelectChoice
 
 from authz.models import Account
 from authz.services import LOCKED, RA_ROLES, account_principal
@@ -583,8 +584,8 @@ def staff() -> ResponseReturnValue:
     _require_security_admin(user, "create accounts")
     svc = services()
     form = StaffForm()
-    form.prefecture.choices = [("", "—")] + [
-        (p.code, f"{p.code} {p.name} ({p.name_en})") for p in svc.region.prefectures
+    form.prefecture.choices = [SelectChoice("", "—")] + [
+        SelectChoice(p.code, f"{p.code} {p.name} ({p.name_en})") for p in svc.region.prefectures
     ]
     status = 200
     if form.validate_on_submit():
