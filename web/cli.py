@@ -779,5 +779,9 @@ from web.cli_apps import app_group  # noqa: E402  (govpki app register | list | 
 
 main.add_command(app_group)
 
+from web.cli_staff import staff  # noqa: E402  (govpki staff create | list | unlock | reset-totp)
+
+main.add_command(staff)
+
 if __name__ == "__main__":
     main()

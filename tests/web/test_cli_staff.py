@@ -1,0 +1,96 @@
+"""``govpki staff``: create RA staff (one-time password printed once), list, unlock, reset TOTP."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+
+from authz.models import Account
+from authz.services import account_principal
+from govpki.audit import AuditEntry
+from govpki.errors import UnauthenticatedError
+from tests.helpers import totp_code
+from web.cli import main
+from web.container import Services
+
+
+def run(services: Services, *args: str) -> Result:
+    env = {
+        "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
+        "GOVPKI_DATABASE_URL": services.config.database_url,
+    }
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def _account(services: Services, username: str) -> Account | None:
+    with services.sessions() as db:
+        found = db.scalar(select(Account).where(Account.username == username))
+        if found is not None:
+            db.expunge(found)
+        return found
+
+
+def test_staff_create_prints_the_one_time_password_once_and_is_audited(services: Services) -> None:
+    made = run(services, "staff", "create", "clerk.hami", "--role", "ra_clerk", "--prefecture", "650500",
+               "--display-name", "哈密受理员")  # fmt: skip
+    assert made.exit_code == 0, made.output
+    assert "account clerk.hami (ra_clerk in prefecture 650500) created" in made.output
+    password = re.search(r"then set up an authenticator app\): (\S+)", made.output)
+    assert password
+    account = _account(services, "clerk.hami")
+    assert account is not None and account.prefecture_code == "650500" and account.must_change_password
+    with services.sessions() as db:
+        signed = services.accounts.sign_in_password(db, username="clerk.hami", password=password[1], source="t")
+        assert account_principal(signed).prefecture == "650500"
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "authz:account:create")).all()[-1]
+    assert json.loads(entry.details)["prefecture"] == "650500"
+    listed = run(services, "staff", "list")
+    assert re.search(r"clerk\.hami\tra_clerk\t650500\tno totp yet\tone-time password\t哈密受理员", listed.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--role", "ra_officer"], "prefecture: is required for RA staff (ra_clerk, ra_officer)"),
+        (["--role", "ra_clerk", "--prefecture", "659999"], "prefecture: there is no prefecture with area code"),
+        (["--role", "ca_operator", "--prefecture", "650100"], "prefecture: only RA staff (ra_clerk, ra_officer)"),
+    ],
+)
+def test_staff_create_refuses_bad_input_and_creates_nothing(services: Services, args: list[str], message: str) -> None:
+    result = run(services, "staff", "create", "clerk.bad", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert _account(services, "clerk.bad") is None
+
+
+def test_staff_unlock_and_reset_totp(services: Services) -> None:
+    made = run(services, "staff", "create", "officer.turpan", "--role", "ra_officer", "--prefecture", "650400")
+    password = made.output.rsplit(": ", 1)[1].strip()
+    account = _account(services, "officer.turpan")
+    assert account is not None
+    with services.sessions() as db:
+        secret, _uri = services.accounts.totp_enrolment(db, account_principal(account))
+        services.accounts.confirm_totp(db, account_principal(account), code=totp_code(secret))
+        db.commit()
+    for _ in range(5):
+        with services.sessions() as db:
+            with pytest.raises(UnauthenticatedError):
+                services.accounts.sign_in_password(db, username="officer.turpan", password="wrong-one-1", source="t")
+            db.commit()
+    assert "locked until" in run(services, "staff", "list").output
+    unlocked = run(services, "staff", "unlock", "officer.turpan")
+    assert unlocked.exit_code == 0 and "may sign in again" in unlocked.output
+    again = run(services, "staff", "unlock", "officer.turpan")
+    assert again.exit_code == 2 and "is not locked" in again.output
+    with services.sessions() as db:
+        assert services.accounts.sign_in_password(db, username="officer.turpan", password=password, source="t")
+
+    reset = run(services, "staff", "reset-totp", "officer.turpan")
+    assert reset.exit_code == 0, reset.output
+    refreshed = _account(services, "officer.turpan")
+    assert refreshed is not None and not refreshed.totp_enrolled and refreshed.totp_secret is None
+    assert run(services, "staff", "reset-totp", "nobody.here").exit_code == 2
