@@ -94,3 +94,24 @@ def test_staff_unlock_and_reset_totp(services: Services) -> None:
     refreshed = _account(services, "officer.turpan")
     assert refreshed is not None and not refreshed.totp_enrolled and refreshed.totp_secret is None
     assert run(services, "staff", "reset-totp", "nobody.here").exit_code == 2
+
+
+def test_the_cli_sign_in_asks_an_enrolled_account_for_its_code(services: Services) -> None:
+    from web.cli_kmc import _sign_in
+
+    made = run(services, "staff", "create", "ops.one", "--role", "key_recovery_officer")
+    one_time = made.output.rsplit(": ", 1)[1].strip()
+    account = _account(services, "ops.one")
+    assert account is not None
+    principal = account_principal(account)
+    with services.sessions() as db:
+        services.accounts.change_password(db, principal, current=one_time, new="Muztagh-Ata-7546")
+        secret, _uri = services.accounts.totp_enrolment(db, principal)
+        services.accounts.confirm_totp(db, principal, code=totp_code(secret))
+        db.commit()
+    runner = CliRunner()
+    with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n") as (out, err, _):
+        assert _sign_in(services, "ops.one") == principal
+    assert "TOTP code for ops.one" in err.getvalue().decode()
+    with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n"), pytest.raises(SystemExit):
+        _sign_in(services, "ops.one")  # the same code again: refused
