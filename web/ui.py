@@ -386,7 +386,7 @@ def login() -> ResponseReturnValue:
         except UnauthenticatedError as error:
             # 200 on purpose: the unit of work commits the failure's audit entry (and the lock).
             form.form_errors.append(field_message(error.reason))
-            return render_template("login.html", form=form, locked=error.code == LOCKED)
+            return render_template("login.html", form=form)
         target = _local_path(request.args.get("next"))
         if not account.totp_enrolled:
             return _complete_sign_in(account, target)

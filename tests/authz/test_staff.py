@@ -17,7 +17,7 @@ from authz.models import Account, SignInLock, TotpKey
 from authz.services import LOCKED, WRONG_CREDENTIALS, WRONG_TOTP, account_principal
 from govpki.audit import AuditEntry
 from govpki.config import Config
-from govpki.errors import ConflictError, ForbiddenError, InvalidError, UnauthenticatedError
+from govpki.errors import ConfigError, ConflictError, ForbiddenError, InvalidError, UnauthenticatedError
 from govpki.principal import SYSTEM, Principal, PrincipalKind, Role
 from tests.helpers import make_config
 from web.container import Services, build_services
@@ -356,3 +356,17 @@ def test_the_lock_out_settings_come_from_the_configuration(tmp_path, database_ur
         assert settings.lockout == dt.timedelta(minutes=60)
     finally:
         services.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GOVPKI_SIGNIN_MAX_FAILURES", "0", "GOVPKI_SIGNIN_MAX_FAILURES: must be at least 1, got 0"),
+        ("GOVPKI_SIGNIN_LOCKOUT_MINUTES", "soon", "GOVPKI_SIGNIN_LOCKOUT_MINUTES: 'soon' is not a whole number"),
+        ("GOVPKI_COOKIE_SECURE", "yes", "GOVPKI_COOKIE_SECURE: 'yes' is not auto, 0 or 1"),
+    ],
+)
+def test_bad_sign_in_settings_stop_start_up(tmp_path, name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_config(tmp_path / "inst", "sqlite://", **{name: value})
+    assert str(caught.value) == message

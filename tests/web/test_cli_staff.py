@@ -110,7 +110,7 @@ def test_the_cli_sign_in_asks_an_enrolled_account_for_its_code(services: Service
         services.accounts.confirm_totp(db, principal, code=totp_code(secret))
         db.commit()
     runner = CliRunner()
-    with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n") as (out, err, _):
+    with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n") as (_out, err, _):
         assert _sign_in(services, "ops.one") == principal
     assert "TOTP code for ops.one" in err.getvalue().decode()
     with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n"), pytest.raises(SystemExit):
