@@ -59,7 +59,7 @@ from wtforms import Field
 from wtforms.fields.choices import SelectChoice
 
 from authz.models import Account
-from authz.services import LOCKED, RA_ROLES, account_principal
+from authz.services import LOCKED, RA_ROLES, account_principal, one_time_password
 from ca.services import can_read
 from govpki.clock import UTC
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
@@ -589,8 +589,6 @@ def staff() -> ResponseReturnValue:
     ]
     status = 200
     if form.validate_on_submit():
-        from authz.services import one_time_password
-
         password = one_time_password()
         try:
             account = svc.accounts.create(
