@@ -192,3 +192,20 @@ def test_a_second_responder_on_the_same_port_refuses_to_start(services: Services
     )
     assert second.returncode == 2 and "cannot listen" in second.stderr
     assert post(responder, b"x")[0] == 200
+
+
+def test_the_hot_path_answers_like_the_general_path(pki: dict[str, Path], responder: int):  # noqa: F811
+    der = _request(pki)
+
+    def head_and_body(target: bytes, connection: bytes) -> tuple[list[bytes], bytes]:
+        request = b"POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n" % (target, connection, len(der))
+        head, _, body = raw(responder, request + der).partition(b"\r\n\r\n")
+        return [line for line in head.split(b"\r\n") if not line.startswith(b"Date: ")], body
+
+    for connection in (b"Connection: close\r\n", b""):  # closed after the answer, or kept open
+        hot = head_and_body(b"/ocsp", connection)  # answered from on_message_complete
+        general = head_and_body(b"/ocsp?via=route", connection)  # the same request through route() and reply()
+        assert hot == general
+        assert hot[0][0] == b"HTTP/1.1 200 OK" and b"Cache-Control: no-store" in hot[0]
+        assert (b"Connection: close" in hot[0]) == bool(connection)
+        assert ocsp.load_der_ocsp_response(hot[1]).certificate_status == ocsp.OCSPCertStatus.GOOD
