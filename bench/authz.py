@@ -49,6 +49,9 @@ if str(REPO) not in sys.path:
 from bench import _stats  # noqa: E402
 from bench.issue import _tail, log, stop_process, wait_http  # noqa: E402
 
+# this file's folder (bench/issue puts it on the path) must not shadow the ``authz`` package
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not in (BENCH_DIR, REPO)]
+
 PREFECTURES = [f"65{n:02d}" for n in range(1, 15)]
 APPLICATIONS = [f"app-{n:02d}" for n in range(50)]
 ROLES = [f"role-{n}" for n in range(10)]
