@@ -111,6 +111,8 @@ class Config:
     kmc_key_algorithm: KeyAlgorithm = "rsa-2048"
     kmc_recovery_m: int = 2
     kmc_recovery_n: int = 3
+    # access decisions: deciders re-read the policy version at most this often (0: every decision)
+    authz_policy_refresh_ms: int = 1000
     testing: bool = False
 
     @property
@@ -330,5 +332,6 @@ class Config:
             kmc_key_algorithm=kmc_algorithm,
             kmc_recovery_m=recovery_m,
             kmc_recovery_n=recovery_n,
+            authz_policy_refresh_ms=integer("AUTHZ_POLICY_REFRESH_MS", 1000, minimum=0),
             testing=get("TESTING", "0") == "1",
         )

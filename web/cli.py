@@ -779,5 +779,9 @@ from web.cli_apps import app_group  # noqa: E402  (govpki app register | list | 
 
 main.add_command(app_group)
 
+from web.cli_policy import policy  # noqa: E402  (govpki policy load | subject | role | rule | assign | explain | decide …)
+
+main.add_command(policy)
+
 if __name__ == "__main__":
     main()

@@ -23,8 +23,10 @@ from authz.applications import ApplicationService
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
+from authz.decisions import DecisionService
 from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
+from authz.policy import PolicyService
 from authz.services import AccountService, TokenService
 from ca.ceremony import CeremonyService
 from ca.crl import CrlService, CrlSettings
@@ -83,6 +85,8 @@ class Services:
     evidence: EvidenceService
     certificate_stats: CertificateStats
     applications: ApplicationService
+    policy: PolicyService  # the access policy (authz/policy.py) and its decisions (authz/decisions.py)
+    decisions: DecisionService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -283,6 +287,8 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
         certificate_stats=CertificateStats(clock),
         applications=ApplicationService(clock),
+        policy=PolicyService(clock),
+        decisions=DecisionService(clock, refresh=timedelta(milliseconds=config.authz_policy_refresh_ms)),
     )
 
 
