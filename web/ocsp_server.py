@@ -238,11 +238,11 @@ class _Connection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._headers > MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
             self._raise(_HEAD_TOO_LARGE)
-        lower = name.lower()
-        if lower == b"content-length":
+        size = len(name)  # only two names matter: compare (lower-cased) only names of their length
+        if size == 14 and name.lower() == b"content-length":
             # llhttp has checked it is digits and not given twice with another value
             self._content_length = int(value)
-        elif lower == b"transfer-encoding":
+        elif size == 17 and name.lower() == b"transfer-encoding":
             self._raise(_LENGTH_REQUIRED)
 
     def on_headers_complete(self) -> None:
