@@ -85,11 +85,13 @@ def ra_prefecture(principal: Principal) -> str | None:
 def check_reader(principal: Principal) -> str | None:
     """Who may read subscribers: RA staff (their prefecture, returned) and the central
     roles (None: every prefecture). Anyone else is refused."""
+    if principal.kind is PrincipalKind.SYSTEM:
+        return None
     if principal.roles & RA_ROLES:
         if principal.prefecture is None:
             raise ForbiddenError("RA staff act for one prefecture; this account has none", field="prefecture")
         return principal.prefecture
-    if principal.kind is PrincipalKind.SYSTEM or principal.roles & READ_ROLES:
+    if principal.roles & READ_ROLES:
         return None
     raise ForbiddenError("your role may not read subscribers", code="ra.may_not_read")
 
@@ -103,7 +105,9 @@ def check_clerk(principal: Principal) -> str:
             code="ra.not_a_clerk",
         )
     if principal.prefecture is None:
-        raise ForbiddenError("RA staff act for one prefecture; this account has none", field="prefecture")
+        raise ForbiddenError(
+            "RA staff act for one prefecture; this account has none", field="prefecture", code="ra.no_prefecture"
+        )
     return principal.prefecture
 
 
@@ -330,7 +334,7 @@ class SubscriberService:
     def reveal_id_number(self, session: Session, principal: Principal, official_id: int) -> str:
         """The clear ID number, for an RA officer of the official's prefecture vetting a
         registration or request. Audited (``ra:official:reveal``) in the caller's transaction."""
-        if not principal.has(Role.RA_OFFICER):
+        if not principal.has(Role.RA_OFFICER) or principal.prefecture is None:
             raise ForbiddenError(
                 "only an RA officer of the official's prefecture may see the full ID number",
                 field="principal",
