@@ -43,7 +43,9 @@ def test_register_official(ra: Services):
     assert official.created_by == "account:clerk1"
     assert register(ra, number=id_number(sequence="124"), name="李四").gender == "female"
     with ra.sessions() as session:
-        entry = session.scalars(select(AuditEntry).where(AuditEntry.action == "ra:official:create")).first()
+        entry = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "ra:official:create").order_by(AuditEntry.seq)
+        ).first()
         assert entry is not None and entry.object_id == str(official.id)
         assert NUMBER not in entry.details and official.id_number_masked in entry.details
 
