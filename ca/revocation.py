@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ca.events import CaEvent
 from ca.models import POSSIBLY_ISSUED, CaStatus, CertificateRecord, RevocationReason
-from ca.services import can_request, normalize_serial
+from ca.services import can_issue, can_request, normalize_serial
 from ca.transparency import TransparencyLog
 from govpki import audit
 from govpki.clock import Clock
@@ -218,7 +218,7 @@ class RevocationService:
         record = session.scalars(
             select(CertificateRecord).where(CertificateRecord.serial == normalized).with_for_update()
         ).first()
-        if record is not None and principal.prefecture is not None and record.prefecture_code != principal.prefecture:
+        if record is not None and not can_issue(principal) and record.prefecture_code != principal.prefecture:
             record = None  # an RA officer acts on its own prefecture's certificates only
         if record is None or (ca_id is not None and record.ca_id != ca_id):
             where = f" issued by CA {ca_id}" if ca_id is not None else ""

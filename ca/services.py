@@ -674,6 +674,7 @@ class CaService:
         prefecture: str | None = None,
         contact_email: str | None = None,
         registered_sans: Sequence[x509.GeneralName] | None = None,
+        unique_key: bool = False,
     ) -> CertificateRecord:
         """Issue one certificate. ``identity`` holds subject fields from the registered
         identity (the RA's); they override the CSR's. C, ST and O always come from the CA.
@@ -684,7 +685,8 @@ class CaService:
         ``registered_sans`` (an RA's registered names): the CSR's subject and
         subjectAltNames are ignored; the subject is ``identity`` alone and the
         subjectAltNames are these (checked against the profile).
-        A key that any certificate already carries is refused (``ca.key_in_use``)."""
+        ``unique_key`` (an RA's requests): a key that a certificate already carries is
+        refused (``ca.key_in_use``)."""
         if not can_request(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
         prefecture = self._check_prefecture(session, principal, prefecture)
@@ -710,7 +712,8 @@ class CaService:
             checked = dataclasses.replace(
                 check_csr(csr, chosen, names=False), sans=check_sans(registered_sans, chosen, "sans")
             )
-        self._check_key_unused(session, checked.spki_sha256, "csr.key")
+        if unique_key:
+            self._check_key_unused(session, checked.spki_sha256, "csr.key")
         kind = CaKind.ROOT if chosen.issuer == "root" else CaKind.ISSUING
         if issuer_id is None:
             issuer = self.active_ca(session, kind)
@@ -790,6 +793,7 @@ class CaService:
         *,
         csr: bytes | str | None = None,
         names_from_request: bool = True,
+        unique_key: bool = False,
     ) -> CertificateRecord:
         """A new certificate for the subscriber of ``serial``: same profile (its current
         version), subject, subjectAltNames, prefecture and contact; from the active issuing
@@ -801,7 +805,7 @@ class CaService:
         possession; it may carry the same key or a new one. A key that any certificate was
         revoked for with keyCompromise is refused. The certificate renewed stays valid
         until it expires or is revoked; the new record links to it (``renewed_from_id``).
-        A new key that another certificate carries is refused (``ca.key_in_use``).
+        ``unique_key``: a new key that another certificate carries is refused (``ca.key_in_use``).
         ``names_from_request=False`` (an RA): the new CSR's subject and subjectAltNames are
         not read; the certificate keeps those of the one renewed."""
         if not can_request(principal):
@@ -831,7 +835,7 @@ class CaService:
                 check_csr(request, profile, names=False),
                 sans=tuple(_sans_of(x509.load_der_x509_certificate(old.cert_der))),
             )
-        if checked.spki_sha256 != old.spki_sha256:
+        if unique_key and checked.spki_sha256 != old.spki_sha256:
             self._check_key_unused(session, checked.spki_sha256, "csr.key")
         compromised = session.scalar(
             select(CertificateRecord.serial)

@@ -536,7 +536,12 @@ class RequestService:
             assert request.target_serial is not None
             if request.kind == RequestKind.RENEW.value:
                 record = self._ca.renew(
-                    session, principal, request.target_serial, csr=request.csr_pem, names_from_request=False
+                    session,
+                    principal,
+                    request.target_serial,
+                    csr=request.csr_pem,
+                    names_from_request=False,
+                    unique_key=True,
                 )
                 serials["certificate_serial"] = record.serial
             elif request.kind == RequestKind.SUSPEND.value:
@@ -575,6 +580,7 @@ class RequestService:
                 prefecture=request.prefecture_code,
                 contact_email=official.email,
                 registered_sans=self._official_sans(official),
+                unique_key=True,
             )
             serials["certificate_serial"] = record.serial
             issued = self._encryption.issue(
@@ -600,6 +606,7 @@ class RequestService:
             prefecture=request.prefecture_code,
             contact_email=service.responsible.email,
             registered_sans=self._service_sans(service, profile),
+            unique_key=True,
         )
         serials["certificate_serial"] = record.serial
         return serials, None

@@ -228,7 +228,9 @@ def test_the_ca_refuses_a_key_in_use(ra: Services):
         )
         session.commit()
     with ra.sessions() as session, pytest.raises(ConflictError) as caught:
-        ra.ca.issue(session, OFFICER, profile="official-signing", csr=csr_pem(key, cn="李四", names=[]))
+        ra.ca.issue(
+            session, OFFICER, profile="official-signing", csr=csr_pem(key, cn="李四", names=[]), unique_key=True
+        )
     assert caught.value.code == "ca.key_in_use" and record.serial in caught.value.reason
     with ra.sessions() as session, pytest.raises(ConflictError) as approving:
         ra.requests.approve(session, OFFICER, first)
