@@ -2,7 +2,7 @@
 assignments with a scope, subjects and the policy version counter
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-11-26 10:00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import govpki.db
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
