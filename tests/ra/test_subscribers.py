@@ -15,6 +15,7 @@ from ra.subscriber_models import Official
 from ra.subscribers import OfficialInput, ServiceInput
 from tests.ra.conftest import CLERK, KARAMAY, OFFICER, OTHER_CLERK, OTHER_OFFICER, URUMQI
 from tests.ra.idnumbers import id_number, wrong_check
+from web.bootstrap import initialize
 from web.container import Services
 
 NUMBER = id_number(area="650102", birth="19800101", sequence="123")  # male
@@ -132,7 +133,11 @@ def test_only_a_clerk_registers(ra: Services):
     assert count_officials(ra) == 0
 
 
-def test_no_data_key_yet(services: Services):
+def test_no_data_key_yet(bare_services: Services):
+    services = bare_services  # migrated, before `govpki init` (which makes the data key)
+    with services.sessions() as session:
+        services.regions.seed(session, SYSTEM, services.region)
+        session.commit()
     with services.sessions() as session, pytest.raises(UnavailableError) as caught:
         services.subscribers.register_official(
             session, CLERK, OfficialInput(name="王五", id_number=NUMBER, department="财政局")
@@ -140,6 +145,13 @@ def test_no_data_key_yet(services: Services):
     assert caught.value.code == "ra.no_data_key"
     with services.sessions() as session, pytest.raises(ForbiddenError):
         services.subscribers.ensure_data_key(session, CLERK)
+
+
+def test_init_makes_the_data_key_once(bare_services: Services):
+    first = initialize(bare_services, SYSTEM)
+    assert "subscriber data key (ID numbers encrypted at rest)" in first.created
+    again = initialize(bare_services, SYSTEM)
+    assert not any("data key" in line for line in again.created)
 
 
 def test_prefecture_scoping_of_reads(ra: Services):
