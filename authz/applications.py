@@ -43,7 +43,7 @@ from govpki.errors import ConflictError, FieldProblem, ForbiddenError, InvalidEr
 from govpki.principal import Principal, PrincipalKind, Role
 
 AUDIT_WRITE = "audit:write"
-KNOWN_SCOPES = frozenset({AUDIT_WRITE})
+KNOWN_SCOPES = frozenset({AUDIT_WRITE, "authz:decide", "authz:decide:any"})  # decide: authz/decisions.py
 CLIENT_ID_PREFIX = "app_"
 APP_DOMAIN = "app"
 

@@ -19,3 +19,12 @@ class AuthzEvent(enum.StrEnum):
     AUDIT_EXPORT = "authz:audit:export"
     APPLICATION_REGISTER = "authz:application:register"
     APPLICATION_DISABLE = "authz:application:disable"
+    # the access-decision policy (authz/policy.py)
+    POLICY_SUBJECT_SET = "authz:policy:subject_set"
+    POLICY_ROLE_CREATE = "authz:policy:role_create"
+    POLICY_ROLE_DELETE = "authz:policy:role_delete"
+    POLICY_PERMISSION_ADD = "authz:policy:permission_add"
+    POLICY_PERMISSION_REMOVE = "authz:policy:permission_remove"
+    POLICY_ASSIGNMENT_CREATE = "authz:policy:assignment_create"
+    POLICY_ASSIGNMENT_DELETE = "authz:policy:assignment_delete"
+    POLICY_LOAD = "authz:policy:load"

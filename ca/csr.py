@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -184,12 +185,19 @@ def _san(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[x509.Ge
         names = []
     except ValueError as exc:
         raise InvalidError(f"cannot be read: {exc}", field="csr.san") from None
+    return check_sans(names, profile)
+
+
+def check_sans(
+    names: Sequence[x509.GeneralName], profile: Profile, field_prefix: str = "csr.san"
+) -> tuple[x509.GeneralName, ...]:
+    """Check subjectAltNames (from a CSR, or given by the RA from a registered identity) against the profile."""
     if profile.san_required and not names:
-        raise InvalidError(f"profile {profile.name} needs at least one subjectAltName", field="csr.san")
+        raise InvalidError(f"profile {profile.name} needs at least one subjectAltName", field=field_prefix)
     out: list[x509.GeneralName] = []
     seen: set[str] = set()
     for i, gn in enumerate(names):
-        field = f"csr.san[{i}]"
+        field = f"{field_prefix}[{i}]"
         kind: SanType
         if isinstance(gn, x509.DNSName):
             kind = "dns"
@@ -221,7 +229,10 @@ def _san(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[x509.Ge
     return tuple(out)
 
 
-def check_csr(data: bytes | str, profile: Profile) -> CheckedRequest:
+def check_csr(data: bytes | str, profile: Profile, *, names: bool = True) -> CheckedRequest:
+    """Parse and check a CSR. ``names=False``: the request's subject and subjectAltNames are
+    not read at all (an RA puts the registered identity into the certificate instead), so
+    the result carries none; key, signature and size are checked as always."""
     csr = parse_csr(data)
     try:
         key = csr.public_key()
@@ -236,8 +247,8 @@ def check_csr(data: bytes | str, profile: Profile) -> CheckedRequest:
         raise InvalidError(
             "signature does not verify: the request was altered or signed by another key", field="csr.signature"
         )
-    subject = _subject(csr, profile)
-    sans = _san(csr, profile)
+    subject = _subject(csr, profile) if names else ()
+    sans = _san(csr, profile) if names else ()
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return CheckedRequest(
         csr_der=csr.public_bytes(serialization.Encoding.DER),

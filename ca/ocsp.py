@@ -68,7 +68,7 @@ from ca.services import CaService, can_issue, can_read
 from govpki import audit
 from govpki.clock import Clock
 from govpki.config import KeyAlgorithm
-from govpki.db import WriteGate
+from govpki.db import UTCDateTime, WriteGate
 from govpki.errors import ForbiddenError, InvalidError
 from govpki.principal import Principal
 from keymgmt.interfaces import KeyStore, SignerHandle, signature_hash
@@ -81,6 +81,7 @@ MAX_REQUEST_BYTES = 64 * 1024  # an OCSP request is a few hundred bytes
 MAX_REQUESTS_PER_MESSAGE = 64
 NONCE_MIN, NONCE_MAX = 1, 32  # RFC 8954 §2.1
 STORED_HASHES = ("sha1", "sha256")  # CertID hashes kept pre-signed; sha384/sha512 are signed per request
+_ISSUING = CaKind.ISSUING.value
 PRESIGNED_HASH = "sha1"  # what refresh_due pre-signs in bulk (RFC 5019 clients use SHA-1 CertIDs)
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -221,6 +222,15 @@ _LOOKUP = select(_T_RESP.c.der, _T_RESP.c.this_update, _T_RESP.c.next_update).wh
     _T_RESP.c.serial == bindparam("serial"),
     _T_RESP.c.hash_algorithm == bindparam("alg"),
 )
+# the hot path's read: the DER of a stored answer that is fresh at :now (compared in SQL,
+# so nothing is converted in Python when it is)
+_LOOKUP_FRESH = select(_T_RESP.c.der).where(
+    _T_RESP.c.ca_id == bindparam("ca_id"),
+    _T_RESP.c.serial == bindparam("serial"),
+    _T_RESP.c.hash_algorithm == bindparam("alg"),
+    _T_RESP.c.this_update <= bindparam("now", type_=UTCDateTime()),
+    _T_RESP.c.next_update > bindparam("now", type_=UTCDateTime()),
+)
 _RECORD = select(
     _T_CERT.c.ca_id,
     _T_CERT.c.state,
@@ -249,6 +259,14 @@ class _StoredReader:
             col.type.dialect_impl(dialect).result_processor(dialect, None) for col in _LOOKUP.selected_columns
         ]
         self._sqlite = dialect.name == "sqlite"
+        fresh = _LOOKUP_FRESH.compile(dialect=dialect)
+        self._fresh_sql = fresh.string
+        # the statement's parameters in order (positional DB-API styles) or by name
+        fresh_order = list(fresh.positiontup or []) if fresh.positional else None
+        self._fresh_order = fresh_order
+        self._now_bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+        self._now_key: _dt.datetime | None = None
+        self._now_value: Any = None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[Any] = []
@@ -263,9 +281,38 @@ class _StoredReader:
                 conn.rollback()
                 conn.autocommit = True
             self._local.conn = conn
+            self._local.cursor = None
             with self._lock:
                 self._open.append(conn)
         return conn
+
+    def read_fresh(self, ca_id: int, serial: str, alg: str, now: _dt.datetime) -> bytes | None:
+        """The DER of the stored answer when it is fresh at ``now`` (whole seconds), else
+        ``None``. The hot path: one statement on this thread's cursor, kept open."""
+        conn = self._connection()
+        if now != self._now_key:  # the bound form of ``now`` changes once a second
+            value = now if self._now_bind is None else self._now_bind(now)
+            self._now_key, self._now_value = now, value
+        else:
+            value = self._now_value
+        order = self._fresh_order
+        if order is None:
+            params: Any = {"ca_id": ca_id, "serial": serial, "alg": alg, "now": value}
+        else:
+            named = {"ca_id": ca_id, "serial": serial, "alg": alg, "now": value}
+            params = tuple(named[name] for name in order)
+        try:
+            cursor = self._local.cursor
+            if cursor is None:
+                cursor = self._local.cursor = conn.cursor()
+            cursor.execute(self._fresh_sql, params)
+            row = cursor.fetchone()
+            if self._sqlite and conn.in_transaction:
+                conn.rollback()
+        except Exception:
+            self._drop(conn)
+            raise
+        return None if row is None else bytes(row[0])
 
     def read(self, ca_id: int, serial: str, alg: str) -> tuple[bytes, _dt.datetime, _dt.datetime] | None:
         conn = self._connection()
@@ -292,6 +339,7 @@ class _StoredReader:
 
     def _drop(self, conn: Any) -> None:
         self._local.conn = None
+        self._local.cursor = None
         with self._lock:
             if conn in self._open:
                 self._open.remove(conn)
@@ -908,6 +956,27 @@ class OcspService:
         serial, no or an old stored response). For servers that keep signing off their
         event loop. Never raises."""
         return self._respond(request_der, sign=False)
+
+    def stored_der(self, request_der: bytes) -> bytes | None:
+        """The hot path of the dedicated responder: the DER of the stored answer to a
+        plain request (one CertID, no extensions) for an issuing CA this responder knows,
+        when a fresh one is stored. ``None`` for everything else: then
+        :meth:`respond_stored` / :meth:`respond` decide (refusals, nonces, several
+        requests, signing), with exactly the answers they always give. Never raises."""
+        try:
+            if len(request_der) > MAX_REQUEST_BYTES:
+                return None
+            request = cocsp.load_der_ocsp_request(request_der)
+            if len(request.extensions):
+                return None
+            alg = request.hash_algorithm.name
+            issuer = self._issuers.get((alg, request.issuer_name_hash, request.issuer_key_hash))
+            serial = request.serial_number
+            if issuer is None or issuer.kind != _ISSUING or alg not in STORED_HASHES or serial < 0:
+                return None
+            return self._reader.read_fresh(issuer.ca_id, format(serial, "x"), alg, _now_seconds(self._clock))
+        except Exception:  # the full path answers (and logs what it must)
+            return None
 
     def _respond(self, request_der: bytes, *, sign: bool) -> OcspAnswer | None:
         try:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ca.events import CaEvent
 from ca.models import POSSIBLY_ISSUED, CaStatus, CertificateRecord, RevocationReason
-from ca.services import can_issue, normalize_serial
+from ca.services import can_issue, can_request, normalize_serial
 from ca.transparency import TransparencyLog
 from govpki import audit
 from govpki.clock import Clock
@@ -212,12 +212,14 @@ class RevocationService:
     # ----- helpers ---------------------------------------------------------
 
     def _find(self, session: Session, principal: Principal, serial: str, ca_id: int | None) -> CertificateRecord:
-        if not can_issue(principal):
+        if not can_request(principal):
             raise ForbiddenError("your role may not revoke or suspend certificates", field="serial")
         normalized = normalize_serial(serial)
         record = session.scalars(
             select(CertificateRecord).where(CertificateRecord.serial == normalized).with_for_update()
         ).first()
+        if record is not None and not can_issue(principal) and record.prefecture_code != principal.prefecture:
+            record = None  # an RA officer acts on its own prefecture's certificates only
         if record is None or (ca_id is not None and record.ca_id != ca_id):
             where = f" issued by CA {ca_id}" if ca_id is not None else ""
             raise NotFoundError(f"no certificate with serial {serial}{where}", field="serial")

@@ -10,6 +10,7 @@ entry in its own transaction; see ca.ledger for what that asks of callers.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import secrets
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ca import lint
 from ca.builder import IssuerUrls, build_name, certificate_builder, validity
-from ca.csr import OID_FIELDS, CheckedRequest, check_csr, check_subject_value
+from ca.csr import OID_FIELDS, CheckedRequest, check_csr, check_sans, check_subject_value
 from ca.events import CaEvent
 from ca.ledger import IssuanceLedger, new_serial, serial_hex
 from ca.models import (
@@ -63,6 +64,13 @@ def can_read(principal: Principal) -> bool:
 
 def can_issue(principal: Principal) -> bool:
     return principal.kind is PrincipalKind.SYSTEM or bool(principal.roles & ISSUE_ROLES)
+
+
+def can_request(principal: Principal) -> bool:
+    """May ask the CA to issue, renew or change the status of subscriber certificates: a CA
+    operator (or the service), or a prefecture RA officer for its own prefecture, whose
+    approval of a request is carried out with the officer as the acting principal."""
+    return can_issue(principal) or (principal.has(Role.RA_OFFICER) and principal.prefecture is not None)
 
 
 def can_set_up(principal: Principal) -> bool:
@@ -665,14 +673,21 @@ class CaService:
         validity_days: int | None = None,
         prefecture: str | None = None,
         contact_email: str | None = None,
+        registered_sans: Sequence[x509.GeneralName] | None = None,
+        unique_key: bool = False,
     ) -> CertificateRecord:
         """Issue one certificate. ``identity`` holds subject fields from the registered
         identity (the RA's); they override the CSR's. C, ST and O always come from the CA.
         ``issuer_id`` names the issuing CA (default: the active CA the profile names);
         ``validity_days`` may shorten the profile's validity, never lengthen it.
         ``prefecture`` (area code; default the principal's) and ``contact_email`` say whom
-        expiry notices go to (the prefecture's RA and the subscriber)."""
-        if not can_issue(principal):
+        expiry notices go to (the prefecture's RA and the subscriber).
+        ``registered_sans`` (an RA's registered names): the CSR's subject and
+        subjectAltNames are ignored; the subject is ``identity`` alone and the
+        subjectAltNames are these (checked against the profile).
+        ``unique_key`` (an RA's requests): a key that a certificate already carries is
+        refused (``ca.key_in_use``)."""
+        if not can_request(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
         prefecture = self._check_prefecture(session, principal, prefecture)
         if contact_email is not None:
@@ -682,6 +697,7 @@ class CaService:
             raise ForbiddenError(
                 f"profile {chosen.name} is for CA certificates and is used only by 'govpki init'", field="profile"
             )
+        self._check_ra_profile(session, principal, chosen.name)
         if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
             raise RuntimeError("CaService.issue needs a session without uncommitted writes (see ca.ledger)")
         if validity_days is not None:
@@ -690,7 +706,14 @@ class CaService:
                     f"must be between 1 and {chosen.validity_days} (profile {chosen.name})", field="validity_days"
                 )
             chosen = chosen.model_copy(update={"validity_days": validity_days})
-        checked = check_csr(csr, chosen)
+        if registered_sans is None:
+            checked = check_csr(csr, chosen)
+        else:
+            checked = dataclasses.replace(
+                check_csr(csr, chosen, names=False), sans=check_sans(registered_sans, chosen, "sans")
+            )
+        if unique_key:
+            self._check_key_unused(session, checked.spki_sha256, "csr.key")
         kind = CaKind.ROOT if chosen.issuer == "root" else CaKind.ISSUING
         if issuer_id is None:
             issuer = self.active_ca(session, kind)
@@ -712,6 +735,41 @@ class CaService:
             serving_ok=serving_ok,
         )
 
+    def _check_ra_profile(self, session: Session, principal: Principal, profile: str) -> None:
+        """An RA officer may request only the profiles its prefecture's RA is allowed."""
+        if can_issue(principal):
+            return
+        row = session.execute(
+            select(_RAS.c.allowed_profiles, _RAS.c.active).where(_RAS.c.prefecture_code == principal.prefecture)
+        ).first()
+        if row is None or not row.active:
+            raise ForbiddenError(
+                f"prefecture {principal.prefecture} has no active RA", field="prefecture", code="ca.ra_inactive"
+            )
+        if profile not in str(row.allowed_profiles).split():
+            raise ForbiddenError(
+                f"the RA of prefecture {principal.prefecture} may not request profile {profile}",
+                field="profile",
+                code="ca.profile_not_allowed",
+            )
+
+    def _check_key_unused(
+        self, session: Session, spki_sha256: str, field: str, *, except_id: int | None = None
+    ) -> None:
+        """Refuse a key that a certificate (issued, or possibly signed) already carries."""
+        query = select(CertificateRecord.serial).where(
+            CertificateRecord.spki_sha256 == spki_sha256, CertificateRecord.state.in_(POSSIBLY_ISSUED)
+        )
+        if except_id is not None:
+            query = query.where(CertificateRecord.id != except_id)
+        used = session.scalar(query.limit(1))
+        if used is not None:
+            raise ConflictError(
+                f"this public key is already in use by certificate {used}; make a new key pair for a new certificate",
+                field=field,
+                code="ca.key_in_use",
+            )
+
     def _check_prefecture(self, session: Session, principal: Principal, code: str | None) -> str | None:
         """The prefecture a certificate is issued for: the principal's own when it has one
         (it may name no other), else the one given, which must exist."""
@@ -728,7 +786,14 @@ class CaService:
     # ----- renewal ---------------------------------------------------------
 
     def renew(
-        self, session: Session, principal: Principal, serial: str, *, csr: bytes | str | None = None
+        self,
+        session: Session,
+        principal: Principal,
+        serial: str,
+        *,
+        csr: bytes | str | None = None,
+        names_from_request: bool = True,
+        unique_key: bool = False,
     ) -> CertificateRecord:
         """A new certificate for the subscriber of ``serial``: same profile (its current
         version), subject, subjectAltNames, prefecture and contact; from the active issuing
@@ -739,24 +804,39 @@ class CaService:
         profile's current key policy. With ``csr`` the request's own signature proves
         possession; it may carry the same key or a new one. A key that any certificate was
         revoked for with keyCompromise is refused. The certificate renewed stays valid
-        until it expires or is revoked; the new record links to it (``renewed_from_id``)."""
-        if not can_issue(principal):
+        until it expires or is revoked; the new record links to it (``renewed_from_id``).
+        ``unique_key``: a new key that another certificate carries is refused (``ca.key_in_use``).
+        ``names_from_request=False`` (an RA): the new CSR's subject and subjectAltNames are
+        not read; the certificate keeps those of the one renewed."""
+        if not can_request(principal):
             raise ForbiddenError("your role may not request certificates", field="serial")
         if audit.holds_audit_lock(session) or session.new or session.dirty or session.deleted:
             raise RuntimeError("CaService.renew needs a session without uncommitted writes (see ca.ledger)")
-        old = self.get_certificate(session, principal, serial)
-        if principal.prefecture is not None and old.prefecture_code != principal.prefecture:
-            raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="serial")
+        normalized = normalize_serial(serial)
+        old = session.scalars(select(CertificateRecord).where(CertificateRecord.serial == normalized)).first()
+        if old is None or (principal.prefecture is not None and old.prefecture_code != principal.prefecture):
+            if old is not None and can_read(principal):
+                raise ForbiddenError(f"you act for prefecture {principal.prefecture} only", field="serial")
+            raise NotFoundError(f"no certificate with serial {serial}", field="serial")
         _check_renewable(session, old, self._clock.now())
         profile = self.profiles.get(old.profile, field="serial")
         if profile.ca or profile.ocsp_no_check:
             raise ForbiddenError(
                 f"profile {profile.name} certificates are renewed by rotation, not here", field="serial"
             )
+        self._check_ra_profile(session, principal, profile.name)
         request = old.csr_der if csr is None else csr
         if request is None:
             raise InvalidError("the original request was not kept: send a new CSR", field="csr")
-        checked = check_csr(request, profile)
+        if names_from_request or old.cert_der is None:
+            checked = check_csr(request, profile)
+        else:
+            checked = dataclasses.replace(
+                check_csr(request, profile, names=False),
+                sans=tuple(_sans_of(x509.load_der_x509_certificate(old.cert_der))),
+            )
+        if unique_key and checked.spki_sha256 != old.spki_sha256:
+            self._check_key_unused(session, checked.spki_sha256, "csr.key")
         compromised = session.scalar(
             select(CertificateRecord.serial)
             .where(
@@ -917,6 +997,7 @@ class CaService:
 
 # The ``ra`` layer's prefectures, by table name only (as the certificates' foreign key names it)
 _PREFECTURES = table("prefectures", column("code"))
+_RAS = table("registration_authorities", column("prefecture_code"), column("allowed_profiles"), column("active"))
 _CA_FIELDS = frozenset({"C", "ST", "O"})  # always the CA's own, so not part of a subscriber's identity
 
 

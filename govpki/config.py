@@ -117,6 +117,8 @@ class Config:
     signin_lockout_minutes: int = 15
     # the Secure flag on the portal's cookies; None: on when GOVPKI_BASE_URL is https
     cookie_secure: bool | None = None
+    # access decisions: deciders re-read the policy version at most this often (0: every decision)
+    authz_policy_refresh_ms: int = 1000
     testing: bool = False
 
     @property
@@ -349,5 +351,6 @@ class Config:
             signin_failure_window_minutes=integer("SIGNIN_FAILURE_WINDOW_MINUTES", 15),
             signin_lockout_minutes=integer("SIGNIN_LOCKOUT_MINUTES", 15),
             cookie_secure=cookie_secure,
+            authz_policy_refresh_ms=integer("AUTHZ_POLICY_REFRESH_MS", 1000, minimum=0),
             testing=get("TESTING", "0") == "1",
         )

@@ -62,7 +62,8 @@ ENCRYPTION_USAGES = frozenset(
 )
 SIGNING_USAGES = frozenset({"digital_signature", "non_repudiation", "key_cert_sign", "crl_sign"})
 
-ESCROW_ROLES = frozenset({Role.CA_OPERATOR})  # who may have keys made and escrowed (as for issuance)
+# who may have keys made and escrowed (as for issuance: an RA officer approving an official's request)
+ESCROW_ROLES = frozenset({Role.CA_OPERATOR, Role.RA_OFFICER})
 REQUEST_ROLES = frozenset({Role.SECURITY_ADMIN, Role.CA_OPERATOR})  # who may ask for a recovery
 READ_ROLES = frozenset({Role.SECURITY_ADMIN, Role.CA_OPERATOR, Role.SECURITY_AUDITOR, Role.KEY_RECOVERY_OFFICER})
 

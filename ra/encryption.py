@@ -26,7 +26,7 @@ from ca.builder import build_name
 from ca.csr import check_subject_value
 from ca.models import CaKind, CertificateAuthority, CertificateRecord
 from ca.profiles import SubjectField
-from ca.services import CaService, can_issue
+from ca.services import CaService, can_request
 from govpki.config import KMC_KEY_ALGORITHMS
 from govpki.errors import ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnavailableError
 from govpki.principal import Principal
@@ -65,7 +65,7 @@ class EncryptionCertificateService:
     ) -> IssuedEncryption:
         """Make, certify and escrow an official's encryption key; return its PKCS#12 once.
         Needs a session without uncommitted writes (the CA commits its own steps)."""
-        if not can_issue(principal):
+        if not can_request(principal):
             raise ForbiddenError("your role may not request certificates", field="profile")
         chosen = self._ca.profiles.get(profile)
         # refuse before any key is made: the KMC escrows encryption keys only

@@ -56,6 +56,12 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
         session.commit()
         if added:
             report.created.append(f"{added} prefecture RAs of {services.region.region}")
+    with services.sessions() as session:
+        # the RA's key for subscribers' ID numbers (AES-256 in the online store; HMAC key sealed under it)
+        _key, made = services.subscribers.ensure_data_key(session, principal)
+        session.commit()
+        if made:
+            report.created.append("subscriber data key (ID numbers encrypted at rest)")
     if first_admin:
         with services.sessions() as session:
             if services.accounts.count(session) == 0:

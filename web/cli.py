@@ -782,6 +782,9 @@ main.add_command(app_group)
 from web.cli_staff import staff  # noqa: E402  (govpki staff create | list | unlock | reset-totp)
 
 main.add_command(staff)
+from web.cli_policy import policy  # noqa: E402  (govpki policy load | subject | role | rule | assign | explain | decide …)
+
+main.add_command(policy)
 
 if __name__ == "__main__":
     main()

@@ -23,8 +23,10 @@ from authz.applications import ApplicationService
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
 from authz.console import AuditConsoleService
+from authz.decisions import DecisionService
 from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
+from authz.policy import PolicyService
 from authz.services import AccountService, SignInSettings, TokenService
 from authz.totp import TotpSealer
 from ca.ceremony import CeremonyService
@@ -51,7 +53,9 @@ from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
 from keymgmt.services import KeyService
 from ra.encryption import EncryptionCertificateService
 from ra.expiry import ExpiryService, ExpirySettings
+from ra.requests import RequestLedger, RequestService
 from ra.services import RegionFile, RegionService, load_region
+from ra.subscribers import SubscriberService
 
 
 @dataclass
@@ -84,6 +88,10 @@ class Services:
     evidence: EvidenceService
     certificate_stats: CertificateStats
     applications: ApplicationService
+    policy: PolicyService  # the access policy (authz/policy.py) and its decisions (authz/decisions.py)
+    decisions: DecisionService
+    subscribers: SubscriberService
+    requests: RequestService
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -243,6 +251,8 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     keys.set_rotator(KeyPurpose.OCSP_SIGNING, ocsp.rotate_all)
     auditing = AuditCheckpointService(keystores, clock, audit_settings(config), keys)
     kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock, keys=keys)
+    encryption = EncryptionCertificateService(ca=ca, kmc=kmc)
+    subscribers = SubscriberService(keystores, clock)
     return Services(
         config=config,
         clock=clock,
@@ -279,11 +289,22 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             clock, {"root": keystore_summary(config.root_keystore), "online": keystore_summary(config.online_keystore)}
         ),
         kmc=kmc,
-        encryption=EncryptionCertificateService(ca=ca, kmc=kmc),
+        encryption=encryption,
         audit_console=AuditConsoleService(clock, auditing),
         evidence=EvidenceService(keystores, clock, auditing, TlogEvidence()),
         certificate_stats=CertificateStats(clock),
         applications=ApplicationService(clock),
+        policy=PolicyService(clock),
+        decisions=DecisionService(clock, refresh=timedelta(milliseconds=config.authz_policy_refresh_ms)),
+        subscribers=subscribers,
+        requests=RequestService(
+            subscribers=subscribers,
+            ca=ca,
+            revocation=revocation,
+            encryption=encryption,
+            ledger=RequestLedger(engine, clock, gate),
+            clock=clock,
+        ),
     )
 
 

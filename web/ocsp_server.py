@@ -31,6 +31,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -43,8 +44,10 @@ from urllib.parse import unquote
 
 import httptools
 
+from ca.ocsp import MAX_REQUEST_BYTES
 from govpki.config import Config
 from web.ocsp import (
+    CONTENT_TYPE,
     PREFIX,
     HttpReply,
     OcspCall,
@@ -83,6 +86,9 @@ _HEAD_TOO_LARGE = _plain(
 )
 _URL_TOO_LONG = _plain("414 URI Too Long", f"the URL is longer than {MAX_URL_BYTES} bytes")
 _LENGTH_REQUIRED = _plain("411 Length Required", "send the body with a Content-Length (no Transfer-Encoding)")
+_KEEP_END = b"\r\nCache-Control: no-store\r\n\r\n"
+# POST request targets answered on the hot path (others go through route())
+_OCSP_POST_TARGETS = (PREFIX.encode(), PREFIX.encode() + b"/", b"/")
 _NOT_FOUND = _plain("404 Not Found", "OCSP requests are POST /ocsp or GET /ocsp/<base64 request>", close=False)
 
 
@@ -98,35 +104,66 @@ class _Request:
 
 
 class _Worker:
-    """What one process's connections share."""
+    """What one process's connections share: the service, the signing pool, the open
+    connections (one timer sweeps them for idle ones every second, rather than a timer
+    per connection), and this second's Date header."""
 
     def __init__(self, service: Any, pool: concurrent.futures.Executor) -> None:
         self.service = service
         self.pool = pool
+        self.connections: set[_Connection] = set()
+        self.tick = 0  # seconds since the worker started, counted by sweep()
         self._date_second = -1
         self._date = ""
+        self._ocsp_head = b""
 
-    def date(self) -> str:
+    def _refresh(self) -> None:
         now = int(time.time())
         if now != self._date_second:
             self._date_second, self._date = now, formatdate(now, usegmt=True)
+            # web.ocsp.reply()'s headers for a POST answer, in the same order
+            self._ocsp_head = (
+                f"HTTP/1.1 200 OK\r\nDate: {self._date}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: "
+            ).encode("latin-1")
+
+    def date(self) -> str:
+        self._refresh()
         return self._date
+
+    def ocsp_head(self, length: int, close: bool) -> bytes:
+        """The head of a 200 answer to a POST carrying ``length`` bytes of OCSP response."""
+        self._refresh()
+        end = b"\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n" if close else _KEEP_END
+        return b"%s%d%s" % (self._ocsp_head, length, end)
+
+    def sweep(self) -> None:
+        """Once a second: close the connections idle for ``IDLE_SECONDS``."""
+        self.tick += 1
+        for connection in [c for c in self.connections if c.idle_since is not None]:
+            if self.tick - cast(int, connection.idle_since) >= IDLE_SECONDS:
+                connection.idle()
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parse with httptools, answer in order."""
+    """One client connection: parse with httptools, answer in order.
+
+    The common request (one POST of a plain OCSP request with a fresh stored answer) is
+    answered straight from ``on_message_complete`` when nothing is queued before it:
+    the same answer and headers as the general path, with less work per connection."""
 
     def __init__(self, worker: _Worker, loop: asyncio.AbstractEventLoop) -> None:
         self._worker = worker
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: Any = httptools.HttpRequestParser(self)
         self._queue: collections.deque[_Request | HttpReply] = collections.deque()
         self._busy = False  # an answer is being signed in the pool
         self._write_paused = False
         self._reading_paused = False
         self._closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        # the worker's tick since when no request is pending (None: one is); sweep() closes
+        # the connection IDLE_SECONDS later
+        self.idle_since: int | None = None
         # the request being parsed; _head_bytes: received while its head is incomplete (a
         # bound on what httptools buffers for a header still coming)
         self._in_head = True
@@ -143,12 +180,15 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transport is not a subclass; both loops set TCP_NODELAY themselves
         self._transport = cast(asyncio.Transport, transport)
-        self._arm_timer()
+        self._worker.connections.add(self)
+        self.idle_since = self._worker.tick
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._worker.connections.discard(self)
+        # no reference cycles left for the garbage collector: reference counting frees it
+        self._transport = None
+        self._parser = None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -198,11 +238,11 @@ class _Connection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._headers > MAX_HEADERS or self._head_size > MAX_HEAD_BYTES:
             self._raise(_HEAD_TOO_LARGE)
-        lower = name.lower()
-        if lower == b"content-length":
+        size = len(name)  # only two names matter: compare (lower-cased) only names of their length
+        if size == 14 and name.lower() == b"content-length":
             # llhttp has checked it is digits and not given twice with another value
             self._content_length = int(value)
-        elif lower == b"transfer-encoding":
+        elif size == 17 and name.lower() == b"transfer-encoding":
             self._raise(_LENGTH_REQUIRED)
 
     def on_headers_complete(self) -> None:
@@ -217,6 +257,21 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         keep_alive = parser.get_http_version() == "1.1" and parser.should_keep_alive()
+        self._in_head = True
+        self._head_bytes = 0
+        self.idle_since = None
+        if (
+            LOOKUP_INLINE
+            and not self._queue
+            and not self._busy
+            and self._url in _OCSP_POST_TARGETS
+            and parser.get_method() == b"POST"
+            and len(self._body) <= MAX_REQUEST_BYTES
+        ):
+            der = self._worker.service.stored_der(bytes(self._body))
+            if der is not None:
+                self._send_ocsp(der, keep_alive)
+                return
         self._queue.append(
             _Request(
                 parser.get_method().decode("ascii", "replace"),
@@ -226,11 +281,6 @@ class _Connection(asyncio.Protocol):
                 keep_alive,
             )
         )
-        self._in_head = True
-        self._head_bytes = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _raise(self, failure: HttpReply) -> None:
         """Stop parsing with ``failure`` as the answer (raised through feed_data)."""
@@ -293,6 +343,18 @@ class _Connection(asyncio.Protocol):
         self._send(result, keep_alive=keep_alive)
         self._drain()
 
+    def _send_ocsp(self, der: bytes, keep_alive: bool) -> None:
+        """The hot path's answer: what ``_send(reply(...))`` sends for a stored answer to a POST."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        transport.write(self._worker.ocsp_head(len(der), not keep_alive) + der)
+        if not keep_alive:
+            self._closed = True
+            transport.close()
+        else:
+            self.idle_since = self._worker.tick
+
     def _send(self, result: HttpReply, *, keep_alive: bool) -> None:
         transport = self._transport
         if transport is None or self._closed:
@@ -308,15 +370,10 @@ class _Connection(asyncio.Protocol):
             self._queue.clear()
             transport.close()
         elif not self._queue and not self._busy:
-            self._arm_timer()
+            self.idle_since = self._worker.tick
 
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(IDLE_SECONDS, self._idle)
-
-    def _idle(self) -> None:
-        self._timer = None
+    def idle(self) -> None:
+        self.idle_since = None
         if not self._closed and not self._busy and self._transport is not None:
             self._closed = True
             self._transport.close()
@@ -369,6 +426,7 @@ def _worker_main(config: Config, host: str, port: int, master: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, loop.stop)
     services = build_services(config, run_migrations=False)
+    gc.freeze()  # what start-up made is not scanned by every collection
     pool = concurrent.futures.ThreadPoolExecutor(SIGN_THREADS, thread_name_prefix="ocsp-sign")
     worker = _Worker(services.ocsp, pool)
     sock = _listen_socket(host, port)
@@ -376,7 +434,8 @@ def _worker_main(config: Config, host: str, port: int, master: int) -> int:
     sock.setblocking(False)
     server = loop.run_until_complete(loop.create_server(lambda: _Connection(worker, loop), sock=sock))
 
-    def watch() -> None:  # the master is gone: stop too
+    def watch() -> None:  # every second: idle connections; and the master is gone: stop too
+        worker.sweep()
         if os.getppid() != master:
             loop.stop()
         else:

@@ -64,7 +64,7 @@ from ca.services import can_read
 from govpki.clock import UTC
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
 from govpki.principal import Principal, Role
-from web import api, api_events
+from web import api, api_authz, api_events
 from web.container import Services
 from web.forms import ActionForm, LoginForm, PasswordForm, StaffForm, TokenForm, TotpForm
 from web.problems import STATUS
@@ -720,6 +720,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(api_events.bp)  # client credentials, no cookies
+    csrf.exempt(api_authz.bp)  # client credentials, no cookies
 
     Babel().init_app(app, locale_selector=_select_locale)
 

@@ -219,3 +219,43 @@ def test_the_fast_stored_read_matches_the_full_path_and_recovers_from_a_dead_con
     services.ocsp.close()
     assert not reader._open
     assert services.ocsp.respond_stored(der) == revoked  # and it opens a new one when asked again
+
+
+def test_the_hot_path_gives_the_stored_answer_or_leaves_the_request_to_the_full_path(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+):
+    cert = _issue(services, "hot.example.gov.cn")
+    with services.sessions() as session:
+        issuer = x509.load_der_x509_certificate(services.ca.active_ca(session, CaKind.ISSUING).cert_der)
+
+    def request(digest: hashes.HashAlgorithm | None = None, *, nonce: bytes | None = None) -> bytes:
+        builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, digest or hashes.SHA1())
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+        return builder.build().public_bytes(Encoding.DER)
+
+    plain = request()
+    full = services.ocsp.respond(plain)  # the full path also loads the issuers the hot path looks up
+    assert services.ocsp.stored_der(plain) == full.der == _stored(services, cert)["sha1"].public_bytes(Encoding.DER)
+    sha256 = request(hashes.SHA256())
+    assert services.ocsp.stored_der(sha256) is None  # not stored until first asked (only SHA-1 is pre-signed)
+    assert services.ocsp.respond(sha256).der == services.ocsp.stored_der(sha256)
+    # what needs signing or a refusal is the full path's: a nonce, another hash, garbage, too big
+    assert services.ocsp.stored_der(request(nonce=b"n" * 16)) is None
+    assert services.ocsp.stored_der(request(hashes.SHA512())) is None
+    assert services.ocsp.stored_der(b"\x30\x03garbage") is None
+    assert services.ocsp.stored_der(plain + b"\x00" * 70_000) is None
+    # a status change is visible at once
+    with services.sessions() as session:
+        services.revocation.revoke(session, SYSTEM, format(cert.serial_number, "x"), reason="keyCompromise")
+        session.commit()
+    revoked = services.ocsp.stored_der(plain)
+    assert revoked is not None
+    assert ocsp.load_der_ocsp_response(revoked).certificate_status == ocsp.OCSPCertStatus.REVOKED
+    # a stored answer past its nextUpdate is not served: the full path signs a new one
+    later = services.ocsp._clock.now() + services.ocsp.validity + dt.timedelta(seconds=1)
+    monkeypatch.setattr(services.ocsp, "_clock", MovableClock(later))
+    assert services.ocsp.stored_der(plain) is None
+    fresh = ocsp.load_der_ocsp_response(services.ocsp.respond(plain).der)
+    assert fresh.this_update_utc <= later < fresh.next_update_utc
+    assert services.ocsp.stored_der(plain) == services.ocsp.respond(plain).der

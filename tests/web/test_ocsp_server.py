@@ -192,3 +192,68 @@ def test_a_second_responder_on_the_same_port_refuses_to_start(services: Services
     )
     assert second.returncode == 2 and "cannot listen" in second.stderr
     assert post(responder, b"x")[0] == 200
+
+
+def test_the_hot_path_answers_like_the_general_path(pki: dict[str, Path], responder: int):  # noqa: F811
+    der = _request(pki)
+
+    def head_and_body(target: bytes, connection: bytes) -> tuple[list[bytes], bytes]:
+        request = b"POST %s HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n" % (target, connection, len(der))
+        head, _, body = raw(responder, request + der).partition(b"\r\n\r\n")
+        return [line for line in head.split(b"\r\n") if not line.startswith(b"Date: ")], body
+
+    for connection in (b"Connection: close\r\n", b""):  # closed after the answer, or kept open
+        hot = head_and_body(b"/ocsp", connection)  # answered from on_message_complete
+        general = head_and_body(b"/ocsp?via=route", connection)  # the same request through route() and reply()
+        assert hot == general
+        assert hot[0][0] == b"HTTP/1.1 200 OK" and b"Cache-Control: no-store" in hot[0]
+        assert (b"Connection: close" in hot[0]) == bool(connection)
+        assert ocsp.load_der_ocsp_response(hot[1]).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closed = False
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_idle_connections_are_swept_and_busy_ones_are_not(services: Services):
+    import asyncio
+    import concurrent.futures
+
+    from web import ocsp_server
+
+    loop = asyncio.new_event_loop()
+    try:
+        worker = ocsp_server._Worker(services.ocsp, concurrent.futures.ThreadPoolExecutor(1))
+        connections = [ocsp_server._Connection(worker, loop) for _ in range(3)]
+        transports = [_Transport() for _ in connections]
+        for connection, transport in zip(connections, transports, strict=True):
+            connection.connection_made(transport)  # type: ignore[arg-type]
+        idle, slow, signing = connections
+        slow.data_received(b"POST /ocsp HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")  # never completed
+        signing.data_received(b"GET /ocsp/AA HTTP/1.1\r\n\r\n")  # answered (malformedRequest): kept alive
+        assert transports[2].written.startswith(b"HTTP/1.1 200 OK") and not transports[2].closed
+        signing.idle_since, signing._busy = None, True  # as while an answer is signed in the pool
+        for _ in range(int(ocsp_server.IDLE_SECONDS) - 1):
+            worker.sweep()
+        assert not any(t.closed for t in transports)
+        worker.sweep()  # no complete request for IDLE_SECONDS: closed, also one still arriving
+        assert [t.closed for t in transports] == [True, True, False]
+        idle.connection_lost(None)
+        slow.connection_lost(None)
+        assert worker.connections == {signing}
+    finally:
+        loop.close()
