@@ -24,6 +24,7 @@ class PrincipalKind(enum.StrEnum):
     API_TOKEN = "api_token"
     SYSTEM = "system"
     APPLICATION = "application"  # a registered application (client credentials)
+    OFFICIAL = "official"  # a registered official (ra subscriber), signed in with their certificate
 
 
 @dataclass(frozen=True)

@@ -354,11 +354,24 @@ def language(code: str) -> ResponseReturnValue:
     return response
 
 
+# how the session's user signed in (RFC 8176 values; the OIDC provider's amr claim) and when
+SESSION_AMR = "amr"
+SESSION_AUTH_TIME = "auth_time"
+
+
+def session_amr() -> list[str]:
+    """The authentication methods of this session's sign-in, e.g. ``["pwd", "otp"]``."""
+    value = session.get(SESSION_AMR)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def _complete_sign_in(account: Account, target: str | None) -> BaseResponse:
     """Both factors done (or the account has not enrolled TOTP yet): a fresh session for the user."""
     session.clear()  # a fresh session (and CSRF token) for the signed-in user
     login_user(PortalUser(account), fresh=True)
     session.permanent = True
+    session[SESSION_AMR] = ["pwd", "otp"] if account.totp_enrolled else ["pwd"]
+    session[SESSION_AUTH_TIME] = int(_dt.datetime.now(UTC).timestamp())
     if account.must_change_password:
         flash(_("This is your first sign-in: replace the one-time password with your own."), "warning")
         response = redirect(url_for("ui.password"))
@@ -499,6 +512,7 @@ def totp_enrol() -> ResponseReturnValue:
             # 200 on purpose: the failed attempt's audit entry is committed
             secret, _uri = accounts.totp_enrolment(g.db, user.principal)
             return render_template("totp_enrol.html", form=form, secret=_grouped(secret))
+        session[SESSION_AMR] = ["pwd", "otp"]  # the code just confirmed is this session's second factor
         flash(_("Your authenticator app is set up. From now on you sign in with your password and a code."), "success")
         return redirect(url_for("ui.dashboard"))
     secret, _uri = accounts.totp_enrolment(g.db, user.principal)

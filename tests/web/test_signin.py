@@ -363,3 +363,26 @@ def test_cookies_are_httponly_samesite_and_secure_when_configured(portal: Portal
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     auto = make_config(tmp_path / "i", "sqlite://", GOVPKI_BASE_URL="https://pki.example.gov.cn")
     assert auto.secure_cookies and not make_config(tmp_path / "j", "sqlite://", GOVPKI_COOKIE_SECURE="0").secure_cookies
+
+
+def test_the_session_records_how_the_user_signed_in(portal: Portal) -> None:
+    """The amr the OIDC provider reports: the password, and the TOTP code once confirmed."""
+    from web.ui import SESSION_AMR, SESSION_AUTH_TIME
+
+    username, one_time = new_clerk(portal)
+    client = portal.app.test_client()
+    post_form(client, "/login", {"username": username, "password": one_time})
+    with client.session_transaction() as state:
+        assert state[SESSION_AMR] == ["pwd"]  # the one-time password; TOTP not enrolled yet
+    client = portal.app.test_client()
+    secret = first_sign_in(portal, client, username, one_time)
+    with client.session_transaction() as state:
+        assert state[SESSION_AMR] == ["pwd", "otp"] and isinstance(state[SESSION_AUTH_TIME], int)
+    portal.clock.advance(seconds=30)
+    later = portal.app.test_client()
+    post_form(later, "/login", {"username": username, "password": NEW_PASSWORD})
+    with later.session_transaction() as state:
+        assert SESSION_AMR not in state  # half signed in: no method counts yet
+    later.post("/login/totp", data={"csrf_token": csrf(later.get("/login/totp")), "code": code(portal, secret)})
+    with later.session_transaction() as state:
+        assert state[SESSION_AMR] == ["pwd", "otp"]
