@@ -7,6 +7,7 @@ import enum
 
 class AuthzEvent(enum.StrEnum):
     ACCOUNT_CREATE = "authz:account:create"
+    ACCOUNT_ROLE_CHANGE = "authz:account:role_change"
     SIGN_IN = "authz:session:sign_in"
     SIGN_IN_FAIL = "authz:session:sign_in_fail"  # a wrong password or TOTP code (details.factor), or locked
     ACCOUNT_LOCK = "authz:account:lock"

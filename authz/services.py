@@ -37,9 +37,23 @@ MIN_PASSWORD = 12
 TOKEN_ROLES = frozenset({Role.CA_OPERATOR})
 
 RA_ROLES = frozenset({Role.RA_CLERK, Role.RA_OFFICER})  # each in exactly one prefecture
+SEPARATED_ROLES = frozenset({Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})  # 三员分立
+
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 _prefectures = sa.table("prefectures", sa.column("code"))  # the RA layer's table; authz only looks codes up
+
+
+def _check_prefecture(session: Session, role: Role, prefecture: str | None) -> None:
+    """RA staff name the one prefecture (area code) they work in, which must exist; others name none."""
+    if role in RA_ROLES:
+        if not prefecture:
+            raise InvalidError("is required for RA staff (ra_clerk, ra_officer)", field="prefecture")
+        if session.scalar(select(_prefectures.c.code).where(_prefectures.c.code == prefecture)) is None:
+            raise InvalidError(f"there is no prefecture with area code {prefecture[:12]!r}", field="prefecture")
+    elif prefecture:
+        raise InvalidError("only RA staff (ra_clerk, ra_officer) belong to a prefecture", field="prefecture")
+
 
 WRONG_CREDENTIALS = "authz.wrong_credentials"
 LOCKED = "authz.locked"
@@ -117,13 +131,7 @@ class AccountService:
         in, which must exist; other roles name none."""
         if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
             raise ForbiddenError("only a security administrator may create accounts")
-        if role in RA_ROLES:
-            if not prefecture:
-                raise InvalidError("is required for RA staff (ra_clerk, ra_officer)", field="prefecture")
-            if session.scalar(select(_prefectures.c.code).where(_prefectures.c.code == prefecture)) is None:
-                raise InvalidError(f"there is no prefecture with area code {prefecture[:12]!r}", field="prefecture")
-        elif prefecture:
-            raise InvalidError("only RA staff (ra_clerk, ra_officer) belong to a prefecture", field="prefecture")
+        _check_prefecture(session, role, prefecture)
         if not display_name.strip() or len(display_name) > 128:
             raise InvalidError("must be 1-128 characters", field="display_name")
         if not _USERNAME.match(username):
@@ -155,6 +163,46 @@ class AccountService:
             object_type="account",
             object_id=username,
             details=details,
+            clock=self._clock,
+        )
+        return account
+
+    def change_role(
+        self, session: Session, principal: Principal, *, username: str, role: Role, prefecture: str | None = None
+    ) -> Account:
+        """Give an account another role (an account holds exactly one). 三员分立: an account
+        that is system administrator, security administrator or security auditor never
+        becomes another of the three (whoever administered must not audit their own
+        actions, and the other way round): that takes a new account. Nobody changes their
+        own role. Audited with the roles before and after."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may change roles")
+        account = session.scalar(select(Account).where(Account.username == username))
+        if account is None:
+            raise NotFoundError(f"there is no account {username[:64]!r}", field="username")
+        if principal.kind is PrincipalKind.ACCOUNT and principal.id == str(account.id):
+            raise ForbiddenError("you may not change your own role", field="username")
+        before = Role(account.role)
+        if before in SEPARATED_ROLES and role in SEPARATED_ROLES and role is not before:
+            raise ConflictError(
+                f"{username} is {before.value}; 三员分立 keeps system administrator, security administrator "
+                f"and security auditor apart, so it may not become {role.value} (create another account)",
+                field="role",
+                code="authz.separated_roles",
+            )
+        _check_prefecture(session, role, prefecture)
+        changes = {"role": {"before": before.value, "after": role.value}}
+        if (account.prefecture_code or None) != (prefecture or None):
+            changes["prefecture"] = {"before": account.prefecture_code or "", "after": prefecture or ""}
+        account.role = role.value
+        account.prefecture_code = prefecture if role in RA_ROLES else None
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.ACCOUNT_ROLE_CHANGE.value,
+            object_type="account",
+            object_id=username,
+            details=changes,
             clock=self._clock,
         )
         return account

@@ -1,4 +1,4 @@
-"""``govpki staff create | list | unlock | reset-totp``: staff accounts from the command line.
+"""``govpki staff create | set-role | list | unlock | reset-totp``: staff accounts from the command line.
 
 A security administrator's work at the console (the CLI acts as the local operator, like
 ``govpki init``). RA staff (``ra_clerk``, ``ra_officer``) need ``--prefecture``; other roles
@@ -53,6 +53,29 @@ def create(username: str, role: str, prefecture: str | None, display_name: str |
         f"one-time password (shown once; at {services.config.base_url}/login replace it, "
         f"then set up an authenticator app): {password}"
     )
+
+
+@staff.command("set-role")
+@click.argument("username")
+@click.option("--role", required=True, type=click.Choice(ACCOUNT_ROLES), help="The account's new (one) role.")
+@click.option("--prefecture", default=None, help="Area code of the prefecture (RA staff only), e.g. 650100.")
+def set_role(username: str, role: str, prefecture: str | None) -> None:
+    """Give USERNAME another role. 三员分立: system administrator, security administrator and
+    security auditor never become one another (that takes a new account)."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            services.accounts.change_role(
+                session, cli_principal(), username=username, role=Role(role), prefecture=prefecture
+            )
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    where = f" in prefecture {prefecture}" if prefecture else ""
+    click.echo(f"account {username} is now {role}{where}")
 
 
 @staff.command("list")

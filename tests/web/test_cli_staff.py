@@ -13,6 +13,7 @@ from authz.models import Account
 from authz.services import account_principal
 from govpki.audit import AuditEntry
 from govpki.errors import UnauthenticatedError
+from govpki.principal import SYSTEM
 from tests.helpers import totp_code
 from web.cli import main
 from web.container import Services
@@ -115,3 +116,54 @@ def test_the_cli_sign_in_asks_an_enrolled_account_for_its_code(services: Service
     assert "TOTP code for ops.one" in err.getvalue().decode()
     with runner.isolation(input=f"Muztagh-Ata-7546\n{totp_code(secret, 1)}\n"), pytest.raises(SystemExit):
         _sign_in(services, "ops.one")  # the same code again: refused
+
+
+def test_set_role_keeps_the_three_administrators_apart_and_is_audited(services: Services) -> None:
+    from govpki.errors import ConflictError, ForbiddenError
+    from govpki.principal import Role
+
+    for name, role in (
+        ("sec.admin2", "security_admin"),
+        ("auditor2", "security_auditor"),
+        ("sys.admin2", "system_admin"),
+    ):
+        assert run(services, "staff", "create", name, "--role", role).exit_code == 0
+    # 三员分立: none of the three becomes another of them, by the CLI or the service; nothing changes
+    refused = CliRunner().invoke(
+        main,
+        ["staff", "set-role", "sec.admin2", "--role", "security_auditor"],
+        env={
+            "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
+            "GOVPKI_DATABASE_URL": services.config.database_url,
+        },
+    )
+    assert refused.exit_code != 0 and "role: sec.admin2 is security_admin; 三员分立" in refused.output
+    with services.sessions() as db:
+        for name, role in (("auditor2", Role.SYSTEM_ADMIN), ("sys.admin2", Role.SECURITY_ADMIN)):
+            with pytest.raises(ConflictError) as caught:
+                services.accounts.change_role(db, SYSTEM, username=name, role=role)
+            assert caught.value.code == "authz.separated_roles" and caught.value.field == "role"
+        admin = account_principal(db.scalars(select(Account).where(Account.username == "sec.admin2")).one())
+        with pytest.raises(ForbiddenError):  # nobody changes their own role
+            services.accounts.change_role(db, admin, username="sec.admin2", role=Role.CA_OPERATOR)
+        auditor = account_principal(db.scalars(select(Account).where(Account.username == "auditor2")).one())
+        with pytest.raises(ForbiddenError):  # only a security administrator changes roles
+            services.accounts.change_role(db, auditor, username="sys.admin2", role=Role.CA_OPERATOR)
+    assert {getattr(_account(services, n), "role", None) for n in ("sec.admin2", "auditor2", "sys.admin2")} == {
+        "security_admin",
+        "security_auditor",
+        "system_admin",
+    }
+    # other changes are allowed: an operator becomes an RA officer of one prefecture, and back
+    assert run(services, "staff", "create", "op2", "--role", "ca_operator").exit_code == 0
+    moved = run(services, "staff", "set-role", "op2", "--role", "ra_officer", "--prefecture", "650200")
+    assert moved.exit_code == 0 and "account op2 is now ra_officer in prefecture 650200" in moved.output
+    assert run(services, "staff", "set-role", "op2", "--role", "ra_clerk").exit_code != 0  # prefecture needed
+    account = _account(services, "op2")
+    assert account is not None and account.role == "ra_officer" and account.prefecture_code == "650200"
+    with services.sessions() as db:
+        entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "authz:account:role_change")).all()[-1]
+    assert json.loads(entry.details) == {
+        "role": {"before": "ca_operator", "after": "ra_officer"},
+        "prefecture": {"before": "", "after": "650200"},
+    }
