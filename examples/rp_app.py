@@ -82,7 +82,8 @@ def create_rp(issuer: str, client_id: str, client_secret: str | None, base_url: 
             grant_type="refresh_token",
             refresh_token=session["token"]["refresh_token"],
         )
-        session["token"] = {k: token[k] for k in ("access_token", "refresh_token", "id_token") if k in token}
+        fresh = {k: token[k] for k in ("access_token", "refresh_token", "id_token") if k in token}
+        session["token"] = {**session["token"], **fresh}  # the sign-in's ID token stays for logout
         return jsonify({"refreshed": True})
 
     @app.get("/logout")
