@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 
 from authlib.integrations.flask_client import OAuth
 from flask import Flask, Response, jsonify, redirect, session
+from flask.typing import ResponseReturnValue
 from markupsafe import escape
 
 SCOPE = "openid profile offline_access"
@@ -61,7 +62,7 @@ def create_rp(issuer: str, client_id: str, client_secret: str | None, base_url: 
         return response
 
     @app.get("/callback")
-    def callback() -> Response:
+    def callback() -> ResponseReturnValue:
         token = provider.authorize_access_token()  # checks state, PKCE, the ID token (signature, iss, aud, nonce)
         session["claims"] = dict(token["userinfo"])
         session["token"] = {k: token[k] for k in ("access_token", "refresh_token", "id_token") if k in token}
@@ -87,7 +88,7 @@ def create_rp(issuer: str, client_id: str, client_secret: str | None, base_url: 
         return jsonify({"refreshed": True})
 
     @app.get("/logout")
-    def logout() -> Response:
+    def logout() -> ResponseReturnValue:
         metadata = provider.load_server_metadata()
         state = secrets.token_urlsafe(16)
         session["logout_state"] = state
