@@ -27,6 +27,7 @@ import hmac
 import json
 import re
 import secrets
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,12 @@ from govpki.errors import ConflictError, FieldProblem, ForbiddenError, InvalidEr
 from govpki.principal import Principal, PrincipalKind, Role
 
 AUDIT_WRITE = "audit:write"
-KNOWN_SCOPES = frozenset({AUDIT_WRITE, "authz:decide", "authz:decide:any"})  # decide: authz/decisions.py
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access"})  # signing users in: authz/oidc.py
+KNOWN_SCOPES = frozenset({AUDIT_WRITE, "authz:decide", "authz:decide:any"}) | OIDC_SCOPES  # decide: authz/decisions.py
+CLIENT_TYPES = ("confidential", "public")
+MAX_REDIRECT_URIS = 20
+MAX_URI = 2000
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CLIENT_ID_PREFIX = "app_"
 APP_DOMAIN = "app"
 
@@ -164,6 +170,26 @@ def check_event(event: Any, where: str) -> tuple[str, str, str, str, str, str, A
     return actor, action, object_type, object_id, str(outcome), occurred_at, details
 
 
+def _uri_list(values: Sequence[str], field: str) -> list[str]:
+    """Exact redirect URIs: absolute, https (http only on a loopback host), no fragment."""
+    found: list[str] = []
+    if len(values) > MAX_REDIRECT_URIS:
+        raise InvalidError(f"at most {MAX_REDIRECT_URIS} URIs", field=field)
+    for value in values:
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_URI or _CONTROL.search(value) or " " in value:
+            raise InvalidError(f"must be a URI of 1-{MAX_URI} characters without spaces", field=field)
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise InvalidError(f"{value!r} is not an absolute http(s) URI", field=field)
+        if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+            raise InvalidError(f"{value!r}: plain http only on a loopback host; use https", field=field)
+        if parts.fragment or value.endswith("#"):
+            raise InvalidError(f"{value!r} must not have a fragment", field=field)
+        if value not in found:
+            found.append(value)
+    return found
+
+
 class ApplicationService:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -174,28 +200,58 @@ class ApplicationService:
             raise ForbiddenError(f"only a security administrator may {what}")
 
     def register(
-        self, session: Session, principal: Principal, *, name: str, scopes: Sequence[str] = (AUDIT_WRITE,)
-    ) -> tuple[Application, str]:
-        """Register an application; returns it and its client secret (shown once, stored as a hash)."""
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        name: str,
+        scopes: Sequence[str] = (AUDIT_WRITE,),
+        client_type: str = "confidential",
+        redirect_uris: Sequence[str] = (),
+        post_logout_redirect_uris: Sequence[str] = (),
+    ) -> tuple[Application, str | None]:
+        """Register an application; returns it and its client secret (shown once, stored as a
+        hash; None for a public client, which has none). An OIDC client (scope ``openid``)
+        needs at least one exact redirect URI; a public client may hold only OIDC scopes."""
         self._require_security_admin(principal, "register applications")
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidError(
                 "must be 3-48 characters: lower-case letters, digits or '-', starting with a letter", field="name"
             )
+        if client_type not in CLIENT_TYPES:
+            raise InvalidError(f"must be one of {', '.join(CLIENT_TYPES)}", field="client_type")
         wanted = sorted(set(scopes))
         for scope in wanted:
             if scope not in KNOWN_SCOPES:
                 raise InvalidError(
                     f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})", field="scope"
                 )
+        redirects = _uri_list(redirect_uris, "redirect_uri")
+        after_logout = _uri_list(post_logout_redirect_uris, "post_logout_redirect_uri")
+        oidc = "openid" in wanted
+        if client_type == "public":
+            if not oidc:
+                raise InvalidError("a public client signs users in: it needs the scope 'openid'", field="scope")
+            others = [s for s in wanted if s not in OIDC_SCOPES]
+            if others:
+                raise InvalidError(
+                    f"a public client has no secret and may hold only OIDC scopes, not {others[0]!r}", field="scope"
+                )
+        if oidc and not redirects:
+            raise InvalidError("an OIDC client (scope 'openid') needs at least one redirect URI", field="redirect_uri")
+        if not oidc and (redirects or after_logout):
+            raise InvalidError("redirect URIs are only for OIDC clients (scope 'openid')", field="redirect_uri")
         if session.scalar(select(Application.id).where(Application.name == name)) is not None:
             raise ConflictError(f"an application named {name!r} is registered", field="name")
         client_id = f"{CLIENT_ID_PREFIX}{secrets.token_hex(12)}"
-        secret = secrets.token_urlsafe(32)  # 256 bits
+        secret = secrets.token_urlsafe(32) if client_type == "confidential" else None  # 256 bits
         app = Application(
             name=name,
             client_id=client_id,
-            secret_sha256=hashlib.sha256(secret.encode("ascii")).hexdigest(),
+            secret_sha256=hashlib.sha256(secret.encode("ascii")).hexdigest() if secret is not None else None,
+            client_type=client_type,
+            redirect_uris=json.dumps(redirects),
+            post_logout_redirect_uris=json.dumps(after_logout),
             scopes=" ".join(wanted),
             created_by=principal.audit_name,
             created_at=self._clock.now(),
@@ -203,13 +259,17 @@ class ApplicationService:
         )
         session.add(app)
         session.flush()
+        details: dict[str, Any] = {"name": name, "scopes": wanted, "client_type": client_type}
+        if oidc:
+            details["redirect_uris"] = redirects
+            details["post_logout_redirect_uris"] = after_logout
         audit.record(
             session,
             principal,
             AuthzEvent.APPLICATION_REGISTER.value,
             object_type="application",
             object_id=client_id,
-            details={"name": name, "scopes": wanted},
+            details=details,
             clock=self._clock,
         )
         return app, secret
@@ -248,8 +308,9 @@ class ApplicationService:
         if len(client_id) <= 64:
             app = session.scalar(select(Application).where(Application.client_id == client_id))
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-        ok = hmac.compare_digest(app.secret_sha256 if app is not None else _DUMMY_DIGEST, digest)
-        if app is None or not ok or app.disabled:
+        stored = app.secret_sha256 if app is not None and app.secret_sha256 is not None else _DUMMY_DIGEST
+        ok = hmac.compare_digest(stored, digest)
+        if app is None or not ok or app.disabled or app.secret_sha256 is None:
             raise UnauthenticatedError("the client credentials are not valid", field="authorization")
         return application_principal(app)
 

@@ -29,3 +29,11 @@ class AuthzEvent(enum.StrEnum):
     POLICY_ASSIGNMENT_CREATE = "authz:policy:assignment_create"
     POLICY_ASSIGNMENT_DELETE = "authz:policy:assignment_delete"
     POLICY_LOAD = "authz:policy:load"
+    # the OpenID Connect provider (authz/oidc.py)
+    OIDC_TOKEN_ISSUE = "authz:oidc_token:issue"  # an authorization code exchanged: tokens for a user and a client
+    OIDC_TOKEN_REFRESH = "authz:oidc_token:refresh"
+    OIDC_TOKEN_REVOKE = "authz:oidc_token:revoke"  # RFC 7009, by the client
+    OIDC_CODE_REPLAY = "authz:oidc_code:replay"  # a used code presented again: its tokens revoked
+    OIDC_REFRESH_REUSE = "authz:oidc_token:reuse"  # a rotated refresh token presented again: its family revoked
+    OIDC_LOGOUT = "authz:oidc_session:logout"  # RP-initiated logout
+    OIDC_KEY_ROTATE = "authz:oidc_key:rotate"  # `govpki oidc rotate` (the key record's own entries beside it)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from govpki.db import Base, UTCDateTime
@@ -122,19 +122,28 @@ class ApiToken(Base):
 
 
 class Application(Base):
-    """A registered application (an OAuth-style confidential client).
+    """A registered application: an OAuth 2.0 / OpenID Connect client.
 
-    Only the SHA-256 of its client secret is stored; the secret is shown once, at
-    registration. ``scopes`` is a space-separated list of what it may do
-    (``audit:write``: append its own events to the audit chain). The OIDC provider
-    will add redirect URIs and public clients on top of this registry."""
+    A *confidential* client has a client secret (shown once, at registration; only its
+    SHA-256 is stored); a *public* client (a browser or native app) has none and must use
+    PKCE. ``scopes`` is a space-separated list of what it may do (``audit:write``: append
+    its own events to the audit chain; ``openid profile offline_access``: sign users in
+    with the OIDC provider, :mod:`authz.oidc`). ``redirect_uris`` and
+    ``post_logout_redirect_uris`` are JSON lists of exact URIs."""
 
     __tablename__ = "applications"
+    __table_args__ = (
+        CheckConstraint("client_type IN ('confidential', 'public')", name="client_type"),
+        CheckConstraint("client_type = 'public' OR secret_sha256 IS NOT NULL", name="confidential_secret"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(48), unique=True)
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
-    secret_sha256: Mapped[str] = mapped_column(String(64))
+    secret_sha256: Mapped[str | None] = mapped_column(String(64))
+    client_type: Mapped[str] = mapped_column(String(12), server_default=text("'confidential'"))
+    redirect_uris: Mapped[str] = mapped_column(Text(), server_default=text("'[]'"))
+    post_logout_redirect_uris: Mapped[str] = mapped_column(Text(), server_default=text("'[]'"))
     scopes: Mapped[str] = mapped_column(String(500))
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())

@@ -119,6 +119,11 @@ class Config:
     cookie_secure: bool | None = None
     # access decisions: deciders re-read the policy version at most this often (0: every decision)
     authz_policy_refresh_ms: int = 1000
+    # the OpenID Connect provider: lifetimes (authorization code, access token, ID token, refresh token)
+    oidc_code_seconds: int = 60
+    oidc_access_token_minutes: int = 10
+    oidc_id_token_minutes: int = 10
+    oidc_refresh_token_hours: int = 8
     testing: bool = False
 
     @property
@@ -299,6 +304,22 @@ class Config:
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
 
+        def bounded(name: str, default: int, minimum: int, maximum: int) -> int:
+            value = integer(name, default, minimum)
+            if value > maximum:
+                raise ConfigError(f"GOVPKI_{name}: must be at most {maximum}, got {value}")
+            return value
+
+        oidc_code_seconds = bounded("OIDC_CODE_SECONDS", 60, 10, 600)  # RFC 6749 §4.1.2: at most 10 minutes
+        oidc_access_minutes = bounded("OIDC_ACCESS_TOKEN_MINUTES", 10, 1, 1440)
+        oidc_id_minutes = bounded("OIDC_ID_TOKEN_MINUTES", 10, 1, 1440)
+        oidc_refresh_hours = bounded("OIDC_REFRESH_TOKEN_HOURS", 8, 1, 24 * 90)
+        if oidc_refresh_hours * 60 < oidc_access_minutes:
+            raise ConfigError(
+                f"GOVPKI_OIDC_REFRESH_TOKEN_HOURS: a refresh token ({oidc_refresh_hours} h) must live at least as "
+                f"long as an access token (GOVPKI_OIDC_ACCESS_TOKEN_MINUTES={oidc_access_minutes})"
+            )
+
         return cls(
             instance_dir=instance,
             database_url=secret("DATABASE_URL", f"sqlite:///{instance / 'govpki.sqlite3'}"),
@@ -352,5 +373,9 @@ class Config:
             signin_lockout_minutes=integer("SIGNIN_LOCKOUT_MINUTES", 15),
             cookie_secure=cookie_secure,
             authz_policy_refresh_ms=integer("AUTHZ_POLICY_REFRESH_MS", 1000, minimum=0),
+            oidc_code_seconds=oidc_code_seconds,
+            oidc_access_token_minutes=oidc_access_minutes,
+            oidc_id_token_minutes=oidc_id_minutes,
+            oidc_refresh_token_hours=oidc_refresh_hours,
             testing=get("TESTING", "0") == "1",
         )

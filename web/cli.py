@@ -785,6 +785,9 @@ main.add_command(staff)
 from web.cli_policy import policy  # noqa: E402  (govpki policy load | subject | role | rule | assign | explain | decide …)
 
 main.add_command(policy)
+from web.cli_oidc import oidc_group  # noqa: E402  (govpki oidc rotate | keys)
+
+main.add_command(oidc_group)
 
 if __name__ == "__main__":
     main()

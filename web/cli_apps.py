@@ -5,6 +5,8 @@ web.cli_common (never from web.cli), imported when a command runs."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from govpki.errors import GovpkiError
@@ -23,25 +25,57 @@ def app_group() -> None:
     multiple=True,
     default=("audit:write",),
     show_default=True,
-    help="What the application may do; repeat for several.",
+    help="What the application may do; repeat for several (OIDC clients: openid, profile, offline_access).",
 )
-def register(name: str, scopes: tuple[str, ...]) -> None:
+@click.option(
+    "--type",
+    "client_type",
+    type=click.Choice(["confidential", "public"]),
+    default="confidential",
+    show_default=True,
+    help="confidential: has a client secret; public (browser or native app): no secret, must use PKCE.",
+)
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="An exact OIDC redirect URI; repeatable.")
+@click.option(
+    "--post-logout-redirect-uri",
+    "post_logout_redirect_uris",
+    multiple=True,
+    help="An exact URI to return to after RP-initiated logout; repeatable.",
+)
+def register(
+    name: str,
+    scopes: tuple[str, ...],
+    client_type: str,
+    redirect_uris: tuple[str, ...],
+    post_logout_redirect_uris: tuple[str, ...],
+) -> None:
     """Register application NAME; prints its client_id and client secret (shown only this once)."""
     from web.cli_common import cli_principal, load_services, report_error
 
     services = load_services()
     with services.sessions() as session:
         try:
-            application, secret = services.applications.register(session, cli_principal(), name=name, scopes=scopes)
+            application, secret = services.applications.register(
+                session,
+                cli_principal(),
+                name=name,
+                scopes=scopes,
+                client_type=client_type,
+                redirect_uris=redirect_uris,
+                post_logout_redirect_uris=post_logout_redirect_uris,
+            )
             client_id = application.client_id
             session.commit()
         except GovpkiError as exc:
             session.rollback()
             report_error(exc)
-    click.echo(f"registered application {name!r} (scopes: {' '.join(sorted(set(scopes))) or '-'})", err=True)
-    click.echo("the client secret is shown only now; store it safely", err=True)
+    click.echo(
+        f"registered {client_type} application {name!r} (scopes: {' '.join(sorted(set(scopes))) or '-'})", err=True
+    )
     click.echo(f"client_id={client_id}")
-    click.echo(f"client_secret={secret}")
+    if secret is not None:
+        click.echo("the client secret is shown only now; store it safely", err=True)
+        click.echo(f"client_secret={secret}")
 
 
 @app_group.command("list")
@@ -52,11 +86,18 @@ def list_apps() -> None:
     services = load_services()
     with services.sessions() as session:
         apps = services.applications.list(session)
-        click.echo(f"{'client_id':30} {'name':24} {'scopes':16} {'state':9} {'created':20} created by")
+        click.echo(f"{'client_id':30} {'name':24} {'type':12} {'scopes':16} {'state':9} {'created':20} created by")
         for a in apps:
             state = "disabled" if a.disabled else "active"
             created = a.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            click.echo(f"{a.client_id:30} {a.name:24} {a.scopes or '-':16} {state:9} {created:20} {a.created_by}")
+            click.echo(
+                f"{a.client_id:30} {a.name:24} {a.client_type:12} {a.scopes or '-':16} {state:9} {created:20} "
+                f"{a.created_by}"
+            )
+            for uri in json.loads(a.redirect_uris or "[]"):
+                click.echo(f"    redirect_uri={uri}")
+            for uri in json.loads(a.post_logout_redirect_uris or "[]"):
+                click.echo(f"    post_logout_redirect_uri={uri}")
 
 
 @app_group.command("disable")

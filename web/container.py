@@ -26,6 +26,8 @@ from authz.console import AuditConsoleService
 from authz.decisions import DecisionService
 from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
+from authz.oidc import OidcProvider, OidcSettings
+from authz.oidc_keys import TokenSigner
 from authz.policy import PolicyService
 from authz.services import AccountService, SignInSettings, TokenService
 from authz.totp import TotpSealer
@@ -92,6 +94,7 @@ class Services:
     decisions: DecisionService
     subscribers: SubscriberService
     requests: RequestService
+    oidc: OidcProvider  # the OpenID Connect provider (authz/oidc.py, web/oidc.py)
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -305,6 +308,17 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             ledger=RequestLedger(engine, clock, gate),
             clock=clock,
         ),
+        oidc=OidcProvider(oidc_settings(config), TokenSigner(keystores, keys, clock), keys, clock),
+    )
+
+
+def oidc_settings(config: Config) -> OidcSettings:
+    return OidcSettings(
+        issuer=config.base_url,
+        code_lifetime=timedelta(seconds=config.oidc_code_seconds),
+        access_token_lifetime=timedelta(minutes=config.oidc_access_token_minutes),
+        id_token_lifetime=timedelta(minutes=config.oidc_id_token_minutes),
+        refresh_token_lifetime=timedelta(hours=config.oidc_refresh_token_hours),
     )
 
 

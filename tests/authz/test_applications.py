@@ -39,6 +39,7 @@ def _register(services: Services, name: str = "e-docs", scopes: tuple[str, ...] 
         app, secret = services.applications.register(s, SECADMIN, name=name, scopes=scopes)
         client_id = app.client_id
         s.commit()
+    assert secret is not None  # a confidential client
     return client_id, secret
 
 
