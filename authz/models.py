@@ -127,7 +127,8 @@ class Application(Base):
     Only the SHA-256 of its client secret is stored; the secret is shown once, at
     registration. ``scopes`` is a space-separated list of what it may do
     (``audit:write``: append its own events to the audit chain). The OIDC provider
-    will add redirect URIs and public clients on top of this registry."""
+    will add redirect URIs and public clients on top of this registry. With a bound client
+    certificate (``cert_sha256``) it may authenticate by mutual TLS instead of its secret."""
 
     __tablename__ = "applications"
 
@@ -140,3 +141,9 @@ class Application(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     disabled: Mapped[bool] = mapped_column(default=False)
     disabled_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # a bound client certificate (mutual TLS through the trusted front, authz/certlogin.py):
+    # its SHA-256 fingerprint (what is matched), issuer and serial (what people read)
+    cert_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    cert_issuer: Mapped[str | None] = mapped_column(Text())
+    cert_serial: Mapped[str | None] = mapped_column(String(42))
+    cert_bound_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())

@@ -119,6 +119,8 @@ class Config:
     cookie_secure: bool | None = None
     # access decisions: deciders re-read the policy version at most this often (0: every decision)
     authz_policy_refresh_ms: int = 1000
+    # addresses/networks of the TLS front whose client-certificate headers are believed (empty: none)
+    trusted_proxies: str = ""
     testing: bool = False
 
     @property
@@ -352,5 +354,6 @@ class Config:
             signin_lockout_minutes=integer("SIGNIN_LOCKOUT_MINUTES", 15),
             cookie_secure=cookie_secure,
             authz_policy_refresh_ms=integer("AUTHZ_POLICY_REFRESH_MS", 1000, minimum=0),
+            trusted_proxies=get("TRUSTED_PROXIES", ""),
             testing=get("TESTING", "0") == "1",
         )

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, api_authz, api_events, audit_console, authz_ui, crl, pki, ui
+from web import api, api_authz, api_events, audit_console, authz_ui, certlogin, crl, pki, ui
 from web.container import Services, build_services
 from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
@@ -46,7 +46,8 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         if db is None:
             return response
         try:
-            if response.status_code < 400:
+            # a view may keep a refusal's audit entry (g.commit_refusal; nothing else was changed)
+            if response.status_code < 400 or g.pop("commit_refusal", False):
                 db.commit()
             else:
                 db.rollback()
@@ -97,6 +98,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     ui.init_app(app)
     app.register_blueprint(audit_console.bp)
     app.register_blueprint(authz_ui.bp)
+    app.register_blueprint(certlogin.bp)
     # /ocsp is answered in front of Flask (see web.ocsp): one look-up, the stored bytes
     app.wsgi_app = OcspDispatcher(app.wsgi_app, services.ocsp, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     return app
