@@ -42,6 +42,7 @@ from authz.events import AuthzEvent
 from authz.models import Application
 from govpki import audit
 from govpki.clock import Clock
+from govpki.db import UTCDateTime
 from govpki.errors import ForbiddenError, GovpkiError, InvalidError, UnauthenticatedError
 from govpki.principal import Principal, PrincipalKind
 
@@ -88,7 +89,7 @@ _certificates = table(
     column("profile"),
     column("state"),
     column("fingerprint_sha256"),
-    column("not_after"),
+    column("not_after", UTCDateTime()),
     column("revocation_reason"),
 )
 _cas = table("certificate_authorities", column("id"), column("cert_der"))
@@ -438,8 +439,6 @@ class CertificateLoginService:
         out = []
         for row in rows:
             not_after = row.not_after
-            if isinstance(not_after, _dt.datetime) and not_after.tzinfo is None:
-                not_after = not_after.replace(tzinfo=_dt.UTC)
             if row.state not in ("issued", "approved"):
                 status = "not_issued"
             elif row.revocation_reason == "certificateHold":

@@ -197,13 +197,13 @@ def _ee_policy(purpose: Purpose, client: ClientRequirements | None = None) -> Ex
     )
     if purpose is Purpose.TLS_CLIENT and client is not None:
         eku, key_usage, policies = _client_checks(client)
-        policy = (
-            policy.require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, eku)
-            .require_present(x509.KeyUsage, Criticality.AGNOSTIC, key_usage)
-            .may_be_present(x509.CertificatePolicies, Criticality.AGNOSTIC, policies)
+        policy = policy.require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, eku).require_present(
+            x509.KeyUsage, Criticality.AGNOSTIC, key_usage
         )
         if client.policy_oids:
             policy = policy.require_present(x509.CertificatePolicies, Criticality.AGNOSTIC, policies)
+        else:
+            policy = policy.may_be_present(x509.CertificatePolicies, Criticality.AGNOSTIC, None)
     if purpose is Purpose.DOCUMENT_SIGNING:
         policy = policy.require_present(
             x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_email_protection
