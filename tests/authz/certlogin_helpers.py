@@ -95,7 +95,7 @@ def issue_direct(
 ) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """A certificate straight from the CA (no RA request, so linked to no official)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    names = None if dns else []
+    names: list[x509.GeneralName] | None = None if dns else []
     with services.sessions() as session:
         record = services.ca.issue(session, SYSTEM, profile=profile, csr=csr_pem(key, cn=cn, names=names))
         session.commit()
