@@ -113,7 +113,7 @@ def me() -> ResponseReturnValue:
     auth_time = session.get(SESSION_AUTH_TIME)
     return render_template(
         "certlogin/me.html",
-        official=user.official,
+        person=user.official,
         prefecture=region.get(user.official.prefecture),
         certificates=certificates,
         cert_status=CERT_STATUS,

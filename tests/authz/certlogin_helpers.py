@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
 from ca.models import CertificateRecord
@@ -18,6 +21,8 @@ from tests.helpers import csr_pem
 from tests.ra.conftest import CLERK, OFFICER
 from tests.ra.idnumbers import id_number
 from web.container import Services
+
+POLICY = "1.3.6.1.4.1.32473.6500.1.1"  # the official-signing profile's policy
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,28 @@ def issue_direct(
         session.commit()
         assert record.cert_der is not None
         return key, record.cert_der
+
+
+def foreign_certificate(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An official-looking certificate from a CA nobody here trusts."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Unknown CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "张三")]))
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(POLICY), None)]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER)

@@ -24,12 +24,20 @@ from ca.validation_service import ValidationService
 from govpki.audit import AuditEntry
 from govpki.errors import ConflictError, ForbiddenError, InvalidError, UnauthenticatedError
 from govpki.principal import SYSTEM, PrincipalKind
-from tests.authz.certlogin_helpers import IssuedOfficial, header, issue_direct, issue_official, pem, prepare_ra
+from tests.authz.certlogin_helpers import (
+    POLICY,
+    IssuedOfficial,
+    foreign_certificate,
+    header,
+    issue_direct,
+    issue_official,
+    pem,
+    prepare_ra,
+)
 from tests.ra.conftest import CLERK
 from web.container import Services, certificate_login
 
 PROXY = "127.0.0.1"
-POLICY = "1.3.6.1.4.1.32473.6500.1.1"
 
 
 @pytest.fixture
@@ -185,34 +193,8 @@ def test_revoked_and_suspended_certificates(services: Services, login: Certifica
     assert "revoked" in error.reason
 
 
-def _foreign_certificate() -> bytes:
-    """An official-looking certificate from a CA nobody here trusts."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Unknown CA")])
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "张三")]))
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .add_extension(
-            x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(POLICY), None)]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(Encoding.DER)
-
-
 def test_certificate_from_an_unknown_ca(services: Services, login: CertificateLoginService):
-    refused(services, login, header(_foreign_certificate()), certlogin.UNKNOWN_CA)
+    refused(services, login, header(foreign_certificate(ec.generate_private_key(ec.SECP256R1()))), certlogin.UNKNOWN_CA)
 
 
 def test_expired_certificate(services: Services, issued: IssuedOfficial):
