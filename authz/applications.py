@@ -32,6 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -190,6 +193,36 @@ def _uri_list(values: Sequence[str], field: str) -> list[str]:
     return found
 
 
+def _client_certificate(data: bytes) -> tuple[x509.Certificate, bytes]:
+    """A client certificate file (PEM or DER): the certificate and its DER. A CA certificate,
+    or one whose extended key usage lacks clientAuth, is refused."""
+    try:
+        text = data.lstrip()
+        if text.startswith(b"-----BEGIN"):
+            cert = x509.load_pem_x509_certificate(text)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        extensions = cert.extensions
+    except ValueError:
+        raise InvalidError("is not an X.509 certificate (PEM or DER)", field="certificate") from None
+    try:
+        is_ca = extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:
+        raise InvalidError("is a CA certificate; bind the application's own client certificate", field="certificate")
+    try:
+        eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise InvalidError(
+            "is not a TLS client certificate (its extended key usage lacks clientAuth)", field="certificate"
+        )
+    return cert, der
+
+
 class ApplicationService:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -293,6 +326,49 @@ class ApplicationService:
             object_type="application",
             object_id=client_id,
             details={"name": app.name},
+            clock=self._clock,
+        )
+        return app
+
+    def bind_certificate(
+        self, session: Session, principal: Principal, client_id: str, certificate: bytes | None
+    ) -> Application:
+        """Bind a client certificate (PEM or DER) to the application, replacing any bound before,
+        or remove the binding (``certificate`` None). The application may then authenticate by
+        mutual TLS through the trusted front (:mod:`authz.certlogin`) with exactly this
+        certificate (matched by SHA-256), while it is valid for client authentication."""
+        self._require_security_admin(principal, "bind certificates to applications")
+        app = session.scalar(select(Application).where(Application.client_id == client_id))
+        if app is None:
+            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+        if certificate is None:
+            if app.cert_sha256 is None:
+                raise ConflictError(f"application {app.name!r} has no bound certificate", field="client_id")
+            details = {"name": app.name, "sha256": app.cert_sha256, "serial": app.cert_serial}
+            app.cert_sha256 = app.cert_issuer = app.cert_serial = None
+            app.cert_bound_at = None
+            event = AuthzEvent.APPLICATION_UNBIND_CERT
+        else:
+            cert, der = _client_certificate(certificate)
+            fingerprint = hashlib.sha256(der).hexdigest()
+            other = session.scalar(
+                select(Application.name).where(Application.cert_sha256 == fingerprint, Application.id != app.id)
+            )
+            if other is not None:
+                raise ConflictError(f"this certificate is bound to application {other!r}", field="certificate")
+            app.cert_sha256 = fingerprint
+            app.cert_issuer = cert.issuer.rfc4514_string()
+            app.cert_serial = format(cert.serial_number, "x")
+            app.cert_bound_at = self._clock.now()
+            details = {"name": app.name, "sha256": fingerprint, "serial": app.cert_serial, "issuer": app.cert_issuer}
+            event = AuthzEvent.APPLICATION_BIND_CERT
+        audit.record(
+            session,
+            principal,
+            event.value,
+            object_type="application",
+            object_id=client_id,
+            details=details,
             clock=self._clock,
         )
         return app

@@ -9,7 +9,8 @@ class AuthzEvent(enum.StrEnum):
     ACCOUNT_CREATE = "authz:account:create"
     ACCOUNT_ROLE_CHANGE = "authz:account:role_change"
     SIGN_IN = "authz:session:sign_in"
-    SIGN_IN_FAIL = "authz:session:sign_in_fail"  # a wrong password or TOTP code (details.factor), or locked
+    SIGN_IN_FAIL = "authz:session:sign_in_fail"  # a wrong password or TOTP code (details.factor), or locked;
+    # a refused client certificate (details.method "certificate", details.code)
     ACCOUNT_LOCK = "authz:account:lock"
     ACCOUNT_UNLOCK = "authz:account:unlock"
     TOTP_ENROL = "authz:account:totp_enrol"
@@ -20,6 +21,9 @@ class AuthzEvent(enum.StrEnum):
     AUDIT_EXPORT = "authz:audit:export"
     APPLICATION_REGISTER = "authz:application:register"
     APPLICATION_DISABLE = "authz:application:disable"
+    # mutual TLS (authz/certlogin.py): a certificate bound to an application, or its binding removed
+    APPLICATION_BIND_CERT = "authz:application:bind_certificate"
+    APPLICATION_UNBIND_CERT = "authz:application:unbind_certificate"
     # the access-decision policy (authz/policy.py)
     POLICY_SUBJECT_SET = "authz:policy:subject_set"
     POLICY_ROLE_CREATE = "authz:policy:role_create"

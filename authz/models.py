@@ -129,7 +129,8 @@ class Application(Base):
     PKCE. ``scopes`` is a space-separated list of what it may do (``audit:write``: append
     its own events to the audit chain; ``openid profile offline_access``: sign users in
     with the OIDC provider, :mod:`authz.oidc`). ``redirect_uris`` and
-    ``post_logout_redirect_uris`` are JSON lists of exact URIs."""
+    ``post_logout_redirect_uris`` are JSON lists of exact URIs. With a bound client
+    certificate (``cert_sha256``) it may authenticate by mutual TLS instead of its secret."""
 
     __tablename__ = "applications"
     __table_args__ = (
@@ -149,3 +150,9 @@ class Application(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     disabled: Mapped[bool] = mapped_column(default=False)
     disabled_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # a bound client certificate (mutual TLS through the trusted front, authz/certlogin.py):
+    # its SHA-256 fingerprint (what is matched), issuer and serial (what people read)
+    cert_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    cert_issuer: Mapped[str | None] = mapped_column(Text())
+    cert_serial: Mapped[str | None] = mapped_column(String(42))
+    cert_bound_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())

@@ -20,7 +20,7 @@ import enum
 import hashlib
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -154,11 +154,56 @@ def _require_signing_key_usage(_policy: Policy, _cert: x509.Certificate, ku: x50
         raise ValueError("not for document signing: its key usage has neither digitalSignature nor nonRepudiation")
 
 
-def _ee_policy(purpose: Purpose) -> ExtensionPolicy:
+@dataclass(frozen=True)
+class ClientRequirements:
+    """What a TLS client certificate must carry to sign in (``purpose`` tls_client):
+    extended key usage clientAuth, the key usages named here and, when ``policy_oids`` is
+    not empty, one of these certificate policies. Each is checked whether or not the
+    extension is marked critical (the web PKI defaults refuse a critical EKU or a
+    critical certificatePolicies; a sign-in certificate may carry either)."""
+
+    key_usages: frozenset[str] = frozenset({"digital_signature"})
+    """Attribute names of ``x509.KeyUsage`` that must be set, e.g. ``digital_signature``."""
+    policy_oids: frozenset[str] = frozenset()
+
+
+def _client_checks(
+    requirements: ClientRequirements,
+) -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
+    def eku(_policy: Policy, _cert: x509.Certificate, value: x509.ExtendedKeyUsage) -> None:
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in value:
+            raise ValueError("not for sign-in: its extended key usage lacks clientAuth")
+
+    def key_usage(_policy: Policy, _cert: x509.Certificate, value: x509.KeyUsage) -> None:
+        missing = sorted(name for name in requirements.key_usages if not getattr(value, name))
+        if missing:
+            raise ValueError(f"not for sign-in: its key usage lacks {', '.join(missing)}")
+
+    def policies(_policy: Policy, _cert: x509.Certificate, value: x509.CertificatePolicies) -> None:
+        asserted = {info.policy_identifier.dotted_string for info in value}
+        if requirements.policy_oids and not asserted & requirements.policy_oids:
+            raise ValueError(
+                f"not for sign-in: certificate policy {', '.join(sorted(requirements.policy_oids))} "
+                f"is not asserted (it has {', '.join(sorted(asserted)) or 'none'})"
+            )
+
+    return eku, key_usage, policies
+
+
+def _ee_policy(purpose: Purpose, client: ClientRequirements | None = None) -> ExtensionPolicy:
     # Client and signing certificates need not name anything (our profiles make the SAN optional).
     policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
     )
+    if purpose is Purpose.TLS_CLIENT and client is not None:
+        eku, key_usage, policies = _client_checks(client)
+        policy = policy.require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, eku).require_present(
+            x509.KeyUsage, Criticality.AGNOSTIC, key_usage
+        )
+        if client.policy_oids:
+            policy = policy.require_present(x509.CertificatePolicies, Criticality.AGNOSTIC, policies)
+        else:
+            policy = policy.may_be_present(x509.CertificatePolicies, Criticality.AGNOSTIC, None)
     if purpose is Purpose.DOCUMENT_SIGNING:
         policy = policy.require_present(
             x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _require_email_protection
@@ -178,13 +223,15 @@ def validate(
     extra_intermediates: Sequence[x509.Certificate] = (),
     max_chain_depth: int = DEFAULT_MAX_CHAIN_DEPTH,
     max_intermediates: int = MAX_INTERMEDIATES,
+    client: ClientRequirements | None = None,
 ) -> ValidationResult:
     """Build and check a path from ``leaf`` to one of ``trust_anchors`` for ``purpose`` at ``at``.
 
     Malformed input (not a certificate, too many or too large, missing or bad host)
     raises InvalidError naming the field. A certificate that is not valid is an
     answer, not an error: ``valid`` is false and ``code``/``reason`` say why.
-    ``extra_intermediates`` are offered for path building besides the caller's."""
+    ``extra_intermediates`` are offered for path building besides the caller's.
+    ``client`` (purpose tls_client only): what a sign-in certificate must carry besides."""
     if len(intermediates) > max_intermediates:
         raise InvalidError(
             f"holds {len(intermediates)} certificates; at most {max_intermediates} intermediates are accepted",
@@ -196,6 +243,8 @@ def validate(
         subject = parse_host(host)
     elif host is not None:
         raise InvalidError(f"is only used when purpose is tls_server, not {purpose.value}", field="host")
+    if client is not None and purpose is not Purpose.TLS_CLIENT:
+        raise InvalidError(f"client requirements apply to tls_client, not {purpose.value}", field="purpose")
     if at.tzinfo is None:
         raise InvalidError("must carry a time zone", field="time")
     leaf_cert = load_certificate(leaf, field="certificate")
@@ -227,7 +276,7 @@ def validate(
             chain = builder.build_server_verifier(subject).verify(leaf_cert, chain_in)
         else:
             builder = builder.extension_policies(
-                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy(purpose)
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy(purpose, client)
             )
             chain = builder.build_client_verifier().verify(leaf_cert, chain_in).chain
     except VerificationError as exc:
@@ -297,6 +346,23 @@ _ENCOUNTERED = re.compile(r"\s*\(encountered processing <Certificate\(.*\)>\)\s*
 
 # (pattern in the library's message, code, reason) — first match wins.
 _RULES: tuple[tuple[str, str, str], ...] = (
+    ("not for sign-in: certificate policy", "validation.wrong_policy", ""),
+    ("not for sign-in", "validation.wrong_purpose", ""),
+    (
+        "2.5.29.37: Certificate is missing required extension",
+        "validation.wrong_purpose",
+        "the certificate has no extended key usage; sign-in needs clientAuth",
+    ),
+    (
+        "2.5.29.15: Certificate is missing required extension",
+        "validation.wrong_purpose",
+        "the certificate has no key usage; sign-in needs digitalSignature",
+    ),
+    (
+        "2.5.29.32: Certificate is missing required extension",
+        "validation.wrong_policy",
+        "the certificate asserts no certificate policy; sign-in needs the official certificate policy",
+    ),
     ("has no matching subjectAltName", "validation.hostname_mismatch", ""),
     ("has no subjectAltName", "validation.hostname_mismatch", "the certificate names no host (no subjectAltName)"),
     (
@@ -356,6 +422,8 @@ def explain(
         if needle in core:
             if code == "validation.hostname_mismatch" and not reason:
                 return code, f"the certificate is not for {host!r}; it names {_names(leaf) or 'no host'}", detail
+            if not reason and "not for sign-in" in core:
+                return code, "the certificate is " + core[core.index("not for sign-in") :], detail
             return code, reason or f"the certificate is not acceptable: {core}", detail
     if "extension" in core:
         return "validation.bad_extension", f"a certificate breaks an RFC 5280 extension rule: {core}", detail

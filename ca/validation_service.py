@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ca.models import CaKind, CertificateAuthority
 from ca.revocation_status import OwnCaStatus, RevocationRecords
-from ca.validation import Purpose, StatusLookup, ValidationResult, validate
+from ca.validation import ClientRequirements, Purpose, StatusLookup, ValidationResult, validate
 from govpki.clock import Clock
 from govpki.errors import ConfigError, ForbiddenError
 from govpki.principal import Principal, PrincipalKind
@@ -77,6 +77,7 @@ class ValidationService:
         purpose: Purpose,
         host: str | None = None,
         at: _dt.datetime | None = None,
+        client: ClientRequirements | None = None,
     ) -> ValidationResult:
         if not can_validate(principal):
             raise ForbiddenError("your role may not validate certificates")
@@ -93,4 +94,25 @@ class ValidationService:
             trust_anchors=[*anchors, *self._extra_anchors],
             extra_intermediates=ours,
             revocation=OwnCaStatus(session, cas, self._records, self._crl_status),
+            client=client,
+        )
+
+    def validate_client(
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        certificate: bytes,
+        key_usages: frozenset[str],
+        policy_oids: frozenset[str],
+    ) -> ValidationResult:
+        """A TLS client certificate for sign-in (a person or an application), now: the path,
+        revocation, EKU clientAuth, ``key_usages`` and one of ``policy_oids`` (none: any),
+        each whether or not marked critical."""
+        return self.validate(
+            session,
+            principal,
+            certificate=certificate,
+            purpose=Purpose.TLS_CLIENT,
+            client=ClientRequirements(key_usages=key_usages, policy_oids=policy_oids),
         )

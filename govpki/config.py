@@ -124,6 +124,8 @@ class Config:
     oidc_access_token_minutes: int = 10
     oidc_id_token_minutes: int = 10
     oidc_refresh_token_hours: int = 8
+    # addresses/networks of the TLS front whose client-certificate headers are believed (empty: none)
+    trusted_proxies: str = ""
     testing: bool = False
 
     @property
@@ -377,5 +379,6 @@ class Config:
             oidc_access_token_minutes=oidc_access_minutes,
             oidc_id_token_minutes=oidc_id_minutes,
             oidc_refresh_token_hours=oidc_refresh_hours,
+            trusted_proxies=get("TRUSTED_PROXIES", ""),
             testing=get("TESTING", "0") == "1",
         )

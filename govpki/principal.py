@@ -35,6 +35,9 @@ class Principal:
     roles: frozenset[Role] = field(default_factory=frozenset)
     prefecture: str | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)  # what an application may do, e.g. "audit:write"
+    # an official's attributes (PrincipalKind.OFFICIAL): department and title as registered by the RA
+    department: str | None = None
+    title: str | None = None
 
     @property
     def audit_name(self) -> str:

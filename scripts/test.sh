@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-APT_PACKAGES=(python3-venv openssl softhsm2 postgresql chromium fonts-noto-cjk golang-cfssl wrk)
+APT_PACKAGES=(python3-venv openssl softhsm2 postgresql chromium fonts-noto-cjk golang-cfssl wrk nginx)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, g, json, request
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from authz.applications import MAX_ACTOR, MAX_BATCH, MAX_DETAILS_BYTES, MAX_OBJECT_ID, MAX_OBJECT_TYPE
+from authz.certlogin import CERT_HEADER, VERIFY_HEADER
 from govpki.errors import InvalidError, UnauthenticatedError
 from govpki.principal import Principal
 from web.container import Services
@@ -71,8 +72,20 @@ def _services() -> Services:
 
 
 def _client() -> Principal:
-    """HTTP Basic client credentials (RFC 6749 2.3.1: each part form-urlencoded)."""
+    """HTTP Basic client credentials (RFC 6749 2.3.1: each part form-urlencoded), or, without
+    them, a client certificate bound to the application, passed on by the trusted TLS front."""
     auth = request.authorization
+    certificate = request.headers.get(CERT_HEADER)
+    if auth is None and certificate:
+        # mutual TLS: the certificate the trusted TLS front passed on (ignored from other senders)
+        certlogin = _services().certlogin
+        if certlogin.trusted(request.remote_addr):
+            return certlogin.authenticate_application(
+                g.db,
+                source=request.remote_addr or "unknown",
+                cert_header=certificate,
+                verify_header=request.headers.get(VERIFY_HEADER),
+            )
     if auth is None or auth.type != "basic":
         raise UnauthenticatedError(
             "client credentials are required: 'Authorization: Basic base64(client_id:client_secret)'",

@@ -10,10 +10,11 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, api_authz, api_events, audit_console, authz_ui, crl, oidc, pki, ui
+from web import api, api_authz, api_events, audit_console, authz_ui, certlogin, crl, oidc, pki, ui
 from web.container import Services, build_services
 from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
+from web.ui import COMMIT_REFUSAL
 
 log = logging.getLogger("govpki.web")
 
@@ -46,8 +47,9 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         if db is None:
             return response
         try:
-            # a refusal that revoked tokens (a replayed OIDC code) keeps that revocation
-            if response.status_code < 400 or g.pop(oidc.KEEP_ON_ERROR, False):
+            # a view may keep what its refusal wrote (g.commit_refusal): the audit entry of a
+            # refused sign-in, the revocation a replayed OIDC code caused
+            if response.status_code < 400 or g.pop(COMMIT_REFUSAL, False):
                 db.commit()
             else:
                 db.rollback()
@@ -99,6 +101,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     app.register_blueprint(audit_console.bp)
     app.register_blueprint(authz_ui.bp)
     oidc.init_app(app, services.oidc)
+    app.register_blueprint(certlogin.bp)
     # /ocsp is answered in front of Flask (see web.ocsp): one look-up, the stored bytes
     app.wsgi_app = OcspDispatcher(app.wsgi_app, services.ocsp, MAX_REQUEST_BYTES)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,4 @@
-"""``govpki app register | list | disable``: registered applications (client credentials).
+"""``govpki app register | list | disable | bind-cert``: registered applications (client credentials).
 
 Registered at the end of web.cli with one ``main.add_command(app)``; helpers come from
 web.cli_common (never from web.cli), imported when a command runs."""
@@ -6,6 +6,7 @@ web.cli_common (never from web.cli), imported when a command runs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -116,3 +117,30 @@ def disable(client_id: str) -> None:
             session.rollback()
             report_error(exc)
     click.echo(f"disabled application {name!r} ({client_id})")
+
+
+@app_group.command("bind-cert")
+@click.argument("client_id")
+@click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--remove", is_flag=True, help="Remove the bound certificate instead.")
+def bind_cert(client_id: str, certificate: Path | None, remove: bool) -> None:
+    """Bind the client certificate in CERTIFICATE (PEM or DER) to application CLIENT_ID: it may then
+    authenticate with it by mutual TLS through the trusted TLS front (replaces any bound before)."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    if remove == (certificate is not None):
+        raise click.UsageError("give either a CERTIFICATE file or --remove")
+    data = certificate.read_bytes() if certificate is not None else None
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            application = services.applications.bind_certificate(session, cli_principal(), client_id, data)
+            name, fingerprint, serial = application.name, application.cert_sha256, application.cert_serial
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    if fingerprint is None:
+        click.echo(f"removed the bound certificate of application {name!r} ({client_id})")
+    else:
+        click.echo(f"bound certificate serial {serial} (SHA-256 {fingerprint}) to application {name!r} ({client_id})")

@@ -22,6 +22,7 @@ import ra.models  # noqa: F401
 from authz.applications import ApplicationService
 from authz.archive import AuditArchiveService, RetentionSettings
 from authz.auditing import AuditCheckpointService, AuditSettings
+from authz.certlogin import OFFICIAL_SIGNING_PROFILE, CertificateLoginService, parse_trusted_proxies
 from authz.console import AuditConsoleService
 from authz.decisions import DecisionService
 from authz.directory import RoleDirectory
@@ -95,6 +96,7 @@ class Services:
     subscribers: SubscriberService
     requests: RequestService
     oidc: OidcProvider  # the OpenID Connect provider (authz/oidc.py, web/oidc.py)
+    certlogin: CertificateLoginService  # certificate sign-in through the trusted TLS front; application mTLS
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -256,6 +258,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock, keys=keys)
     encryption = EncryptionCertificateService(ca=ca, kmc=kmc)
     subscribers = SubscriberService(keystores, clock)
+    validation = ValidationService(
+        clock=clock, crl_status=CrlStatus(clock), extra_anchors=extra_anchors, records=DatabaseRecords(revocation)
+    )
     return Services(
         config=config,
         clock=clock,
@@ -271,12 +276,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         accounts=AccountService(clock, signin_settings(config), TotpSealer(keystores)),
         tokens=TokenService(clock),
         regions=RegionService(clock),
-        validation=ValidationService(
-            clock=clock,
-            crl_status=CrlStatus(clock),
-            extra_anchors=extra_anchors,
-            records=DatabaseRecords(revocation),
-        ),
+        validation=validation,
         tlog=tlog,
         auditing=auditing,
         keys=keys,
@@ -309,6 +309,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             clock=clock,
         ),
         oidc=OidcProvider(oidc_settings(config), TokenSigner(keystores, keys, clock), keys, clock),
+        certlogin=certificate_login(config, clock, validation, profiles),
     )
 
 
@@ -320,6 +321,18 @@ def oidc_settings(config: Config) -> OidcSettings:
         id_token_lifetime=timedelta(minutes=config.oidc_id_token_minutes),
         refresh_token_lifetime=timedelta(hours=config.oidc_refresh_token_hours),
     )
+
+
+def certificate_login(
+    config: Config, clock: Clock, validation: ValidationService, profiles: ProfileSet
+) -> CertificateLoginService:
+    """Officials sign in with a certificate of the official-signing profile (its policy OID)."""
+    try:
+        proxies = parse_trusted_proxies(config.trusted_proxies)
+    except InvalidError as exc:
+        raise ConfigError(f"GOVPKI_TRUSTED_PROXIES: {exc.reason}") from None
+    policy = profiles.get(OFFICIAL_SIGNING_PROFILE).policy_oid
+    return CertificateLoginService(clock, validation, trusted_proxies=proxies, official_policy_oids=frozenset({policy}))
 
 
 def signin_settings(config: Config) -> SignInSettings:

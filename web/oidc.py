@@ -29,9 +29,6 @@ from web import ui
 
 bp = Blueprint("oidc", __name__)
 
-# a replayed code or reused refresh token revoked tokens: the failing request commits that
-KEEP_ON_ERROR = "keep_on_error"
-
 
 class GovpkiOidcServer(OidcServer, FlaskAuthorizationServer):  # type: ignore[misc]
     """authlib's Flask request/response glue under govpki's provider."""
@@ -47,7 +44,8 @@ def _server() -> GovpkiOidcServer:
 
 
 def _breach() -> None:
-    setattr(g, KEEP_ON_ERROR, True)
+    """A replayed code or reused refresh token revoked tokens: the failing request commits that."""
+    ui.keep_refusal()
 
 
 def _acting_user() -> Principal | None:

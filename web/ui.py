@@ -58,6 +58,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from wtforms import Field
 from wtforms.fields.choices import SelectChoice
 
+from authz.certlogin import OfficialIdentity
 from authz.models import Account
 from authz.services import LOCKED, RA_ROLES, account_principal, one_time_password
 from ca.services import can_read
@@ -138,7 +139,7 @@ class PortalUser(UserMixin):  # type: ignore[misc]
         self.account = account
 
     def get_id(self) -> str:
-        return str(self.account.id)
+        return f"{ACCOUNT_USER}{self.account.id}"
 
     @property
     def principal(self) -> Principal:
@@ -147,6 +148,36 @@ class PortalUser(UserMixin):  # type: ignore[misc]
     @property
     def is_security_admin(self) -> bool:
         return self.principal.has(Role.SECURITY_ADMIN)
+
+
+class OfficialUser(UserMixin):  # type: ignore[misc]
+    """Flask-Login's view of an official signed in with their certificate (web/certlogin.py).
+    Officials see only their own page; every staff page refuses them (``login_required``)."""
+
+    def __init__(self, official: OfficialIdentity) -> None:
+        self.official = official
+
+    def get_id(self) -> str:
+        return f"{OFFICIAL_USER}{self.official.id}"
+
+    @property
+    def principal(self) -> Principal:
+        return self.official.principal
+
+
+# flask-login user ids: "a:<account id>" (staff) and "o:<official id>" (certificate sign-in)
+ACCOUNT_USER = "a:"
+OFFICIAL_USER = "o:"
+
+
+# set on g by a view whose refusal (a response >= 400) must still commit what it wrote: the
+# audit entry of a refused sign-in, the revocation a replayed OIDC code caused (web.app)
+COMMIT_REFUSAL = "commit_refusal"
+
+
+def keep_refusal() -> None:
+    """This request's refusal commits what it wrote (only audit entries and revocations)."""
+    setattr(g, COMMIT_REFUSAL, True)
 
 
 def services() -> Services:
@@ -166,11 +197,22 @@ def _user() -> PortalUser:
     return user
 
 
-def _load_user(user_id: str) -> PortalUser | None:
-    if not user_id.isdigit() or "db" not in g:
+def signed_in_official() -> OfficialUser | None:
+    user = current_user._get_current_object()
+    return user if isinstance(user, OfficialUser) else None
+
+
+def _load_user(user_id: str) -> PortalUser | OfficialUser | None:
+    kind, number = user_id[:2], user_id[2:]
+    if not number.isdigit() or "db" not in g:
         return None
-    account = services().accounts.get(g.db, int(user_id))
-    return PortalUser(account) if account is not None else None
+    if kind == ACCOUNT_USER:
+        account = services().accounts.get(g.db, int(number))
+        return PortalUser(account) if account is not None else None
+    if kind == OFFICIAL_USER:
+        official = services().certlogin.official(g.db, int(number))
+        return OfficialUser(official) if official is not None else None
+    return None
 
 
 def _local_path(target: str | None) -> str | None:
@@ -221,6 +263,8 @@ def login_required(view: Callable[P, ResponseReturnValue]) -> Callable[P, Respon
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
         user = signed_in_user()
         if user is None:
+            if signed_in_official() is not None:  # staff pages are not for officials
+                return _error_page(403, _("This page is for staff accounts. Officials see their own page."))
             return _unauthorized()
         if user.account.must_change_password and request.endpoint != "ui.password":
             flash(_("Choose a new password before you continue."), "warning")
@@ -681,6 +725,7 @@ def _template_globals() -> dict[str, Any]:
     svc = services()
     return {
         "user": signed_in_user(),
+        "official": signed_in_official(),
         "locale": locale,
         "html_lang": "zh-CN" if locale == "zh_CN" else "en",
         "other_locale": "en" if locale == "zh_CN" else "zh_CN",

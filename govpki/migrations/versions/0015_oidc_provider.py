@@ -3,7 +3,7 @@ redirect URIs, post-logout redirect URIs; public clients have no secret), author
 codes and tokens stored as SHA-256 digests
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 Create Date: 2026-11-28 10:00:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import govpki.db
 
 revision = "0015"
-down_revision = "0012"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
