@@ -113,6 +113,9 @@ class Config:
     kmc_recovery_n: int = 3
     # access decisions: deciders re-read the policy version at most this often (0: every decision)
     authz_policy_refresh_ms: int = 1000
+    # the dedicated access decision server (govpki authz serve); None: off (the default)
+    authz_listen: tuple[str, int] | None = None
+    authz_workers: int = 2  # its processes (one port, SO_REUSEPORT)
     testing: bool = False
 
     @property
@@ -283,6 +286,7 @@ class Config:
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
+        authz_listen = None if get("AUTHZ_LISTEN", "off").lower() in ("off", "") else address("AUTHZ_LISTEN", "")
 
         return cls(
             instance_dir=instance,
@@ -333,5 +337,7 @@ class Config:
             kmc_recovery_m=recovery_m,
             kmc_recovery_n=recovery_n,
             authz_policy_refresh_ms=integer("AUTHZ_POLICY_REFRESH_MS", 1000, minimum=0),
+            authz_listen=authz_listen,
+            authz_workers=integer("AUTHZ_WORKERS", 2, minimum=1),
             testing=get("TESTING", "0") == "1",
         )
