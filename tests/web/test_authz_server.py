@@ -354,3 +354,76 @@ def test_credential_cache_refresh(svc: Services):
         s.flush()
         cache.refresh(s)
         assert cache.lookup(client_id, secret) is None and len(cache) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_govpki_serve_starts_it_when_authz_listen_is_set(svc: Services, tmp_path: Path):
+    creds = register(svc)
+    port, pdp_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")}
+    env.update(
+        {
+            "GOVPKI_INSTANCE_DIR": str(svc.config.instance_dir),
+            "GOVPKI_DATABASE_URL": svc.config.database_url,
+            "GOVPKI_TESTING": "1",
+            "GOVPKI_LISTEN": f"127.0.0.1:{port}",
+            "GOVPKI_OCSP_LISTEN": "off",
+            "GOVPKI_JOBS_INTERVAL_SECONDS": "0",
+            "GOVPKI_AUTHZ_LISTEN": f"127.0.0.1:{pdp_port}",
+        }
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "web.cli", "serve", "--no-init"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, _headers, body = post(pdp_port, DECIDE_PATH, json.dumps(ITEM).encode(), creds)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        assert status == 200 and json.loads(body)["decision"] == "permit"
+        assert f"the access decision server (GOVPKI_AUTHZ_LISTEN, http://127.0.0.1:{pdp_port})" in log_path.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # the server went with it
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pdp_port), timeout=5).close()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), ("off", None), ("OFF", None), ("", None), ("127.0.0.1:8002", ("127.0.0.1", 8002))],
+)
+def test_authz_listen_setting(tmp_path: Path, value: str | None, expected: tuple[str, int] | None):
+    env = {} if value is None else {"GOVPKI_AUTHZ_LISTEN": value}
+    config = make_config(tmp_path / "instance", "sqlite://", **env)
+    assert config.authz_listen == expected and config.authz_workers == 2
+
+
+def test_authz_listen_must_be_host_and_port(tmp_path: Path):
+    from govpki.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GOVPKI_AUTHZ_LISTEN"):
+        make_config(tmp_path / "instance", "sqlite://", GOVPKI_AUTHZ_LISTEN="8002")
+    with pytest.raises(ConfigError, match="GOVPKI_AUTHZ_WORKERS"):
+        make_config(tmp_path / "instance", "sqlite://", GOVPKI_AUTHZ_WORKERS="0")
