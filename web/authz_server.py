@@ -56,6 +56,7 @@ from govpki.principal import Principal
 from web import decide_core, httpserver
 from web.decide_core import BATCH_PATH, DECIDE_PATH, ApiAnswer
 from web.httpserver import HttpReply
+from web.problem_json import MEDIA_TYPE, document, dumps
 
 if TYPE_CHECKING:
     from web.container import Services
@@ -76,8 +77,6 @@ def _reply(result: ApiAnswer, *, close: bool = False) -> HttpReply:
 
 
 def _problem(status: int, detail: str, path: str, extra: tuple[tuple[str, str], ...] = ()) -> HttpReply:
-    from web.problem_json import MEDIA_TYPE, document, dumps
-
     body = dumps(document(status, detail, code=f"http.{status}", instance=path)).encode()
     return _reply(ApiAnswer(status, MEDIA_TYPE, body, extra))
 

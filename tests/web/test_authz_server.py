@@ -427,3 +427,71 @@ def test_authz_listen_must_be_host_and_port(tmp_path: Path):
         make_config(tmp_path / "instance", "sqlite://", GOVPKI_AUTHZ_LISTEN="8002")
     with pytest.raises(ConfigError, match="GOVPKI_AUTHZ_WORKERS"):
         make_config(tmp_path / "instance", "sqlite://", GOVPKI_AUTHZ_WORKERS="0")
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_refresh_zero_reads_the_database_for_every_request(tmp_path: Path, database_url: str):
+    """GOVPKI_AUTHZ_POLICY_REFRESH_MS=0: nothing is answered from a cache; a disabled
+    application is refused on its next request (driven in-process, fake transport)."""
+    import asyncio
+    import concurrent.futures
+
+    from web import authz_server
+
+    services = build_services(make_config(tmp_path / "instance", database_url, GOVPKI_AUTHZ_POLICY_REFRESH_MS="0"))
+    loop = asyncio.new_event_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        with services.sessions() as s:
+            services.policy.load(s, SYSTEM, POLICY)
+            s.commit()
+        creds = register(services)
+        worker = authz_server._Worker(services, pool)
+        worker.start()
+        assert worker.current() is None  # no refresher: every request goes to the database path
+        body = json.dumps(ITEM).encode()
+        request = (
+            f"POST {DECIDE_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {creds['Authorization']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+        def ask() -> bytes:
+            connection = authz_server._Connection(worker, loop)
+            transport = _Transport()
+            connection.connection_made(transport)  # type: ignore[arg-type]
+            connection.data_received(request)
+            deadline = time.monotonic() + 10
+            while not transport.written.endswith(b"}"):
+                assert time.monotonic() < deadline
+                loop.run_until_complete(asyncio.sleep(0.01))
+            connection.connection_lost(None)
+            return transport.written
+
+        assert ask().startswith(b"HTTP/1.1 200 OK") and len(worker.credentials) == 0
+        with services.sessions() as s:
+            services.applications.disable(s, SYSTEM, client_id_of(creds))
+            s.commit()
+        answer = ask()
+        assert answer.startswith(b"HTTP/1.1 401 ") and b'"code": "govpki.unauthenticated"' in answer
+        worker.close()
+    finally:
+        pool.shutdown()
+        loop.close()
+        services.dispose()
