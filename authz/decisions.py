@@ -416,12 +416,17 @@ class DecisionService:
     def snapshot(self, session: Session) -> Snapshot:
         """The compiled policy; the version row is read at most once per refresh interval."""
         snap = self._snapshot
-        now = time.monotonic()
-        if snap is not None and now - self._checked < self._refresh_s:
+        if snap is not None and time.monotonic() - self._checked < self._refresh_s:
             return snap
+        return self.refresh(session)
+
+    def refresh(self, session: Session) -> Snapshot:
+        """Read the version row now and rebuild the snapshot when it moved (the dedicated
+        decision server calls this from a background thread once per refresh interval)."""
+        snap = self._snapshot
         version = session.scalar(select(PolicyVersion.version).where(PolicyVersion.id == 1)) or 0
         if snap is not None and snap.version == version:
-            self._checked = now
+            self._checked = time.monotonic()
             return snap
         with self._lock:
             snap = self._snapshot
@@ -431,11 +436,23 @@ class DecisionService:
             self._checked = time.monotonic()
             return snap
 
+    @property
+    def refresh_seconds(self) -> float:
+        return self._refresh_s
+
     # -- deciding --------------------------------------------------------------------
 
     def decide(self, session: Session, principal: Principal, request: DecisionRequest) -> Decision:
         self.check_asker(principal, request.application)
-        decision = self.evaluate(self.snapshot(session), request, self._clock.now())
+        return self._decided(self.snapshot(session), request)
+
+    def decide_on(self, snap: Snapshot, principal: Principal, request: DecisionRequest) -> Decision:
+        """:meth:`decide` over a snapshot the caller keeps fresh (no database access)."""
+        self.check_asker(principal, request.application)
+        return self._decided(snap, request)
+
+    def _decided(self, snap: Snapshot, request: DecisionRequest) -> Decision:
+        decision = self.evaluate(snap, request, self._clock.now())
         self.counts.add(decision)
         return decision
 
@@ -443,9 +460,21 @@ class DecisionService:
         self, session: Session, principal: Principal, requests: Sequence[DecisionRequest]
     ) -> list[Decision]:
         """Every item's asker is checked before any is evaluated (a forbidden item: 403, nothing answered)."""
+        self._check_askers(principal, requests)
+        return self._decided_many(self.snapshot(session), requests)
+
+    def decide_many_on(
+        self, snap: Snapshot, principal: Principal, requests: Sequence[DecisionRequest]
+    ) -> list[Decision]:
+        """:meth:`decide_many` over a snapshot the caller keeps fresh (no database access)."""
+        self._check_askers(principal, requests)
+        return self._decided_many(snap, requests)
+
+    def _check_askers(self, principal: Principal, requests: Sequence[DecisionRequest]) -> None:
         for i, item in enumerate(requests):
             self.check_asker(principal, item.application, f"items[{i}].application")
-        snap = self.snapshot(session)
+
+    def _decided_many(self, snap: Snapshot, requests: Sequence[DecisionRequest]) -> list[Decision]:
         now = self._clock.now()
         out = [self.evaluate(snap, item, now) for item in requests]
         for d in out:

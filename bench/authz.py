@@ -17,10 +17,15 @@ is a real evaluation: rule look-up, assignment scope and conditions.
     with ``--connections`` open at a time: ``POST /api/v1/authz/decide`` (one decision a
     request) and ``POST /api/v1/authz/decide/batch`` with ``--batch`` items. As the
     service runs gunicorn with keep-alive off, each request is a new TCP connection.
+(c) The dedicated decision server: ``govpki authz serve`` (``--pdp-workers`` processes,
+    default 2) on the same instance, driven by the same wrk script over kept-alive
+    connections (wrk's default): one decision a request, batches of ``--pdp-batch``
+    (default 10: the latency of a small batch) and of ``--batch``.
 
 Goal (issue 6): at least 5,000 decisions/s over HTTP, p99 under 10 ms.
 
 Run:  .venv/bin/python bench/authz.py [--seconds 5] [--connections 8] [--batch 100]
+          [--skip-gunicorn] [--skip-pdp] [--pdp-workers 2] [--pdp-batch 10]
 Prints a table; writes bench/results/authz-<UTC>.json.
 """
 
@@ -314,51 +319,96 @@ def over_http(
         if "=" in line
     )
     auth = "Basic " + base64.b64encode(f"{values['client_id']}:{values['client_secret']}".encode()).decode()
-    server_log = work / "govpki-serve.log"
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        with server_log.open("wb") as logf:
-            proc = subprocess.Popen(
-                [*cmd, "serve", "--no-init"],
-                env=env,
-                cwd=work,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        log(f"govpki serve (pid {proc.pid}) on http://127.0.0.1:{port}/")
-        try:
-            wait_http(port, "/api/v1/openapi.json", 90, proc, want_200=True)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
-        results["server"] = {
-            "workers": env.get("GOVPKI_WORKERS", "default (2)"),
-            "threads": env.get("GOVPKI_THREADS", "default (2)"),
-            "processes": len(_stats.process_tree(proc.pid)),
-        }
-        singles = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in requests[:2000]]
-        b = args.batch
-        batches = [
+    singles = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in requests[:2000]]
+
+    def batches_of(b: int) -> list[str]:
+        return [
             json.dumps({"items": requests[i : i + b]}, ensure_ascii=False, separators=(",", ":"))
             for i in range(0, min(len(requests), 200 * b), b)
             if len(requests[i : i + b]) == b
         ]
-        for name, path, bodies, items in (
-            ("http-single", "/api/v1/authz/decide", singles, 1),
-            (f"http-batch-{b}", "/api/v1/authz/decide/batch", batches, b),
-        ):
+
+    def run_cases(proc: subprocess.Popen[bytes], at: int, cases: list[tuple[str, str, list[str], int]]) -> None:
+        for name, path, bodies, items in cases:
             log(f"{name}: wrk {args.connections} connections, {args.seconds:.0f} s")
             cpu = _stats.TreeCpu(proc.pid)
             cpu.start()
-            out = run_wrk(work, port, auth, path, bodies, items, args)
+            out = run_wrk(work, at, auth, path, bodies, items, args)
             out["server_cpu_s"] = cpu.stop()
+            out["load_average"] = os.getloadavg()
             results["phases"][name] = out
             lat = out["latency_per_request"]
             line = f"{name}: {out['decisions_per_s']:.0f} decisions/s, p50 {lat['p50_ms']:.1f} ms, "
             log(line + f"p99 {lat['p99_ms']:.1f} ms, errors {out['errors']}")
-    finally:
-        stop_process(proc, "govpki serve")
+
+    b = args.batch
+    if not args.skip_gunicorn:
+        server_log = work / "govpki-serve.log"
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            with server_log.open("wb") as logf:
+                proc = subprocess.Popen(
+                    [*cmd, "serve", "--no-init"],
+                    env=env,
+                    cwd=work,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            log(f"govpki serve (pid {proc.pid}) on http://127.0.0.1:{port}/")
+            try:
+                wait_http(port, "/api/v1/openapi.json", 90, proc, want_200=True)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
+            results["server"] = {
+                "workers": env.get("GOVPKI_WORKERS", "default (2)"),
+                "threads": env.get("GOVPKI_THREADS", "default (2)"),
+                "processes": len(_stats.process_tree(proc.pid)),
+            }
+            run_cases(
+                proc,
+                port,
+                [
+                    ("http-single", "/api/v1/authz/decide", singles, 1),
+                    (f"http-batch-{b}", "/api/v1/authz/decide/batch", batches_of(b), b),
+                ],
+            )
+        finally:
+            stop_process(proc, "govpki serve")
+    if not args.skip_pdp:
+        pdp_port = _stats.free_port()
+        pdp_log = work / "govpki-authz-serve.log"
+        pdp: subprocess.Popen[bytes] | None = None
+        try:
+            with pdp_log.open("wb") as logf:
+                pdp = subprocess.Popen(
+                    [*cmd, "authz", "serve", "--listen", f"127.0.0.1:{pdp_port}", "--workers", str(args.pdp_workers)],
+                    env=env,
+                    cwd=work,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            log(f"govpki authz serve (pid {pdp.pid}) on http://127.0.0.1:{pdp_port}/")
+            try:  # a GET is a 405 problem: the workers are up (and have compiled the policy)
+                wait_http(pdp_port, "/api/v1/authz/decide", 90, pdp, want_200=False)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(pdp_log)}") from None
+            results["pdp_server"] = {"workers": args.pdp_workers, "processes": len(_stats.process_tree(pdp.pid))}
+            pb = args.pdp_batch
+            run_cases(
+                pdp,
+                pdp_port,
+                [
+                    ("pdp-single", "/api/v1/authz/decide", singles, 1),
+                    (f"pdp-batch-{pb}", "/api/v1/authz/decide/batch", batches_of(pb), pb),
+                    (f"pdp-batch-{b}", "/api/v1/authz/decide/batch", batches_of(b), b),
+                ],
+            )
+        finally:
+            stop_process(pdp, "govpki authz serve")
 
 
 def report(results: dict[str, Any]) -> None:
@@ -373,16 +423,17 @@ def report(results: dict[str, Any]) -> None:
         )
     print(
         f"{'phase':16} {'decisions/s':>11} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-        f"{'errors':>6} {'permit':>6}"
+        f"{'errors':>6} {'permit':>6} {'goal':>4}"
     )
     for name, r in results["phases"].items():
         lat = r["latency_per_request"]
-        print(
-            f"{name:16} {r['decisions_per_s']:>11.0f} {r['requests_per_s']:>8.0f} {lat['p50_ms']:>7.1f} "
-            f"{lat['p90_ms']:>7.1f} {lat['p99_ms']:>7.1f} {r['errors']:>6} {r['permit_share'] or 0:>6.0%}"
-        )
         met = r["decisions_per_s"] >= GOAL_PER_S and lat["p99_ms"] < GOAL_P99_MS
         r["goal_met"] = met
+        print(
+            f"{name:16} {r['decisions_per_s']:>11.0f} {r['requests_per_s']:>8.0f} {lat['p50_ms']:>7.1f} "
+            f"{lat['p90_ms']:>7.1f} {lat['p99_ms']:>7.1f} {r['errors']:>6} {r['permit_share'] or 0:>6.0%} "
+            f"{'met' if met else 'no':>4}"
+        )
     print(f"goal: >= {GOAL_PER_S:.0f} decisions/s over HTTP with p99 < {GOAL_P99_MS:.0f} ms (per request)")
 
 
@@ -395,11 +446,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="GOVPKI_WORKERS for the server")
     p.add_argument("--threads", type=int, default=None, help="GOVPKI_THREADS for the server")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--skip-gunicorn", action="store_true", help="HTTP: only the dedicated decision server")
+    p.add_argument("--skip-pdp", action="store_true", help="HTTP: only gunicorn")
+    p.add_argument("--pdp-workers", type=int, default=2, help="processes of govpki authz serve (default 2)")
+    p.add_argument("--pdp-batch", type=int, default=10, help="items per small batch on the decision server")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = p.parse_args(argv)
-    if not 1 <= args.batch <= 1000:
-        p.error("--batch: between 1 and 1000")
+    if not 1 <= args.batch <= 1000 or not 1 <= args.pdp_batch <= 1000:
+        p.error("--batch, --pdp-batch: between 1 and 1000")
     return args
 
 

@@ -126,6 +126,9 @@ class Config:
     oidc_refresh_token_hours: int = 8
     # addresses/networks of the TLS front whose client-certificate headers are believed (empty: none)
     trusted_proxies: str = ""
+    # the dedicated access decision server (govpki authz serve); None: off (the default)
+    authz_listen: tuple[str, int] | None = None
+    authz_workers: int = 2  # its processes (one port, SO_REUSEPORT)
     testing: bool = False
 
     @property
@@ -305,6 +308,7 @@ class Config:
         host, port = address("LISTEN", "127.0.0.1:8000")
         default_base = f"http://{host}:{port}"
         ocsp_listen = None if get("OCSP_LISTEN", "").lower() == "off" else address("OCSP_LISTEN", "127.0.0.1:8001")
+        authz_listen = None if get("AUTHZ_LISTEN", "off").lower() in ("off", "") else address("AUTHZ_LISTEN", "")
 
         def bounded(name: str, default: int, minimum: int, maximum: int) -> int:
             value = integer(name, default, minimum)
@@ -380,5 +384,7 @@ class Config:
             oidc_id_token_minutes=oidc_id_minutes,
             oidc_refresh_token_hours=oidc_refresh_hours,
             trusted_proxies=get("TRUSTED_PROXIES", ""),
+            authz_listen=authz_listen,
+            authz_workers=integer("AUTHZ_WORKERS", 2, minimum=1),
             testing=get("TESTING", "0") == "1",
         )

@@ -4,30 +4,32 @@ applications (thin views: client credentials, strict JSON, one service call, ren
 An application authenticates with its client credentials (HTTP Basic, as for
 ``/api/v1/audit/events``) and needs the scope ``authz:decide`` (decisions about its own
 application name) or ``authz:decide:any`` (about any application). Decisions are not
-written to the audit chain one by one; every policy change behind them is."""
+written to the audit chain one by one; every policy change behind them is.
+
+What the endpoints do is :mod:`web.decide_core` (shared with the dedicated decision
+server, ``govpki authz serve``); the views give it the request and the request's
+database session."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
-from flask import Blueprint, Response, current_app, g, json, request
+from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, Field
 
 from authz.decisions import Decision
-from authz.policy_schema import DecisionBatch, DecisionRequest, parse_json
-from govpki.errors import InvalidError, UnauthenticatedError
+from authz.policy_schema import DecisionBatch, DecisionRequest
 from govpki.principal import Principal
-from web.api_events import BASIC_CHALLENGE, _client
+from web import api_events, decide_core
 from web.container import Services
+from web.decide_core import MAX_BATCH_BODY, MAX_BATCH_ITEMS, MAX_DECIDE_BODY
 from web.openapi import Response as Doc
 from web.openapi import operation
-from web.problems import from_error
 
 bp = Blueprint("api_authz", __name__, url_prefix="/api/v1/authz")
 
-MAX_DECIDE_BODY = 64 * 1024
-MAX_BATCH_BODY = 1024 * 1024
-MAX_BATCH_ITEMS = 1000
+__all__ = ["MAX_BATCH_BODY", "MAX_BATCH_ITEMS", "MAX_DECIDE_BODY", "bp"]
 
 
 class RuleOut(BaseModel):
@@ -52,28 +54,44 @@ def _services() -> Services:
     return services
 
 
-def _authenticated() -> Principal | Response:
-    try:
-        return _client()
-    except UnauthenticatedError as exc:
-        response = from_error(exc, request.path)
-        response.headers["WWW-Authenticate"] = BASIC_CHALLENGE
-        return response
+class _Decider:
+    """Credentials and decisions through the request's database session."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def authenticate(self, client_id: str, secret: str) -> Principal:
+        return self._services.applications.authenticate(g.db, client_id, secret)
+
+    def certificate_client(self) -> Principal | None:
+        return api_events.certificate_client()
+
+    def decide(self, principal: Principal, item: DecisionRequest) -> Decision:
+        return self._services.decisions.decide(g.db, principal, item)
+
+    def decide_many(self, principal: Principal, items: Sequence[DecisionRequest]) -> list[Decision]:
+        return self._services.decisions.decide_many(g.db, principal, items)
 
 
-def _body(limit: int) -> bytes:
-    request.max_content_length = limit
-    if not request.is_json:
-        raise InvalidError("send the request body as application/json", field="body", code="api.media_type")
-    return request.get_data(cache=False)
+def _answer(batch: bool) -> Response:
+    def read_body() -> bytes:
+        # Werkzeug also enforces the limit on a body sent without Content-Length
+        request.max_content_length = decide_core.limit_of(batch)
+        return request.get_data(cache=False)
 
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value, ensure_ascii=False), status=status, mimetype="application/json")
-
-
-def _out(decision: Decision) -> dict[str, Any]:
-    return decision.as_dict()
+    result = decide_core.answer(
+        request.path,
+        batch=batch,
+        authorization=request.headers.get("Authorization"),
+        content_type=request.content_type,
+        content_length=request.content_length,
+        read_body=read_body,
+        decider=_Decider(_services()),
+    )
+    response = Response(result.body, status=result.status, content_type=result.content_type)
+    for name, value in result.headers:
+        response.headers[name] = value
+    return response
 
 
 @bp.post("/decide")
@@ -91,11 +109,7 @@ def _out(decision: Decision) -> dict[str, Any]:
     },
 )
 def decide() -> Response:
-    who = _authenticated()
-    if isinstance(who, Response):
-        return who
-    item = parse_json(DecisionRequest, _body(MAX_DECIDE_BODY), code="authz.invalid_request")
-    return _json(_out(_services().decisions.decide(g.db, who, item)))
+    return _answer(batch=False)
 
 
 @bp.post("/decide/batch")
@@ -113,9 +127,4 @@ def decide() -> Response:
     },
 )
 def decide_batch() -> Response:
-    who = _authenticated()
-    if isinstance(who, Response):
-        return who
-    batch = parse_json(DecisionBatch, _body(MAX_BATCH_BODY), code="authz.invalid_request")
-    decisions = _services().decisions.decide_many(g.db, who, batch.items)
-    return _json({"decisions": [_out(d) for d in decisions]})
+    return _answer(batch=True)

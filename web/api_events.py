@@ -71,21 +71,32 @@ def _services() -> Services:
     return services
 
 
+def certificate_client() -> Principal | None:
+    """Mutual TLS: the application whose bound certificate the trusted TLS front passed on;
+    ``None`` without one, or when the header came from another sender (then it is ignored).
+    UnauthenticatedError when the certificate is not valid or bound to no application."""
+    certificate = request.headers.get(CERT_HEADER)
+    if not certificate:
+        return None
+    certlogin = _services().certlogin
+    if not certlogin.trusted(request.remote_addr):
+        return None
+    return certlogin.authenticate_application(
+        g.db,
+        source=request.remote_addr or "unknown",
+        cert_header=certificate,
+        verify_header=request.headers.get(VERIFY_HEADER),
+    )
+
+
 def _client() -> Principal:
     """HTTP Basic client credentials (RFC 6749 2.3.1: each part form-urlencoded), or, without
     them, a client certificate bound to the application, passed on by the trusted TLS front."""
     auth = request.authorization
-    certificate = request.headers.get(CERT_HEADER)
-    if auth is None and certificate:
-        # mutual TLS: the certificate the trusted TLS front passed on (ignored from other senders)
-        certlogin = _services().certlogin
-        if certlogin.trusted(request.remote_addr):
-            return certlogin.authenticate_application(
-                g.db,
-                source=request.remote_addr or "unknown",
-                cert_header=certificate,
-                verify_header=request.headers.get(VERIFY_HEADER),
-            )
+    if auth is None:
+        by_certificate = certificate_client()
+        if by_certificate is not None:
+            return by_certificate
     if auth is None or auth.type != "basic":
         raise UnauthenticatedError(
             "client credentials are required: 'Authorization: Basic base64(client_id:client_secret)'",

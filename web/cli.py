@@ -89,6 +89,9 @@ def serve(no_init: bool) -> None:
         _start_jobs_loop(config.jobs_interval_seconds)
     if config.ocsp_listen is not None:
         _start_ocsp_server()
+    from web.cli_authz import start_beside as start_authz_server
+
+    start_authz_server(config)  # the dedicated access decision server, when GOVPKI_AUTHZ_LISTEN is set
     click.echo("")
     click.echo(f"govpki is serving on {config.listen_url}/  (sign in at {config.base_url}/login)")
     click.echo(f"API: {config.base_url}/api/v1/openapi.json   CA certificates: {config.base_url}/ca/chain.pem")
@@ -788,6 +791,10 @@ main.add_command(policy)
 from web.cli_oidc import oidc_group  # noqa: E402  (govpki oidc rotate | keys)
 
 main.add_command(oidc_group)
+
+from web.cli_authz import authz_group  # noqa: E402  (govpki authz serve: the dedicated decision server)
+
+main.add_command(authz_group)
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ca.ocsp import MAX_REQUEST_BYTES, OcspAnswer, OcspService, OcspStatus, error_response
+from web.httpserver import HttpReply
 
 log = logging.getLogger("govpki.web.ocsp")
 
@@ -32,16 +33,6 @@ PREFIX = "/ocsp"
 CONTENT_TYPE = "application/ocsp-response"
 _MALFORMED = OcspAnswer(error_response(OcspStatus.MALFORMED_REQUEST), OcspStatus.MALFORMED_REQUEST)
 _INTERNAL = OcspAnswer(error_response(OcspStatus.INTERNAL_ERROR), OcspStatus.INTERNAL_ERROR)
-
-
-@dataclass(frozen=True)
-class HttpReply:
-    """A complete HTTP answer; ``close``: the connection must not be reused after it."""
-
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
-    close: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,57 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from flask import Response
 
-from flask import Response, json
+from govpki.errors import FieldProblem, GovpkiError
+from web.problem_json import MEDIA_TYPE, STATUS, TITLES, document, dumps, error_document
 
-from govpki.errors import ErrorKind, FieldProblem, GovpkiError
-
-STATUS: dict[ErrorKind, int] = {
-    ErrorKind.INVALID: 422,
-    ErrorKind.NOT_FOUND: 404,
-    ErrorKind.FORBIDDEN: 403,
-    ErrorKind.CONFLICT: 409,
-    ErrorKind.UNAUTHENTICATED: 401,
-    ErrorKind.UNAVAILABLE: 503,
-}
-TITLES: dict[int, str] = {
-    400: "Bad request",
-    401: "Authentication required",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    406: "Not acceptable",
-    409: "Conflict",
-    413: "Request too large",
-    415: "Unsupported media type",
-    422: "Invalid request",
-    500: "Internal error",
-    503: "Service unavailable",
-}
+__all__ = ["STATUS", "TITLES", "from_error", "problem"]
 
 
 def problem(
     status: int, detail: str, *, code: str, instance: str | None = None, problems: list[FieldProblem] | None = None
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": f"urn:govpki:problem:{code}",
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "code": code,
-    }
-    if instance:
-        body["instance"] = instance
-    if problems:
-        body["errors"] = [{"field": p.field, "reason": p.reason} for p in problems]
-    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/problem+json")
+    body = document(status, detail, code=code, instance=instance, problems=problems)
+    response = Response(dumps(body), status=status, mimetype=MEDIA_TYPE)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="govpki"'
     return response
 
 
 def from_error(error: GovpkiError, instance: str | None = None) -> Response:
-    status = STATUS[error.kind]
-    detail = f"{error.field}: {error.reason}" if error.field else error.reason
-    return problem(status, detail, code=error.code, instance=instance, problems=error.problems)
+    status, body = error_document(error, instance)
+    response = Response(dumps(body), status=status, mimetype=MEDIA_TYPE)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="govpki"'
+    return response

@@ -314,7 +314,9 @@ def test_forged_header_from_an_untrusted_address_is_ignored(services: Services, 
 def test_application_authenticates_with_its_certificate(services: Services, front: Front):
     app_key, app_der = issue_direct(services, "service-tls-client", "oa.example.gov.cn", dns=True)
     with services.sessions() as session:
-        application, _secret = services.applications.register(session, SYSTEM, name="oa-system")
+        application, _secret = services.applications.register(
+            session, SYSTEM, name="oa-system", scopes=("audit:write", "authz:decide")
+        )
         client_id = application.client_id
         services.applications.bind_certificate(session, SYSTEM, client_id, pem(app_der))
         session.commit()
@@ -333,6 +335,13 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
     with services.sessions() as session:
         entry = session.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
         assert entry is not None and entry.actor == "application:oa-system/user-7"
+    # the decision API takes the same certificate (no policy for it yet: deny by default)
+    ask = {"subject": "user-7", "application": "oa-system", "action": "read", "resource": {"type": "document", "id": "D-1"}}
+    decide = ("-H", "Content-Type: application/json", "--data", json.dumps(ask))
+    status, body, _ = front.curl("/api/v1/authz/decide", *decide, cert=cert, key=key)
+    assert status == 200 and json.loads(body)["decision"] == "deny", body
     # without a certificate: client credentials are required
     status, body, headers = front.curl("/api/v1/audit/events", *args)
+    assert status == 401 and "WWW-Authenticate: Basic" in headers
+    status, body, headers = front.curl("/api/v1/authz/decide", *decide)
     assert status == 401 and "WWW-Authenticate: Basic" in headers
