@@ -53,6 +53,8 @@ from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
 from keymgmt.services import KeyService
 from ra.encryption import EncryptionCertificateService
 from ra.expiry import ExpiryService, ExpirySettings
+from ra.imports import ImportService
+from ra.portal import RaPortalService
 from ra.requests import RequestLedger, RequestService
 from ra.services import RegionFile, RegionService, load_region
 from ra.subscribers import SubscriberService
@@ -92,6 +94,8 @@ class Services:
     decisions: DecisionService
     subscribers: SubscriberService
     requests: RequestService
+    ra_portal: RaPortalService  # the RA clerk portal: certificate pages, dashboard, key hand-over
+    ra_imports: ImportService  # bulk enrollment of officials (CSV)
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -253,6 +257,14 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock, keys=keys)
     encryption = EncryptionCertificateService(ca=ca, kmc=kmc)
     subscribers = SubscriberService(keystores, clock)
+    requests = RequestService(
+        subscribers=subscribers,
+        ca=ca,
+        revocation=revocation,
+        encryption=encryption,
+        ledger=RequestLedger(engine, clock, gate),
+        clock=clock,
+    )
     return Services(
         config=config,
         clock=clock,
@@ -297,14 +309,11 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         policy=PolicyService(clock),
         decisions=DecisionService(clock, refresh=timedelta(milliseconds=config.authz_policy_refresh_ms)),
         subscribers=subscribers,
-        requests=RequestService(
-            subscribers=subscribers,
-            ca=ca,
-            revocation=revocation,
-            encryption=encryption,
-            ledger=RequestLedger(engine, clock, gate),
-            clock=clock,
+        requests=requests,
+        ra_portal=RaPortalService(
+            subscribers=subscribers, requests=requests, clock=clock, pickup_dir=config.instance_dir / "ra-pickup"
         ),
+        ra_imports=ImportService(subscribers, clock),
     )
 
 
