@@ -18,7 +18,7 @@ MAX_CSR_TEXT = 65536
 
 class OfficialForm(FlaskForm):  # type: ignore[misc]
     name = StringField(
-        _l("Name"),
+        _l("Full name"),
         validators=[DataRequired(_l("Enter the name.")), Length(max=MAX_TEXT, message=_l("At most 64 characters."))],
         render_kw={"autocomplete": "off"},
     )

@@ -25,6 +25,7 @@ from flask import Blueprint, Flask, Response, current_app, flash, g, redirect, r
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import Field
@@ -43,6 +44,7 @@ from web.forms import ActionForm
 from web.problems import STATUS
 from web.ra_forms import ChangeForm, CsrForm, DecisionForm, ImportForm, OfficialForm, ServiceForm
 from web.ui import _, _error_page, _user, field_message, login_required, services
+from web.ui import _csrf_error as csrf_error
 
 bp = Blueprint("ra_portal", __name__, url_prefix="/ra")
 
@@ -86,7 +88,7 @@ ROW_STATUS = {
     RowStatus.INVALID: _l("invalid"),
 }
 FIELDS = {
-    "name": _l("Name"),
+    "name": _l("Full name"),
     "id_number": _l("Resident ID number"),
     "department": _l("Department"),
     "title": _l("Title"),
@@ -300,6 +302,10 @@ def _svc() -> Services:
 @bp.errorhandler(GovpkiError)
 def _domain_error(error: GovpkiError) -> Response:
     return _error_page(STATUS[error.kind], ra_message(error.reason))
+
+
+# a stale or foreign form: the portal's message (or "your session expired")
+bp.register_error_handler(CSRFError, csrf_error)
 
 
 @bp.errorhandler(RequestEntityTooLarge)
@@ -762,16 +768,23 @@ def imports() -> ResponseReturnValue:
             show_errors(form, error, {"file": form.file})
             status = STATUS[error.kind]
         else:
-            response = redirect(url_for("ra_portal.import_page", job_id=job.id))
-            # the thread starts once the unit of work has committed the job
-            runner, job_id = _runner(), job.id
-            response.call_on_close(lambda: runner.start(principal, job_id))
-            return response
+            # the thread starts once the unit of work has committed the job (_start_imports)
+            g.ra_import_start = (principal, job.id)
+            return redirect(url_for("ra_portal.import_page", job_id=job.id))
     elif form.is_submitted():
         status = 422
     return render_template(
         "ra/imports.html", form=form, jobs=_svc().ra_imports.list(g.db, principal), **_names()
     ), status
+
+
+@bp.teardown_request
+def _start_imports(error: BaseException | None) -> None:
+    """After the response (and the unit of work's commit): start the upload's job. A job
+    whose commit failed does not exist; the runner then finds nothing to claim."""
+    pending = g.pop("ra_import_start", None)
+    if pending is not None and error is None:
+        _runner().start(*pending)
 
 
 def _progress(job: ImportJob) -> dict[str, Any]:
@@ -823,7 +836,7 @@ def import_report(job_id: int) -> ResponseReturnValue:
     job = _svc().ra_imports.get(g.db, _principal(), job_id)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([_("Line"), _("Status"), _("Name"), _("Resident ID number"), _("Field"), _("Reason")])
+    writer.writerow([_("Line"), _("Status"), _("Full name"), _("Resident ID number"), _("Field"), _("Reason")])
     for row in sorted(report_rows(job), key=lambda r: (r["status"] == RowStatus.REGISTERED, r["line"])):
         field = row.get("field") or ""
         writer.writerow(

@@ -6,6 +6,7 @@ of issue 5, each refused with a clear message in Chinese (and English) and nothi
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 import re
@@ -24,10 +25,12 @@ from werkzeug.test import TestResponse
 
 from govpki.audit import AuditEntry
 from govpki.principal import SYSTEM, Role
+from ra.import_models import ImportJob
 from ra.subscriber_models import Official, RaRequest
 from tests.helpers import csr_pem, enrol_totp, initialised_portal
 from tests.ra.idnumbers import id_number, wrong_check
 from web.container import Services
+from web.ra_portal import RUNNER, ImportRunner
 
 URUMQI = "650100"
 KARAMAY = "650200"
@@ -365,3 +368,186 @@ def test_html_and_script_are_shown_as_text_on_every_page(portal: Portal) -> None
         body = text(portal.officer.get(url))
         assert "<script>alert" not in body and "<b>局" not in body and "<img src=x" not in body, url
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text(portal.officer.get(f"/ra/officials/{official_id}"))
+
+
+def test_a_csr_whose_key_is_in_use_or_that_is_no_csr_is_refused(portal: Portal) -> None:
+    official_id = registered(portal)
+    key = ec.generate_private_key(ec.SECP256R1())
+    first = submit_csr(portal, official_id, csr_pem(key))
+    assert first.status_code == 302
+    before = count(portal, RaRequest)
+    again = submit_csr(portal, official_id, csr_pem(key))
+    assert again.status_code == 409 and "尚未办结的申请" in errors_of(again, "csr_text")
+    request_id = int(first.headers["Location"].rsplit("/", 1)[1])
+    assert approve(portal.officer, request_id).status_code == 302
+    used = submit_csr(portal, registered(portal), csr_pem(key))
+    assert used.status_code == 409 and "已被证书" in errors_of(used, "csr_text")
+    for junk in (
+        b"hello, I am not a CSR",
+        b"\x00\x01\x02garbage",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ):
+        page = submit_csr(portal, official_id, junk)
+        assert page.status_code == 422 and "这不是证书请求" in errors_of(page, "csr_text"), junk
+    english(portal.clerk)
+    try:
+        page = submit_csr(portal, official_id, b"not a csr")
+        assert "This is not a certificate request" in errors_of(page, "csr_text")
+        used = submit_csr(portal, official_id, csr_pem(key))
+        assert "already in use by certificate" in errors_of(used, "csr_text")
+    finally:
+        chinese(portal.clerk)
+    empty = post(portal.clerk, f"/ra/officials/{official_id}/request", {"csr_text": ""})
+    assert empty.status_code == 422 and "请选择证书请求文件或粘贴" in errors_of(empty, "csr_text")
+    assert count(portal, RaRequest) == before
+
+
+def test_a_10_mb_upload_gets_a_clear_message_not_an_error_page(portal: Portal) -> None:
+    official_id = registered(portal)
+    before = (count(portal, RaRequest), count(portal, ImportJob))
+    for url, field in ((f"/ra/officials/{official_id}/request", "csr_file"), ("/ra/imports", "file")):
+        big = io.BytesIO(b"A" * (10 * 1024 * 1024))
+        token = csrf(portal.clerk.get(url))
+        page = portal.clerk.post(
+            url, data={"csrf_token": token, field: (big, "huge.bin")}, content_type="multipart/form-data"
+        )
+        assert page.status_code == 303 and page.headers["Location"] == url, page.status_code
+        shown = text(portal.clerk.get(url))
+        assert "文件过大：上传文件最大为 1024 KB。未做任何更改。" in shown
+    assert (count(portal, RaRequest), count(portal, ImportJob)) == before
+
+
+def test_a_clerk_cannot_approve_and_an_officer_cannot_submit(portal: Portal) -> None:
+    official_id = registered(portal)
+    request_id = int(submit_csr(portal, official_id, csr_pem()).headers["Location"].rsplit("/", 1)[1])
+    own = approve(portal.clerk, request_id)  # the submitter: roles are exclusive, a clerk never approves
+    assert own.status_code == 403 and "只有申请所在地州的注册机构审核员可以批准或驳回" in alert(own)
+    english(portal.clerk)
+    try:
+        own = approve(portal.clerk, request_id)
+        assert "Only an RA officer of the request's prefecture approves or rejects it." in alert(own).replace(
+            "&#39;", "'"
+        )
+    finally:
+        chinese(portal.clerk)
+    token = csrf(portal.officer.get("/ra"))
+    refused = portal.officer.post(
+        f"/ra/officials/{official_id}/request", data={"csrf_token": token, "csr_text": csr_pem().decode()}
+    )
+    assert refused.status_code == 403 and "只有注册机构受理员" in alert(refused)
+    with portal.services.sessions() as db:
+        assert db.get_one(RaRequest, request_id).state == "submitted"
+
+
+def test_rejection_needs_a_reason_and_is_recorded(portal: Portal) -> None:
+    official_id = registered(portal)
+    request_id = int(submit_csr(portal, official_id, csr_pem()).headers["Location"].rsplit("/", 1)[1])
+    url = f"/ra/requests/{request_id}"
+    empty = post(portal.officer, f"{url}/reject", {"comment": ""}, form_page=url)
+    assert empty.status_code == 422 and "请说明驳回原因" in errors_of(empty, "comment")
+    done = post(portal.officer, f"{url}/reject", {"comment": "<i>照片不清晰</i>"}, form_page=url)
+    assert done.status_code == 302
+    page = text(portal.clerk.get(url))
+    assert "已驳回" in page and "&lt;i&gt;照片不清晰&lt;/i&gt;" in page
+    late = approve(portal.officer, request_id)
+    assert late.status_code in (404, 409)
+
+
+def test_a_stale_form_is_refused_and_changes_nothing(portal: Portal) -> None:
+    before = count(portal, Official)
+    page = portal.clerk.post(
+        "/ra/officials/new",
+        data={"csrf_token": "stale-token", "name": "过期", "id_number": new_number(), "department": "财政局"},
+    )
+    assert page.status_code == 400
+    assert "表单已过期" in text(page) or "重新加载" in text(page)
+    assert count(portal, Official) == before
+
+
+# ----- bulk enrollment ----------------------------------------------------------------------
+
+
+def csv_bytes(rows: list[list[str]], encoding: str = "utf-8-sig") -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode(encoding)
+
+
+def upload(portal: Portal, data: bytes, name: str = "officials.csv") -> TestResponse:
+    return post(portal.clerk, "/ra/imports", {"file": (io.BytesIO(data), name)})
+
+
+def run_import(portal: Portal, page: TestResponse) -> int:
+    assert page.status_code == 302, text(page)
+    job_id = int(page.headers["Location"].rsplit("/", 1)[1])
+    runner: ImportRunner = portal.app.extensions[RUNNER]
+    runner.wait(job_id, timeout=300)
+    return job_id
+
+
+def test_bulk_enrollment_utf8_and_gb18030_reports_bad_rows_and_never_registers_twice(portal: Portal) -> None:
+    numbers = [id_number(birth="19900101", sequence=f"{n:03d}") for n in range(501, 561)]
+    header = ["姓名", "身份证号", "部门", "职务", "电话", "邮箱"]
+    rows = [header] + [[f"批量{i}", n, "教育局", "科员", "", ""] for i, n in enumerate(numbers)]
+    rows.append(["坏校验", wrong_check(new_number()), "教育局", "", "", ""])
+    rows.append(["坏日期", id_number(birth="19870230"), "教育局", "", "", ""])
+    rows.append(["<script>x</script>", id_number(birth="19910101", sequence="777"), "", "", "", ""])
+    rows.append(["=HYPERLINK(1)", id_number(birth="19910101", sequence="779"), "教育局", "", "abc", ""])
+    before = count(portal, Official)
+    job_id = run_import(portal, upload(portal, csv_bytes(rows)))
+    progress = portal.clerk.get(f"/ra/imports/{job_id}/progress.json").get_json()
+    assert progress | {"id": 0} == {
+        "id": 0,
+        "state": "done",
+        "total": 64,
+        "processed": 64,
+        "registered": 60,
+        "duplicates": 0,
+        "invalid": 4,
+        "percent": 100,
+        "finished": True,
+    }
+    assert count(portal, Official) == before + 60
+    page = text(portal.clerk.get(f"/ra/imports/{job_id}"))
+    assert "导入已完成" in page and "校验位（第 18 位）错误" in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    report = portal.clerk.get(f"/ra/imports/{job_id}/report.csv")
+    lines = list(csv.reader(io.StringIO(report.data.decode("utf-8-sig"))))
+    assert lines[0] == ["行号", "状态", "姓名", "公民身份号码", "字段", "原因"]
+    bad = {int(r[0]): r for r in lines[1:] if r[1] != "已登记"}
+    assert sorted(bad) == [62, 63, 64, 65]  # the header is line 1
+    assert "校验位" in bad[62][5] and bad[62][4] == "公民身份号码"
+    assert "1987-02-30" in bad[63][5]
+    assert bad[64][4] == "部门" and "必填" in bad[64][5]
+    assert bad[65][2] == "'=HYPERLINK(1)" and bad[65][4] == "电话"
+    assert not any(n in report.data.decode("utf-8-sig") for n in numbers)  # masked only
+
+    # the same file again, as GB18030 with English headers: nothing registered twice
+    english_rows = [["name", "id_number", "department"]] + [[r[0], r[1], r[2]] for r in rows[1:]]
+    again = run_import(portal, upload(portal, csv_bytes(english_rows, "gb18030"), "官员.csv"))
+    progress = portal.clerk.get(f"/ra/imports/{again}/progress.json").get_json()
+    # (without the phone column the "=HYPERLINK(1)" row is valid now and is registered)
+    assert (progress["registered"], progress["duplicates"], progress["invalid"]) == (1, 60, 3)
+    assert count(portal, Official) == before + 61
+    with portal.services.sessions() as db:
+        job = db.get_one(ImportJob, again)
+        assert job.encoding == "gb18030" and job.payload_sealed is None
+    # another prefecture sees neither the job nor its report
+    assert portal.other_clerk.get(f"/ra/imports/{job_id}").status_code == 404
+    assert portal.other_clerk.get(f"/ra/imports/{job_id}/report.csv").status_code == 404
+
+
+def test_a_csv_with_a_missing_column_or_a_broken_encoding_imports_nothing(portal: Portal) -> None:
+    before = (count(portal, Official), count(portal, ImportJob))
+    missing = upload(portal, csv_bytes([["姓名", "部门"], ["张三", "财政局"]]))
+    assert missing.status_code == 422 and "缺少必需的列 id_number" in errors_of(missing, "file")
+    broken = upload(portal, "姓名,身份证号,部门\n张三,".encode() + b"\xff\xfe\x80\x81\n")
+    assert broken.status_code == 422 and "既不是 UTF-8 也不是 GB18030" in errors_of(broken, "file")
+    empty = upload(portal, csv_bytes([["name", "id_number", "department"]]))
+    assert empty.status_code == 422 and "只有表头" in errors_of(empty, "file")
+    english(portal.clerk)
+    try:
+        missing = upload(portal, csv_bytes([["name", "department"], ["x", "y"]]))
+        assert "lacks the required column(s) id_number" in errors_of(missing, "file")
+    finally:
+        chinese(portal.clerk)
+    assert (count(portal, Official), count(portal, ImportJob)) == before
