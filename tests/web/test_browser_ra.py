@@ -101,16 +101,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         with services.sessions() as db:
             services.kmc.ensure_storage_key(db, SYSTEM)
             db.commit()
-        accounts = [
-            _account(app, services, Role.RA_CLERK, "650100"),
-            _account(app, services, Role.RA_OFFICER, "650100"),
-            _account(app, services, Role.RA_CLERK, "650200"),
-        ]
+        clerk = _account(app, services, Role.RA_CLERK, "650100")
+        officer = _account(app, services, Role.RA_OFFICER, "650100")
+        other_clerk = _account(app, services, Role.RA_CLERK, "650200")
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, name="portal", daemon=True)
         thread.start()
         try:
-            yield Served(f"http://127.0.0.1:{server.server_port}", services, *accounts, shots)
+            yield Served(f"http://127.0.0.1:{server.server_port}", services, clerk, officer, other_clerk, shots)
         finally:
             server.shutdown()
             thread.join(timeout=10)
