@@ -17,8 +17,8 @@ row in a savepoint, committing every :data:`CHUNK` rows with the progress. Every
 validated by the service; a number registered already (in this import, an earlier one,
 or by hand) is reported as "already registered", not as an error. Re-importing the same
 file therefore registers nothing twice. The outcome per row (line number, status, name,
-masked number, field, reason) is kept for the downloadable report; it never holds a
-clear number.
+masked number, field, reason) of every row not registered is kept (``ra_import_rows``)
+for the downloadable report; it never holds a clear number.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import io
 import json
 import logging
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,7 +39,7 @@ from govpki.errors import ConflictError, GovpkiError, InvalidError, NotFoundErro
 from govpki.principal import Principal
 from ra.events import RaEvent
 from ra.idnumber import mask
-from ra.import_models import ImportJob, ImportState
+from ra.import_models import ImportJob, ImportRow, ImportState
 from ra.subscriber_models import SubscriberDataKey
 from ra.subscribers import OfficialInput, SubscriberService, check_clerk, check_reader
 
@@ -176,12 +174,6 @@ def parse_csv(data: bytes) -> ParsedCsv:
     return ParsedCsv(encoding, rows)
 
 
-def report_rows(job: ImportJob) -> list[dict[str, Any]]:
-    """The outcome per row: line, status, name, id_number (masked), field, reason."""
-    rows: list[dict[str, Any]] = json.loads(job.report or "[]")
-    return rows
-
-
 class ImportService:
     def __init__(self, subscribers: SubscriberService, clock: Clock) -> None:
         self._subscribers = subscribers
@@ -207,7 +199,6 @@ class ImportService:
             invalid=0,
             data_key_id=key.id,
             payload_sealed=b"",
-            report="[]",
             created_by=principal.audit_name,
             created_at=now,
         )
@@ -241,6 +232,16 @@ class ImportService:
                 code="ra.import_not_found",
             )
         return job
+
+    def rows_not_registered(
+        self, session: Session, principal: Principal, job_id: int, *, limit: int | None = None
+    ) -> list[ImportRow]:
+        """The job's duplicate and invalid rows, by line (the report)."""
+        job = self.get(session, principal, job_id)
+        query = select(ImportRow).where(ImportRow.job_id == job.id).order_by(ImportRow.line, ImportRow.id)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(session.scalars(query))
 
     def list(self, session: Session, principal: Principal, *, limit: int = 20) -> list[ImportJob]:
         scope = check_reader(principal)
@@ -284,19 +285,16 @@ class ImportService:
             assert job.payload_sealed is not None
             payload = self._subscribers.unseal(key, job.payload_sealed, _PAYLOAD_AAD + str(job.id).encode())
             rows = [CsvRow(int(line), dict(values)) for line, values in json.loads(payload)]
-            report = report_rows(job)
             start = job.processed_rows
         for begin in range(start, len(rows), CHUNK):
             chunk = rows[begin : begin + CHUNK]
             with sessions() as session:
-                outcomes = [self._one(session, principal, row) for row in chunk]
-                report.extend(outcomes)
+                outcomes = [self._one(session, principal, job_id, row) for row in chunk]
                 job = session.get_one(ImportJob, job_id)
                 job.processed_rows = begin + len(chunk)
-                job.registered += sum(1 for o in outcomes if o["status"] == RowStatus.REGISTERED)
-                job.duplicates += sum(1 for o in outcomes if o["status"] == RowStatus.DUPLICATE)
-                job.invalid += sum(1 for o in outcomes if o["status"] == RowStatus.INVALID)
-                job.report = json.dumps(report, ensure_ascii=False)
+                job.registered += outcomes.count(RowStatus.REGISTERED)
+                job.duplicates += outcomes.count(RowStatus.DUPLICATE)
+                job.invalid += outcomes.count(RowStatus.INVALID)
                 session.commit()
         with sessions() as session:
             job = session.get_one(ImportJob, job_id)
@@ -320,21 +318,26 @@ class ImportService:
             )
             session.commit()
 
-    def _one(self, session: Session, principal: Principal, row: CsvRow) -> dict[str, Any]:
-        number = row.values.get("id_number", "").strip().upper()
-        outcome: dict[str, Any] = {
-            "line": row.line,
-            "name": row.values.get("name", ""),
-            "id_number": mask(number) if len(number) == 18 else "",
-        }
+    def _one(self, session: Session, principal: Principal, job_id: int, row: CsvRow) -> str:
+        """Register one row (in a savepoint); a row not registered is kept for the report."""
         try:
             with session.begin_nested():
-                official = self._subscribers.register_official(session, principal, row.official())
-        except ConflictError as error:
-            status = RowStatus.DUPLICATE if error.code == "ra.duplicate_id_number" else RowStatus.INVALID
-            return outcome | {"status": status, "field": error.field, "reason": error.reason}
+                self._subscribers.register_official(session, principal, row.official())
         except GovpkiError as error:
-            problems: Sequence[Any] = error.problems
-            first = problems[0]
-            return outcome | {"status": RowStatus.INVALID, "field": first.field, "reason": first.reason}
-        return outcome | {"status": RowStatus.REGISTERED, "official_id": official.id, "field": None, "reason": None}
+            duplicate = isinstance(error, ConflictError) and error.code == "ra.duplicate_id_number"
+            status = RowStatus.DUPLICATE if duplicate else RowStatus.INVALID
+            problem = error.problems[0]
+            number = row.values.get("id_number", "").strip().upper()
+            session.add(
+                ImportRow(
+                    job_id=job_id,
+                    line=row.line,
+                    status=status,
+                    name=row.values.get("name", "")[:200],
+                    id_number=mask(number) if len(number) == 18 else "",
+                    field=(problem.field or "")[:64] or None,
+                    reason=problem.reason,
+                )
+            )
+            return status
+        return RowStatus.REGISTERED

@@ -34,7 +34,7 @@ from wtforms.fields.choices import SelectChoice
 from govpki.errors import GovpkiError, InvalidError
 from govpki.principal import Principal, Role
 from ra.import_models import ImportJob, ImportState
-from ra.imports import RowStatus, report_rows
+from ra.imports import RowStatus
 from ra.portal import EXPIRING_DAYS
 from ra.requests import RequestInput
 from ra.subscriber_models import RequestState
@@ -806,7 +806,7 @@ def _progress(job: ImportJob) -> dict[str, Any]:
 @login_required
 def import_page(job_id: int) -> ResponseReturnValue:
     job = _svc().ra_imports.get(g.db, _principal(), job_id)
-    problems = [r for r in report_rows(job) if r["status"] != RowStatus.REGISTERED][:50]
+    problems = _svc().ra_imports.rows_not_registered(g.db, _principal(), job_id, limit=50)
     return render_template(
         "ra/import.html",
         job=job,
@@ -831,26 +831,26 @@ def import_progress(job_id: int) -> ResponseReturnValue:
 @bp.get("/imports/<int:job_id>/report.csv")
 @login_required
 def import_report(job_id: int) -> ResponseReturnValue:
-    """Every row that was not registered (and the registered ones), with line numbers and
-    reasons, in the request's language; UTF-8 with a BOM so that spreadsheets read it."""
-    job = _svc().ra_imports.get(g.db, _principal(), job_id)
+    """Every row that was not registered, with its line number and the reason, in the
+    request's language; UTF-8 with a BOM so that spreadsheets read it."""
+    rows = _svc().ra_imports.rows_not_registered(g.db, _principal(), job_id)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([_("Line"), _("Status"), _("Full name"), _("Resident ID number"), _("Field"), _("Reason")])
-    for row in sorted(report_rows(job), key=lambda r: (r["status"] == RowStatus.REGISTERED, r["line"])):
-        field = row.get("field") or ""
+    for row in rows:
+        field = row.field or ""
         writer.writerow(
             [
-                row["line"],
-                str(ROW_STATUS.get(row["status"], row["status"])),
-                _csv_safe(row.get("name") or ""),
-                row.get("id_number") or "",
+                row.line,
+                str(ROW_STATUS.get(row.status, row.status)),
+                _csv_safe(row.name),
+                row.id_number,
                 str(FIELDS.get(field.split(".")[0], field)),
-                ra_message(row["reason"]) if row.get("reason") else "",
+                ra_message(row.reason),
             ]
         )
     response = Response("\ufeff" + out.getvalue(), mimetype="text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="import-{job.id}-report.csv"'
+    response.headers["Content-Disposition"] = f'attachment; filename="import-{job_id}-report.csv"'
     return response
 
 

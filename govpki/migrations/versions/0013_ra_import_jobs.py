@@ -1,4 +1,4 @@
-"""RA bulk enrollment jobs (CSV of officials, processed in the background)
+"""RA bulk enrollment jobs (CSV of officials, processed in the background) and their rows not registered
 
 Revision ID: 0013
 Revises: 0012
@@ -33,7 +33,6 @@ def upgrade() -> None:
         sa.Column("invalid", sa.Integer(), nullable=False),
         sa.Column("data_key_id", sa.Integer(), nullable=False),
         sa.Column("payload_sealed", sa.LargeBinary(), nullable=True),
-        sa.Column("report", sa.Text(), nullable=False),
         sa.Column("failure", sa.Text(), nullable=True),
         sa.Column("created_by", sa.String(length=200), nullable=False),
         sa.Column("created_at", govpki.db.UTCDateTime(timezone=True), nullable=False),
@@ -51,8 +50,27 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ra_import_jobs")),
     )
     op.create_index(op.f("ix_ra_import_jobs_prefecture_code"), "ra_import_jobs", ["prefecture_code"], unique=False)
+    op.create_table(
+        "ra_import_rows",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("line", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=10), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("id_number", sa.String(length=18), nullable=False),
+        sa.Column("field", sa.String(length=64), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.CheckConstraint("status IN ('duplicate', 'invalid')", name=op.f("ck_ra_import_rows_status")),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["ra_import_jobs.id"], name=op.f("fk_ra_import_rows_job_id_ra_import_jobs")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ra_import_rows")),
+    )
+    op.create_index(op.f("ix_ra_import_rows_job_id"), "ra_import_rows", ["job_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_ra_import_rows_job_id"), table_name="ra_import_rows")
+    op.drop_table("ra_import_rows")
     op.drop_index(op.f("ix_ra_import_jobs_prefecture_code"), table_name="ra_import_jobs")
     op.drop_table("ra_import_jobs")
