@@ -7,6 +7,7 @@ of issue 5, each refused with a clear message in Chinese (and English) and nothi
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import itertools
 import re
@@ -23,6 +24,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
+from ca.models import CertificateRecord
 from govpki.audit import AuditEntry
 from govpki.principal import SYSTEM, Role
 from ra.import_models import ImportJob
@@ -551,3 +553,17 @@ def test_a_csv_with_a_missing_column_or_a_broken_encoding_imports_nothing(portal
     finally:
         chinese(portal.clerk)
     assert (count(portal, Official), count(portal, ImportJob)) == before
+
+
+def test_the_dashboard_lists_certificates_expiring_within_30_days(portal: Portal) -> None:
+    official_id = registered(portal, name="孙七")
+    request_id = int(submit_csr(portal, official_id, csr_pem()).headers["Location"].rsplit("/", 1)[1])
+    assert approve(portal.officer, request_id).status_code == 302
+    with portal.services.sessions() as db:
+        serial = db.get_one(RaRequest, request_id).certificate_serial
+        record = db.scalars(select(CertificateRecord).where(CertificateRecord.serial == serial)).one()
+        assert serial is not None and f'href="/ra/certificates/{serial}"' not in text(portal.clerk.get("/ra"))
+        record.not_after = portal.services.clock.now() + dt.timedelta(days=10)  # as if issued long ago
+        db.commit()
+    assert f'href="/ra/certificates/{serial}"' in text(portal.clerk.get("/ra"))
+    assert f'href="/ra/certificates/{serial}"' not in text(portal.other_clerk.get("/ra"))
