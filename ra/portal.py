@@ -129,6 +129,19 @@ class RaPortalService:
             )
         )
 
+    def requests_of(
+        self, session: Session, principal: Principal, *, official_id: int | None = None, service_id: int | None = None
+    ) -> list[RaRequest]:
+        """Every request for one subscriber, newest first."""
+        if official_id is not None:
+            self._subscribers.get_official(session, principal, official_id)
+            subscriber = RaRequest.official_id == official_id
+        else:
+            assert service_id is not None
+            self._subscribers.get_service(session, principal, service_id)
+            subscriber = RaRequest.service_id == service_id
+        return list(session.scalars(select(RaRequest).where(subscriber).order_by(RaRequest.id.desc())))
+
     # ----- the dashboard ---------------------------------------------------
 
     def expiring(

@@ -409,7 +409,7 @@ def _official_page(official_id: int, *, revealed: str | None = None) -> str:
         official=official,
         revealed=revealed,
         certificates=svc.ra_portal.certificates_of(g.db, principal, official_id=official.id),
-        requests=[r for r in svc.requests.list_requests(g.db, principal, limit=200) if r.official_id == official.id],
+        requests=svc.ra_portal.requests_of(g.db, principal, official_id=official.id),
         action=ActionForm(),
         **_names(),
     )
@@ -542,6 +542,7 @@ def service(service_id: int) -> ResponseReturnValue:
         service=found,
         form=form,
         certificates=svc.ra_portal.certificates_of(g.db, principal, service_id=found.id),
+        requests=svc.ra_portal.requests_of(g.db, principal, service_id=found.id),
         **_names(),
     ), status
 

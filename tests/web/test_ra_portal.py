@@ -567,3 +567,35 @@ def test_the_dashboard_lists_certificates_expiring_within_30_days(portal: Portal
         db.commit()
     assert f'href="/ra/certificates/{serial}"' in text(portal.clerk.get("/ra"))
     assert f'href="/ra/certificates/{serial}"' not in text(portal.other_clerk.get("/ra"))
+
+
+def test_a_service_is_registered_and_gets_a_tls_server_certificate(portal: Portal) -> None:
+    official_id = registered(portal, name="周八")
+    form = post(
+        portal.clerk,
+        "/ra/services/new",
+        {
+            "name": "<u>非税收入系统</u>",
+            "department": "财政局",
+            "host_names": "fs.czj.example.gov.cn\nwww.fs.czj.example.gov.cn",
+            "ip_addresses": "10.65.1.20",
+            "responsible_official_id": str(official_id),
+        },
+    )
+    assert form.status_code == 302, text(form)
+    url = form.headers["Location"]
+    assert "&lt;u&gt;非税收入系统&lt;/u&gt;" in text(portal.clerk.get("/ra/services"))
+    bad = post(portal.clerk, url, {"profile": "service-tls-server", "csr_text": "-----BEGIN JUNK-----"})
+    assert bad.status_code == 422 and "这不是证书请求" in errors_of(bad, "csr_text")
+    made = post(portal.clerk, url, {"profile": "service-tls-server", "csr_text": csr_pem().decode()})
+    assert made.status_code == 302, text(made)
+    request_id = int(made.headers["Location"].rsplit("/", 1)[1])
+    assert approve(portal.officer, request_id).status_code == 302
+    page = text(portal.clerk.get(url))
+    assert "service-tls-server" in page and f"#{request_id}" in page and "有效" in page
+    assert portal.other_clerk.get(url).status_code == 404
+    with portal.services.sessions() as db:
+        serial = db.get_one(RaRequest, request_id).certificate_serial
+    cert = x509.load_der_x509_certificate(portal.clerk.get(f"/ra/certificates/{serial}.der").data)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["fs.czj.example.gov.cn", "www.fs.czj.example.gov.cn"]
