@@ -15,3 +15,7 @@ class RaEvent(enum.StrEnum):
     REQUEST_REJECT = "ra:request:reject"
     REQUEST_COMPLETE = "ra:request:complete"
     REQUEST_FAIL = "ra:request:fail"
+    IMPORT_CREATE = "ra:import:create"
+    IMPORT_COMPLETE = "ra:import:complete"
+    PKCS12_SHOW = "ra:pkcs12:show"
+    PKCS12_DOWNLOAD = "ra:pkcs12:download"

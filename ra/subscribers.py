@@ -26,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +57,7 @@ MAX_NAME = 64
 MAX_HOSTS = 50
 _AAD_PURPOSE = "govpki-ra-id-number-v1"
 _HMAC_AAD = b"govpki-ra-id-number-hmac-key-v1"
+_ID_SHAPE = re.compile(r"\d{17}[\dXx]")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,18 @@ class SubscriberService:
             )
         return key
 
+    def active_data_key(self, session: Session) -> SubscriberDataKey:
+        """The data key new registrations (and sealed RA working data) use."""
+        return self._active_key(session)
+
+    def seal(self, key: SubscriberDataKey, data: bytes, aad: bytes) -> bytes:
+        """RA working data that holds personal data (an import's rows, a PKCS#12 waiting for
+        hand-over) sealed under the data key (AES-GCM in the key store), bound to ``aad``."""
+        return self._store(key.key_store).encrypt(key.key_handle, data, aad)
+
+    def unseal(self, key: SubscriberDataKey, sealed: bytes, aad: bytes) -> bytes:
+        return self._store(key.key_store).decrypt(key.key_handle, sealed, aad)
+
     def _hmac_key(self, key: SubscriberDataKey) -> bytes:
         cache_key = (key.id, f"{key.key_store}/{key.key_handle}")
         with self._lock:
@@ -310,14 +324,37 @@ class SubscriberService:
         return official
 
     def list_officials(
-        self, session: Session, principal: Principal, *, limit: int = 50, offset: int = 0
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        search: str | None = None,
     ) -> list[Official]:
+        """Newest first. ``search``: an 18-character ID number is looked up exactly by its
+        keyed hash; any other text is a part of the name or the department (a bound
+        parameter with LIKE's wildcards escaped: it is only ever text to look for)."""
         scope = check_reader(principal)
         if not 1 <= limit <= 1000:
             raise InvalidError("must be between 1 and 1000", field="limit")
         query = select(Official).order_by(Official.id.desc()).limit(limit).offset(max(offset, 0))
         if scope is not None:
             query = query.where(Official.prefecture_code == scope)
+        text = (search or "").strip()
+        if len(text) > MAX_NAME:
+            raise InvalidError(f"is {len(text)} characters; at most {MAX_NAME} are allowed", field="q")
+        if text:
+            if _ID_SHAPE.fullmatch(text):
+                number = parse_id_number(text, self._clock.now().date(), field="q")
+                query = query.where(Official.id_number_hash.in_(self._lookup_hashes(session, number.value)))
+            else:
+                query = query.where(
+                    or_(
+                        Official.name.contains(text, autoescape=True),
+                        Official.department.contains(text, autoescape=True),
+                    )
+                )
         return list(session.scalars(query))
 
     def find_by_id_number(self, session: Session, principal: Principal, id_number: str) -> Official:

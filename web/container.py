@@ -56,6 +56,8 @@ from keymgmt.policy import KeyPolicy, KeyPurpose, load_key_policy
 from keymgmt.services import KeyService
 from ra.encryption import EncryptionCertificateService
 from ra.expiry import ExpiryService, ExpirySettings
+from ra.imports import ImportService
+from ra.portal import RaPortalService
 from ra.requests import RequestLedger, RequestService
 from ra.services import RegionFile, RegionService, load_region
 from ra.subscribers import SubscriberService
@@ -97,6 +99,8 @@ class Services:
     requests: RequestService
     oidc: OidcProvider  # the OpenID Connect provider (authz/oidc.py, web/oidc.py)
     certlogin: CertificateLoginService  # certificate sign-in through the trusted TLS front; application mTLS
+    ra_portal: RaPortalService  # the RA clerk portal: certificate pages, dashboard, key hand-over
+    ra_imports: ImportService  # bulk enrollment of officials (CSV)
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -261,6 +265,14 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     validation = ValidationService(
         clock=clock, crl_status=CrlStatus(clock), extra_anchors=extra_anchors, records=DatabaseRecords(revocation)
     )
+    requests = RequestService(
+        subscribers=subscribers,
+        ca=ca,
+        revocation=revocation,
+        encryption=encryption,
+        ledger=RequestLedger(engine, clock, gate),
+        clock=clock,
+    )
     return Services(
         config=config,
         clock=clock,
@@ -300,16 +312,13 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         policy=PolicyService(clock),
         decisions=DecisionService(clock, refresh=timedelta(milliseconds=config.authz_policy_refresh_ms)),
         subscribers=subscribers,
-        requests=RequestService(
-            subscribers=subscribers,
-            ca=ca,
-            revocation=revocation,
-            encryption=encryption,
-            ledger=RequestLedger(engine, clock, gate),
-            clock=clock,
+        requests=requests,
+        ra_portal=RaPortalService(
+            subscribers=subscribers, requests=requests, clock=clock, pickup_dir=config.instance_dir / "ra-pickup"
         ),
         oidc=OidcProvider(oidc_settings(config), TokenSigner(keystores, keys, clock), keys, clock),
         certlogin=certificate_login(config, clock, validation, profiles),
+        ra_imports=ImportService(subscribers, clock),
     )
 
 

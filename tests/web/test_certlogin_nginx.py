@@ -336,7 +336,12 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
         entry = session.scalar(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
         assert entry is not None and entry.actor == "application:oa-system/user-7"
     # the decision API takes the same certificate (no policy for it yet: deny by default)
-    ask = {"subject": "user-7", "application": "oa-system", "action": "read", "resource": {"type": "document", "id": "D-1"}}
+    ask = {
+        "subject": "user-7",
+        "application": "oa-system",
+        "action": "read",
+        "resource": {"type": "document", "id": "D-1"},
+    }
     decide = ("-H", "Content-Type: application/json", "--data", json.dumps(ask))
     status, body, _ = front.curl("/api/v1/authz/decide", *decide, cert=cert, key=key)
     assert status == 200 and json.loads(body)["decision"] == "deny", body

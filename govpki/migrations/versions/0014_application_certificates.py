@@ -1,7 +1,7 @@
 """applications: a bound client certificate (mutual TLS through the trusted front)
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-11-27 10:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import govpki.db
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
