@@ -35,6 +35,7 @@ import datetime as _dt
 import enum
 import hashlib
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -261,9 +262,12 @@ class _StoredReader:
         self._sqlite = dialect.name == "sqlite"
         fresh = _LOOKUP_FRESH.compile(dialect=dialect)
         self._fresh_sql = fresh.string
-        # the statement's parameters in order (positional DB-API styles) or by name
-        fresh_order = list(fresh.positiontup or []) if fresh.positional else None
-        self._fresh_order = fresh_order
+        # positional DB-API styles (SQLite's qmark): the values (ca_id, serial, alg, now) in the
+        # statement's order, picked in C; named styles (psycopg) take a dict
+        names = ("ca_id", "serial", "alg", "now")
+        self._fresh_pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = (
+            operator.itemgetter(*(names.index(name) for name in fresh.positiontup or ())) if fresh.positional else None
+        )
         self._now_bind = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
         self._now_key: _dt.datetime | None = None
         self._now_value: Any = None
@@ -295,12 +299,12 @@ class _StoredReader:
             self._now_key, self._now_value = now, value
         else:
             value = self._now_value
-        order = self._fresh_order
-        if order is None:
-            params: Any = {"ca_id": ca_id, "serial": serial, "alg": alg, "now": value}
-        else:
-            named = {"ca_id": ca_id, "serial": serial, "alg": alg, "now": value}
-            params = tuple(named[name] for name in order)
+        pick = self._fresh_pick
+        params: Any = (
+            {"ca_id": ca_id, "serial": serial, "alg": alg, "now": value}
+            if pick is None
+            else pick((ca_id, serial, alg, value))
+        )
         try:
             cursor = self._local.cursor
             if cursor is None:

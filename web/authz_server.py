@@ -293,6 +293,7 @@ class _Call:
 class _Connection(httpserver.Connection):
     """One client connection: the two endpoints, answered in order."""
 
+    __slots__ = ("_authorization", "_content_type", "_expect_continue")
     _worker: _Worker
     max_body = decide_core.MAX_BATCH_BODY
 

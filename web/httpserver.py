@@ -126,6 +126,27 @@ class Connection(asyncio.Protocol):
     :meth:`send` or hands slow work to :meth:`offload`. ``max_body`` is the largest
     Content-Length taken in; :meth:`too_large` the answer to a larger one."""
 
+    # one of these per TCP connection: no per-instance dict
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_closed",
+        "_content_length",
+        "_failed",
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_in_head",
+        "_loop",
+        "_parser",
+        "_queue",
+        "_reading_paused",
+        "_transport",
+        "_url",
+        "_worker",
+        "_write_paused",
+        "idle_since",
+    )
     max_body = MAX_BODY_BYTES
 
     def __init__(self, worker: Worker, loop: asyncio.AbstractEventLoop) -> None:

@@ -110,6 +110,7 @@ class _Connection(httpserver.Connection):
     answered straight from ``on_message_complete`` when nothing is queued before it:
     the same answer and headers as the general path, with less work per connection."""
 
+    __slots__ = ()
     _worker: _Worker  # __init__(worker, loop) is the base's
 
     def too_large(self) -> HttpReply:
