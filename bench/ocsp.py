@@ -12,7 +12,9 @@ For each size N (default 1,000 and 1,000,000 certificates in the database):
 * ``govpki-gunicorn``: ``govpki serve --no-init`` (gunicorn; production defaults: 2
   workers × 2 threads, ``GOVPKI_WORKERS`` / ``GOVPKI_THREADS`` override; the dedicated
   responder off); ``govpki-dedicated``: ``govpki ocsp serve`` (the asyncio responder,
-  ``GOVPKI_OCSP_WORKERS`` processes, default 2); ``openssl``: ``openssl ocsp -index
+  ``GOVPKI_OCSP_WORKERS`` processes, default 2); ``govpki-dedicated-1w``: the same with
+  one worker process (``--workers 1``: on this 2-core machine the load generator takes
+  most of a core, and a second worker mostly competes with it); ``openssl``: ``openssl ocsp -index
   index.txt -multi 2 -nmin 60`` serving the same serials (an ``index.txt`` written from
   the same rows, a throw-away delegated OCSP signing certificate with a P-256 key like
   ours);
@@ -460,6 +462,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
         def command(name: str, port: int) -> list[str]:
             if name == "openssl":
                 return [*servers[name], "-port", str(port)]
+            if name == "govpki-dedicated-1w":
+                return [*servers[name], "--listen", f"127.0.0.1:{port}", "--workers", "1"]
             if name.startswith("govpki-dedicated"):
                 return [*servers[name], "--listen", f"127.0.0.1:{port}"]
             if name == "null":
@@ -471,6 +475,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict[str, Any]:
             "govpki-gunicorn": [sys.executable, "-m", "web.cli", "serve", "--no-init"],
             "govpki-dedicated": dedicated,
             "govpki-dedicated-keepalive": dedicated,
+            "govpki-dedicated-1w": dedicated,
             "null": [sys.executable, str(BENCH_DIR / "_null_http.py")],
             "openssl": [
                 "openssl",
@@ -564,8 +569,10 @@ def main() -> int:
     parser.add_argument("--nonce", action="store_true", help="requests carry a nonce (signed per request)")
     parser.add_argument(
         "--servers",
-        default="govpki-gunicorn,govpki-dedicated,openssl",
-        help="also: govpki-dedicated-keepalive (kept-alive connections; not comparable with openssl), "
+        default="govpki-gunicorn,govpki-dedicated,govpki-dedicated-1w,openssl",
+        help="govpki-dedicated-1w: the dedicated responder with one worker process (on a 2-core machine the load "
+        "generator takes most of a core, and a second worker mostly competes with it); also: "
+        "govpki-dedicated-keepalive (kept-alive connections; not comparable with openssl), "
         "null (a server that parses nothing: the ceiling of the load generator on this machine)",
     )
     args = parser.parse_args()
@@ -584,7 +591,7 @@ def main() -> int:
                 )
     print()
     for row in rows:
-        for name in ("govpki-gunicorn", "govpki-dedicated"):
+        for name in ("govpki-gunicorn", "govpki-dedicated", "govpki-dedicated-1w"):
             if name in row and "openssl" in row:
                 print(f"N={row['size']:,}: {name}/openssl throughput {row[name]['rps'] / row['openssl']['rps']:.2f}")
     if len(rows) >= 2:
