@@ -365,6 +365,9 @@ class Connection(asyncio.Protocol):
 # ----- processes ----------------------------------------------------------------
 
 
+DEFER_ACCEPT = True  # TCP_DEFER_ACCEPT on the listening sockets (False: for measuring)
+
+
 def listen_socket(host: str, port: int, *, share: bool = True) -> socket.socket:
     host = host.strip("[]")
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -404,6 +407,10 @@ def run_worker(config: Config, host: str, port: int, master: int, setup: Setup) 
     worker, protocol = setup(services, loop)
     gc.freeze()  # what start-up made is not scanned by every collection
     sock = listen_socket(host, port)
+    if DEFER_ACCEPT and hasattr(socket, "TCP_DEFER_ACCEPT"):
+        # a connection is handed over once its request has arrived (nginx's "deferred"):
+        # the accept and the first read come in one wake-up; HTTP clients speak first
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
     sock.listen(BACKLOG)
     sock.setblocking(False)
     server = loop.run_until_complete(loop.create_server(protocol, sock=sock))
