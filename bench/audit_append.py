@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import _stats  # noqa: E402
-from bench.issue import _tail, log, stop_process, wait_http  # noqa: E402
+from bench.issue import log, start_server, stop_process  # noqa: E402
 
 PATH = "/api/v1/audit/events"
 GOAL_EVENTS_PER_S = 5000.0
@@ -189,25 +189,11 @@ def run(args: argparse.Namespace, work: Path, results: dict[str, Any]) -> None:
     values = dict(line.split("=", 1) for line in govpki("app", "register", "bench-app").splitlines() if "=" in line)
     auth = "Basic " + base64.b64encode(f"{values['client_id']}:{values['client_secret']}".encode()).decode()
 
-    server_log = work / "govpki-serve.log"
-    proc: subprocess.Popen[bytes] | None = None
     acknowledged = 0
+    proc, _ = start_server(
+        [*cmd, "serve", "--no-init"], "govpki serve", env=env, work=work, port=port, ready_path="/api/v1/openapi.json"
+    )
     try:
-        with server_log.open("wb") as logf:
-            proc = subprocess.Popen(
-                [*cmd, "serve", "--no-init"],
-                env=env,
-                cwd=work,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        log(f"govpki serve (pid {proc.pid}) on http://127.0.0.1:{port}/")
-        try:
-            wait_http(port, "/api/v1/openapi.json", 90, proc, want_200=True)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
         results["server"] = {
             "workers": env.get("GOVPKI_WORKERS", "default (2)"),
             "threads": env.get("GOVPKI_THREADS", "default (2)"),

@@ -52,7 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import _stats  # noqa: E402
-from bench.issue import _tail, log, stop_process, wait_http  # noqa: E402
+from bench.issue import log, start_server, stop_process  # noqa: E402
 
 # this file's folder (bench/issue puts it on the path) must not shadow the ``authz`` package
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() not in (BENCH_DIR, REPO)]
@@ -343,24 +343,15 @@ def over_http(
 
     b = args.batch
     if not args.skip_gunicorn:
-        server_log = work / "govpki-serve.log"
-        proc: subprocess.Popen[bytes] | None = None
+        proc, _ = start_server(
+            [*cmd, "serve", "--no-init"],
+            "govpki serve",
+            env=env,
+            work=work,
+            port=port,
+            ready_path="/api/v1/openapi.json",
+        )
         try:
-            with server_log.open("wb") as logf:
-                proc = subprocess.Popen(
-                    [*cmd, "serve", "--no-init"],
-                    env=env,
-                    cwd=work,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            log(f"govpki serve (pid {proc.pid}) on http://127.0.0.1:{port}/")
-            try:
-                wait_http(port, "/api/v1/openapi.json", 90, proc, want_200=True)
-            except RuntimeError as exc:
-                raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
             results["server"] = {
                 "workers": env.get("GOVPKI_WORKERS", "default (2)"),
                 "threads": env.get("GOVPKI_THREADS", "default (2)"),
@@ -378,24 +369,18 @@ def over_http(
             stop_process(proc, "govpki serve")
     if not args.skip_pdp:
         pdp_port = _stats.free_port()
-        pdp_log = work / "govpki-authz-serve.log"
-        pdp: subprocess.Popen[bytes] | None = None
+        # a GET is a 405 problem: the workers are up (and have compiled the policy)
+        pdp, _ = start_server(
+            [*cmd, "authz", "serve", "--listen", f"127.0.0.1:{pdp_port}", "--workers", str(args.pdp_workers)],
+            "govpki authz serve",
+            env=env,
+            work=work,
+            port=pdp_port,
+            ready_path="/api/v1/authz/decide",
+            log_name="govpki-authz-serve.log",
+            want_200=False,
+        )
         try:
-            with pdp_log.open("wb") as logf:
-                pdp = subprocess.Popen(
-                    [*cmd, "authz", "serve", "--listen", f"127.0.0.1:{pdp_port}", "--workers", str(args.pdp_workers)],
-                    env=env,
-                    cwd=work,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            log(f"govpki authz serve (pid {pdp.pid}) on http://127.0.0.1:{pdp_port}/")
-            try:  # a GET is a 405 problem: the workers are up (and have compiled the policy)
-                wait_http(pdp_port, "/api/v1/authz/decide", 90, pdp, want_200=False)
-            except RuntimeError as exc:
-                raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(pdp_log)}") from None
             results["pdp_server"] = {"workers": args.pdp_workers, "processes": len(_stats.process_tree(pdp.pid))}
             pb = args.pdp_batch
             run_cases(

@@ -292,6 +292,43 @@ def wait_http(port: int, path: str, timeout: float, proc: subprocess.Popen[bytes
     raise RuntimeError(f"GET http://127.0.0.1:{port}{path} did not answer within {timeout:.0f} s ({last})")
 
 
+def start_server(
+    argv: list[str],
+    name: str,
+    *,
+    env: dict[str, str],
+    work: Path,
+    port: int,
+    ready_path: str,
+    log_name: str = "govpki-serve.log",
+    want_200: bool = True,
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start ``argv`` (the server called ``name`` in logs) in a session of its own, its output in
+    ``work/log_name``, and wait until ``GET ready_path`` answers (200 if ``want_200``).
+    Returns the process and that answer. If it does not come up, the process is stopped
+    and the error carries the end of its log."""
+    server_log = work / log_name
+    with server_log.open("wb") as logf:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=work,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    log(f"{name} (pid {proc.pid}) on http://127.0.0.1:{port}/")
+    try:
+        return proc, wait_http(port, ready_path, 90, proc, want_200=want_200)
+    except RuntimeError as exc:
+        stop_process(proc, name)
+        raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
+    except BaseException:
+        stop_process(proc, name)
+        raise
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, name: str, grace: float = 20) -> None:
     """SIGTERM the process we started (its own session), wait, then SIGKILL its group."""
     if proc is None or proc.poll() is not None:
@@ -355,24 +392,10 @@ def run_service(args: argparse.Namespace, work: Path, pool: list[Csr], stop: thr
     token = done.stdout.strip().splitlines()[-1].strip()
     ledger_before = ledger_counts(database_url)
 
-    server_log = work / "govpki-serve.log"
-    proc: subprocess.Popen[bytes] | None = None
+    proc, chain = start_server(
+        [*cmd, "serve", "--no-init"], "service: govpki serve", env=env, work=work, port=port, ready_path="/ca/chain.pem"
+    )
     try:
-        with server_log.open("wb") as logf:
-            proc = subprocess.Popen(
-                [*cmd, "serve", "--no-init"],
-                env=env,
-                cwd=work,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        log(f"service: govpki serve (pid {proc.pid}) on http://127.0.0.1:{port}/")
-        try:
-            chain = wait_http(port, "/ca/chain.pem", 90, proc, want_200=True)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{_tail(server_log)}") from None
         issuing_pem = chain.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
 
         def check(data: bytes) -> tuple[str | None, str | None]:
