@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from authz.applications import AUDIT_WRITE
 from authz.decisions import AUTHZ_DECIDE, AUTHZ_DECIDE_ANY
 from govpki.principal import SYSTEM
 from tests.helpers import make_config
+from tests.web.servers import served
 from tests.web.test_decide_api import ITEM, POLICY
 from web.app import create_app
 from web.authz_server import CredentialCache
@@ -58,50 +58,13 @@ def flask_client(svc: Services) -> FlaskClient:
 @pytest.fixture
 def server(svc: Services, tmp_path: Path) -> Iterator[int]:
     """`govpki authz serve --listen 127.0.0.1:0` on the test's instance; yields its port."""
-    config = svc.config
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")}
-    env.update(
-        {
-            "GOVPKI_INSTANCE_DIR": str(config.instance_dir),
-            "GOVPKI_DATABASE_URL": config.database_url,
-            "GOVPKI_TESTING": "1",
-            "GOVPKI_AUTHZ_WORKERS": "2",
-            "GOVPKI_AUTHZ_POLICY_REFRESH_MS": str(REFRESH_MS),
-        }
-    )
-    log = (tmp_path / "authz-server.log").open("w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "authz", "serve", "--listen", "127.0.0.1:0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/api/v1/authz/decide", line)
-        assert match, line + (tmp_path / "authz-server.log").read_text()
-        port = int(match.group(1))
-        deadline = time.monotonic() + 30
-        while True:  # the workers are up when one answers
-            try:
-                assert post(port, DECIDE_PATH, b"{}")[0] == 401
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "authz-server.log").read_text()
-                time.sleep(0.05)
+    env = {"GOVPKI_AUTHZ_WORKERS": "2", "GOVPKI_AUTHZ_POLICY_REFRESH_MS": str(REFRESH_MS)}
+
+    def answers(port: int) -> bool:
+        return post(port, DECIDE_PATH, b"{}")[0] == 401
+
+    with served(svc.config, tmp_path, ["authz", "serve"], env, DECIDE_PATH, answers) as port:
         yield port
-        assert proc.poll() is None, "the server died"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def register(services: Services, name: str = "e-docs", scopes: tuple[str, ...] = (AUTHZ_DECIDE,)) -> dict[str, str]:

@@ -7,12 +7,9 @@ import base64
 import http.client
 import os
 import random
-import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 from cryptography.x509 import ocsp
 
 from govpki.principal import SYSTEM
+from tests.web.servers import served
 from tests.web.test_ocsp_http import _request, openssl_ocsp, pki, serial_of  # noqa: F401  (pki: a fixture)
 from web.container import Services
 
@@ -29,49 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def responder(services: Services, tmp_path: Path) -> Iterator[int]:
     """`govpki ocsp serve --listen 127.0.0.1:0` on the test's instance; yields its port."""
-    config = services.config
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOVPKI_")}
-    env.update(
-        {
-            "GOVPKI_INSTANCE_DIR": str(config.instance_dir),
-            "GOVPKI_DATABASE_URL": config.database_url,
-            "GOVPKI_TESTING": "1",
-            "GOVPKI_OCSP_WORKERS": "2",
-        }
-    )
-    log = (tmp_path / "ocsp-server.log").open("w+b")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "ocsp", "serve", "--listen", "127.0.0.1:0"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/ocsp", line)
-        assert match, line + (tmp_path / "ocsp-server.log").read_text()
-        port = int(match.group(1))
-        deadline = time.monotonic() + 30
-        while True:  # the workers are up when one answers
-            try:
-                assert post(port, b"x")[0] == 200
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ocsp-server.log").read_text()
-                time.sleep(0.05)
+    env = {"GOVPKI_OCSP_WORKERS": "2"}
+    with served(
+        services.config, tmp_path, ["ocsp", "serve"], env, "/ocsp", lambda port: post(port, b"x")[0] == 200
+    ) as port:
         yield port
-        assert proc.poll() is None, "the responder died"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def post(port: int, body: bytes, path: str = "/ocsp") -> tuple[int, dict[str, str], bytes]:
