@@ -176,15 +176,7 @@ class _Connection(httpserver.Connection):
 
     def _send_ocsp(self, der: bytes, keep_alive: bool) -> None:
         """The hot path's answer: what ``send(reply(...))`` sends for a stored answer to a POST."""
-        transport = self._transport
-        if transport is None or self._closed:
-            return
-        transport.write(self._worker.ocsp_head(len(der), not keep_alive) + der)
-        if not keep_alive:
-            self._closed = True
-            transport.close()
-        else:
-            self.idle_since = self._worker.tick
+        self.write(self._worker.ocsp_head(len(der), not keep_alive) + der, close=not keep_alive)
 
 
 # ----- processes ----------------------------------------------------------------
