@@ -15,6 +15,11 @@ What they share, once:
   connection waits (reading paused), the others go on. Subclasses say what a request
   is (:meth:`Connection.on_message_complete`) and how it is answered
   (:meth:`Connection.handle`).
+* :class:`Acceptor`: accepts a worker's connections itself and feeds each one's first
+  read to a new :class:`Connection` before any transport exists. A one-shot request
+  (``Connection: close`` or HTTP/1.0, complete in the first read: what ``openssl ocsp``
+  and most OCSP clients send) answered inline is sent and the socket closed right there;
+  every other connection gets an event-loop transport with what was parsed and answered.
 * :class:`Worker`: what one process's connections share — the thread pool, the open
   connections (one timer a second sweeps them for ones idle :data:`IDLE_SECONDS`,
   rather than a timer per connection) and this second's ``Date`` header.
@@ -23,7 +28,8 @@ What they share, once:
   the kernel spreads new connections over them) and its own services built after the
   fork, and starts another when one dies (it gives up when they keep failing at start).
   :func:`run_worker` is a worker's life: uvloop's event loop when installed, the
-  services, the socket, the sweep timer, and a stop when the master is gone.
+  services, the socket and its :class:`Acceptor`, the sweep timer, and a stop when the
+  master is gone.
 """
 
 from __future__ import annotations

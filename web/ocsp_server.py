@@ -22,7 +22,11 @@ limits and answers as ``/ocsp`` on the app (both call :mod:`web.ocsp`):
   :class:`~web.container.Services`, built after the fork (no migrations: ``serve`` or
   ``init`` runs them). The event loop is uvloop's when it is installed.
 * A stored answer (one primary-key read, well under 100 µs) is looked up inline on the
-  event loop: a hop to a thread would cost more than the read (bench/README). An answer
+  event loop: a hop to a thread would cost more than the read (bench/README). On a new
+  connection whose request is complete in its first read and asks for a close
+  (``openssl ocsp``: HTTP/1.0), that answer is sent and the socket closed by the
+  :class:`~web.httpserver.Acceptor` (accept, read, write, close), without an event-loop
+  transport. An answer
   that must be signed (nonce, several requests, unknown serial, none stored yet) goes
   to a small thread pool, and the connection waits for it while the others go on.
 """
