@@ -323,9 +323,7 @@ class _Connection(httpserver.Connection):
         super().on_headers_complete()
         # a client that waits for "100 Continue" before its body (curl with a big batch)
         if self._expect_continue and self._content_length and not self._queue and not self._busy:
-            transport = self._transport
-            if transport is not None and not self._closed:
-                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def too_large(self) -> HttpReply:
         path = unquote(bytes(self._url).partition(b"?")[0].decode("latin-1"), encoding="latin-1")

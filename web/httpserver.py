@@ -15,6 +15,11 @@ What they share, once:
   connection waits (reading paused), the others go on. Subclasses say what a request
   is (:meth:`Connection.on_message_complete`) and how it is answered
   (:meth:`Connection.handle`).
+* :class:`Acceptor`: accepts a worker's connections itself and feeds each one's first
+  read to a new :class:`Connection` before any transport exists. A one-shot request
+  (``Connection: close`` or HTTP/1.0, complete in the first read: what ``openssl ocsp``
+  and most OCSP clients send) answered inline is sent and the socket closed right there;
+  every other connection gets an event-loop transport with what was parsed and answered.
 * :class:`Worker`: what one process's connections share — the thread pool, the open
   connections (one timer a second sweeps them for ones idle :data:`IDLE_SECONDS`,
   rather than a timer per connection) and this second's ``Date`` header.
@@ -23,7 +28,8 @@ What they share, once:
   the kernel spreads new connections over them) and its own services built after the
   fork, and starts another when one dies (it gives up when they keep failing at start).
   :func:`run_worker` is a worker's life: uvloop's event loop when installed, the
-  services, the socket, the sweep timer, and a stop when the master is gone.
+  services, the socket and its :class:`Acceptor`, the sweep timer, and a stop when the
+  master is gone.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import errno
 import gc
 import logging
 import os
@@ -132,6 +139,7 @@ class Connection(asyncio.Protocol):
         "_busy",
         "_closed",
         "_content_length",
+        "_early",
         "_failed",
         "_head_bytes",
         "_head_size",
@@ -153,6 +161,9 @@ class Connection(asyncio.Protocol):
         self._worker = worker
         self._loop = loop
         self._transport: asyncio.Transport | None = None
+        # before connection_made: what was answered while the Acceptor fed the first read
+        # (None once a transport is attached)
+        self._early: list[bytes] | None = []
         self._parser: Any = httptools.HttpRequestParser(self)
         self._queue: collections.deque[Any] = collections.deque()  # requests and final HttpReplies
         self._busy = False  # work for this connection is in the pool
@@ -161,7 +172,7 @@ class Connection(asyncio.Protocol):
         self._closed = False
         # the worker's tick since when no request is pending (None: one is); sweep() closes
         # the connection IDLE_SECONDS later
-        self.idle_since: int | None = None
+        self.idle_since: int | None = worker.tick
         # the request being parsed; _head_bytes: received while its head is incomplete (a
         # bound on what httptools buffers for a header still coming)
         self._in_head = True
@@ -177,9 +188,15 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transport is not a subclass; both loops set TCP_NODELAY themselves
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = tcp = cast(asyncio.Transport, transport)
         self._worker.connections.add(self)
-        self.idle_since = self._worker.tick
+        early, self._early = self._early, None
+        if early:  # answered while the Acceptor fed the first read
+            tcp.write(b"".join(early))
+        if self._closed:
+            tcp.close()
+        else:
+            self._drain()  # what the first read queued
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -283,6 +300,8 @@ class Connection(asyncio.Protocol):
         self._queue.append(failure)
 
     def _drain(self) -> None:
+        if self._transport is None:  # not attached yet: connection_made drains
+            return
         while self._queue and not self._busy and not self._closed:
             item = self._queue.popleft()
             if isinstance(item, HttpReply):
@@ -327,21 +346,48 @@ class Connection(asyncio.Protocol):
         self._drain()
 
     def send(self, result: HttpReply, *, keep_alive: bool) -> None:
-        transport = self._transport
-        if transport is None or self._closed:
+        if self._closed:
             return
         close = result.close or not keep_alive
         lines = [f"HTTP/1.1 {result.status}", f"Date: {self._worker.date()}"]
         lines += [f"{name}: {value}" for name, value in result.headers if name != "Connection"]
         if close:
             lines.append("Connection: close")
-        transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + result.body)
+        self.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + result.body, close=close)
+
+    def write(self, data: bytes, *, close: bool = False) -> None:
+        """Send ``data`` (a whole answer, or an interim ``100 Continue``); ``close``: the
+        connection ends after it. Before a transport is attached, the Acceptor sends it."""
+        if self._closed:
+            return
+        transport = self._transport
+        if transport is not None:
+            transport.write(data)
+        elif self._early is not None:
+            self._early.append(data)
+        else:  # the connection is gone
+            return
         if close:
             self._closed = True
             self._queue.clear()
-            transport.close()
+            if transport is not None:
+                transport.close()
         elif not self._queue and not self._busy:
             self.idle_since = self._worker.tick
+
+    def answered(self) -> bytes | None:
+        """For the Acceptor, after the first read: everything to send, when the connection
+        is answered and ends there (None: it needs a transport)."""
+        early = self._early
+        if not self._closed or not early or self._busy:
+            return None
+        self._early = []
+        return b"".join(early)
+
+    def unsent(self, rest: bytes) -> None:
+        """For the Acceptor: ``rest`` of :meth:`answered` did not fit the socket; the
+        transport sends it, then closes."""
+        self._early = [rest]
 
     def idle(self) -> None:
         self.idle_since = None
@@ -360,6 +406,105 @@ class Connection(asyncio.Protocol):
         elif not want_paused and self._reading_paused:
             transport.resume_reading()
             self._reading_paused = False
+
+
+# ----- accepting ----------------------------------------------------------------
+
+READ_BYTES = 64 * 1024  # the first read of a new connection
+ACCEPT_BATCH = 64  # connections accepted per wake-up before the loop runs the others
+_ACCEPT_PAUSE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Acceptor:
+    """Accepts a worker's connections and feeds each one's first read to its protocol
+    before any transport exists.
+
+    Most clients of these servers send one small request on a new connection and read
+    one answer (``openssl ocsp`` and most OCSP clients: HTTP/1.0 or ``Connection:
+    close``). With ``TCP_DEFER_ACCEPT`` that request is already there when the
+    connection is accepted, so such a connection is read, answered and closed here,
+    with four system calls and no event-loop transport (which would cost an epoll
+    registration, a wake-up and several protocol calls more). Anything else — a request
+    not yet complete, a kept-alive connection, work for the thread pool, an answer
+    that does not fit the socket buffer — goes on as usual: the same protocol object,
+    with what it has parsed, gets an event-loop transport (``connect_accepted_socket``)
+    and its :meth:`Connection.connection_made` sends what was answered and drains what
+    was queued."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], Connection]) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = factory
+        self._fd = sock.fileno()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        self._loop.add_reader(self._fd, self._ready)
+
+    def stop(self) -> None:
+        self._loop.remove_reader(self._fd)
+
+    def _ready(self) -> None:
+        # the socket module's own accept() converts family and type to enums each time
+        accept, family, kind = self._sock._accept, int(self._sock.family), int(self._sock.type)  # type: ignore[attr-defined]
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _address = accept()
+                conn = socket.socket(family, kind, 0, fd)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                # out of descriptors or memory: stop accepting for a second (as asyncio does)
+                log.warning("accepting a connection failed: %s; pausing for a second", exc)
+                if exc.errno in _ACCEPT_PAUSE:
+                    self.stop()
+                    self._loop.call_later(1.0, self.start)
+                return
+            try:
+                self._take(conn)
+            except Exception:  # as a transport would: log, drop the connection
+                log.exception("a new connection failed")
+                conn.close()
+
+    def _take(self, conn: socket.socket) -> None:
+        protocol = self._factory()
+        try:
+            data: bytes | None = conn.recv(READ_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = None  # nothing yet: the transport reads it
+        except OSError:  # reset before anything was read
+            conn.close()
+            return
+        if data == b"":  # closed without a word
+            conn.close()
+            return
+        if data:
+            protocol.data_received(data)
+            out = protocol.answered()
+            if out is not None:
+                try:
+                    sent = conn.send(out, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:  # the client is gone
+                    conn.close()
+                    return
+                if sent == len(out):
+                    conn.close()
+                    return
+                protocol.unsent(out[sent:])
+        conn.setblocking(False)
+        task = self._loop.create_task(self._attach(protocol, conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _attach(self, protocol: Connection, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: protocol, conn)
+        except OSError:
+            conn.close()
 
 
 # ----- processes ----------------------------------------------------------------
@@ -391,7 +536,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-Setup = Callable[["Services", asyncio.AbstractEventLoop], tuple[Worker, Callable[[], asyncio.Protocol]]]
+Setup = Callable[["Services", asyncio.AbstractEventLoop], tuple[Worker, Callable[[], Connection]]]
 """Builds a worker process's :class:`Worker` and its protocol factory from its services."""
 
 
@@ -413,7 +558,8 @@ def run_worker(config: Config, host: str, port: int, master: int, setup: Setup) 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
     sock.listen(BACKLOG)
     sock.setblocking(False)
-    server = loop.run_until_complete(loop.create_server(protocol, sock=sock))
+    acceptor = Acceptor(loop, sock, protocol)
+    acceptor.start()
 
     def watch() -> None:  # every second: idle connections; and the master is gone: stop too
         worker.sweep()
@@ -426,7 +572,8 @@ def run_worker(config: Config, host: str, port: int, master: int, setup: Setup) 
     try:
         loop.run_forever()
     finally:
-        server.close()
+        acceptor.stop()
+        sock.close()
         worker.close()
         services.dispose()
         loop.close()

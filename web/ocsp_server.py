@@ -22,7 +22,11 @@ limits and answers as ``/ocsp`` on the app (both call :mod:`web.ocsp`):
   :class:`~web.container.Services`, built after the fork (no migrations: ``serve`` or
   ``init`` runs them). The event loop is uvloop's when it is installed.
 * A stored answer (one primary-key read, well under 100 µs) is looked up inline on the
-  event loop: a hop to a thread would cost more than the read (bench/README). An answer
+  event loop: a hop to a thread would cost more than the read (bench/README). On a new
+  connection whose request is complete in its first read and asks for a close
+  (``openssl ocsp``: HTTP/1.0), that answer is sent and the socket closed by the
+  :class:`~web.httpserver.Acceptor` (accept, read, write, close), without an event-loop
+  transport. An answer
   that must be signed (nonce, several requests, unknown serial, none stored yet) goes
   to a small thread pool, and the connection waits for it while the others go on.
 """
@@ -176,15 +180,7 @@ class _Connection(httpserver.Connection):
 
     def _send_ocsp(self, der: bytes, keep_alive: bool) -> None:
         """The hot path's answer: what ``send(reply(...))`` sends for a stored answer to a POST."""
-        transport = self._transport
-        if transport is None or self._closed:
-            return
-        transport.write(self._worker.ocsp_head(len(der), not keep_alive) + der)
-        if not keep_alive:
-            self._closed = True
-            transport.close()
-        else:
-            self.idle_since = self._worker.tick
+        self.write(self._worker.ocsp_head(len(der), not keep_alive) + der, close=not keep_alive)
 
 
 # ----- processes ----------------------------------------------------------------
