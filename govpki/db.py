@@ -73,6 +73,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+        @event.listens_for(engine, "savepoint")
+        def _savepoint_in_a_transaction(conn: Any, _name: str) -> None:
+            # Python's sqlite3 opens a transaction only at the first write. A SAVEPOINT
+            # outside one starts a transaction of its own, and its RELEASE commits it:
+            # what a session.begin_nested() before any write wrote would be committed
+            # however the session ends. Open the session's transaction first.
+            dbapi_connection = conn.connection.dbapi_connection
+            if not dbapi_connection.in_transaction:
+                dbapi_connection.execute("BEGIN")
+
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
 
