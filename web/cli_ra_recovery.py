@@ -1,4 +1,4 @@
-"""``govpki ra sweep-requests``: crash recovery of the RA workflow (the scheduled jobs
+"""``govpki ra sweep-requests`` and ``govpki ra resume-imports``: crash recovery of the RA workflow (the scheduled jobs
 run the same every minute; this is for an operator who does not want to wait).
 
 Registered at the bottom of web.cli. The helpers are imported when a command runs, not at
@@ -11,6 +11,7 @@ import datetime as _dt
 import click
 
 from govpki.errors import GovpkiError
+from ra.imports import IMPORT_GRACE
 from ra.requests import RECOVERY_GRACE
 
 
@@ -44,3 +45,30 @@ def sweep_requests(grace_minutes: int) -> None:
     for item in settled:
         click.echo(f"request {item.request_id}: {item.state}: {item.detail}")
     click.echo(f"settled {len(settled)} interrupted request(s)", err=True)
+
+
+@ra_group.command("resume-imports")
+@click.option(
+    "--grace-minutes",
+    type=click.IntRange(min=0),
+    default=int(IMPORT_GRACE.total_seconds() // 60),
+    show_default=True,
+    help="Resume only imports without progress (heartbeat) for at least this long.",
+)
+def resume_imports(grace_minutes: int) -> None:
+    """Resume bulk-enrollment imports left running or queued by a crash, and finish them here."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    try:
+        jobs = services.ra_imports.resume_stale(
+            services.sessions, cli_principal(), grace=_dt.timedelta(minutes=grace_minutes)
+        )
+    except GovpkiError as exc:
+        report_error(exc)
+    for job in jobs:
+        click.echo(
+            f"import {job.id} ({job.filename}): {job.state}, {job.registered} registered, "
+            f"{job.duplicates} already registered, {job.invalid} invalid of {job.total_rows} rows"
+        )
+    click.echo(f"resumed {len(jobs)} interrupted import(s)", err=True)

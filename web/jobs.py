@@ -121,6 +121,17 @@ def _ra_requests(services: Services, session: Session, principal: Principal) -> 
     ]
 
 
+def _ra_imports(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Resume the RA import jobs a crash left running or queued (no heartbeat for
+    ra.imports.IMPORT_GRACE) and finish them here; each chunk commits on its own."""
+    return [
+        f"resumed RA import {job.id} ({job.filename}) left behind by an interruption: {job.state}, "
+        f"{job.registered} registered, {job.duplicates} already registered, {job.invalid} invalid "
+        f"of {job.total_rows} rows"
+        for job in services.ra_imports.resume_stale(services.sessions, principal)
+    ]
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
     return [
@@ -131,6 +142,7 @@ def default_jobs() -> list[Job]:
         Job("ca-retire", _ca_retire),
         Job("expiry-notices", _expiry_notices),
         Job("ra-requests", _ra_requests),
+        Job("ra-imports", _ra_imports),
         Job("audit-archive", _audit_archive),
         Job("audit-checkpoint", _audit_checkpoint),
     ]

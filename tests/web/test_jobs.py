@@ -66,6 +66,7 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
         ("ca-retire", ()),
         ("expiry-notices", ()),
         ("ra-requests", ()),
+        ("ra-imports", ()),
         ("audit-archive", ()),
         ("audit-checkpoint", ()),
     ]
