@@ -17,5 +17,6 @@ class RaEvent(enum.StrEnum):
     REQUEST_FAIL = "ra:request:fail"
     IMPORT_CREATE = "ra:import:create"
     IMPORT_COMPLETE = "ra:import:complete"
+    IMPORT_RESUME = "ra:import:resume"
     PKCS12_SHOW = "ra:pkcs12:show"
     PKCS12_DOWNLOAD = "ra:pkcs12:download"

@@ -44,6 +44,9 @@ class ImportJob(Base):
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
+    # written with the claim and each chunk's progress: a running job whose heartbeat is old was
+    # left by a crash and is resumed (ra.imports.ImportService.resume_stale)
+    heartbeat_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class ImportRow(Base):

@@ -19,24 +19,35 @@ or by hand) is reported as "already registered", not as an error. Re-importing t
 file therefore registers nothing twice. The outcome per row (line number, status, name,
 masked number, field, reason) of every row not registered is kept (``ra_import_rows``)
 for the downloadable report; it never holds a clear number.
+
+Crash recovery. The claim and each chunk's commit write a heartbeat (``heartbeat_at``); a
+worker writes progress only while the job still carries its own last heartbeat (a lease).
+A job ``running`` without a heartbeat for :data:`IMPORT_GRACE`, or ``queued`` that long,
+was left by a crash: :meth:`ImportService.resume_stale` (the scheduled jobs, which also run
+at start-up of ``govpki serve``) claims it again, audited (``ra:import:resume``), and goes
+on from the first row not committed — a chunk's registrations commit with its progress,
+and a number already registered is reported as a duplicate, so nothing is registered twice.
 """
 
 from __future__ import annotations
 
+import builtins
 import csv
+import datetime as _dt
 import io
 import json
 import logging
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from govpki import audit
 from govpki.clock import Clock
-from govpki.errors import ConflictError, GovpkiError, InvalidError, NotFoundError
-from govpki.principal import Principal
+from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError
+from govpki.principal import Principal, PrincipalKind
 from ra.events import RaEvent
 from ra.idnumber import mask
 from ra.import_models import ImportJob, ImportRow, ImportState
@@ -48,6 +59,7 @@ log = logging.getLogger("govpki.ra.imports")
 MAX_ROWS = 20000
 CHUNK = 50
 MAX_FILENAME = 200
+IMPORT_GRACE = _dt.timedelta(minutes=5)  # no heartbeat for this long: the worker died (a chunk takes seconds)
 _PAYLOAD_AAD = b"govpki-ra-import-rows-v1:"
 
 REQUIRED = ("name", "id_number", "department")
@@ -76,6 +88,28 @@ HEADERS: dict[str, str] = {
     "电子邮件": "email",
     "电子邮箱": "email",
 }
+
+
+class _Lease:
+    """The heartbeat a worker wrote last: it writes on only while the job still carries it."""
+
+    def __init__(self, at: _dt.datetime) -> None:
+        self.at = at
+
+
+class _LeaseLostError(Exception):
+    """Another worker resumed the job (this one stalled past the grace period)."""
+
+
+def _stale(cutoff: _dt.datetime) -> ColumnElement[bool]:
+    """A job left behind: running without a heartbeat since ``cutoff``, or queued since then."""
+    return or_(
+        and_(
+            ImportJob.state == ImportState.RUNNING.value,
+            func.coalesce(ImportJob.heartbeat_at, ImportJob.started_at, ImportJob.created_at) <= cutoff,
+        ),
+        and_(ImportJob.state == ImportState.QUEUED.value, ImportJob.created_at <= cutoff),
+    )
 
 
 class RowStatus:
@@ -256,31 +290,122 @@ class ImportService:
         """Work through a queued job (in a background thread: each chunk of rows is its own
         transaction, with the progress). A job another worker has claimed is left alone."""
         with sessions() as session:
+            now = self._clock.now()
             claimed = session.execute(
                 update(ImportJob)
                 .where(ImportJob.id == job_id, ImportJob.state == ImportState.QUEUED.value)
-                .values(state=ImportState.RUNNING.value, started_at=self._clock.now())
+                .values(state=ImportState.RUNNING.value, started_at=now, heartbeat_at=now)
             )
             session.commit()
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return
+        self._run_claimed(sessions, principal, job_id, now)
+
+    def resume_stale(
+        self, sessions: sessionmaker[Session], principal: Principal, *, grace: _dt.timedelta = IMPORT_GRACE
+    ) -> builtins.list[ImportJob]:
+        """Pick up the jobs a crash left behind and finish them: ``running`` with no heartbeat
+        for ``grace`` (its worker died with its process), or ``queued`` for that long (the
+        process died before its worker started). Each is claimed again (a new heartbeat, the
+        lease) with its ``ra:import:resume`` audit entry, then worked on from the first row
+        not committed: a chunk's registrations commit with its progress, so none is done
+        twice. Runs the work here (the scheduled jobs' process); returns the jobs, finished."""
+        if principal.kind is not PrincipalKind.SYSTEM:
+            raise ForbiddenError(
+                "only the system (the scheduled jobs, the local CLI) resumes interrupted imports",
+                field="principal",
+                code="ra.resume_forbidden",
+            )
+        if grace < _dt.timedelta(0):
+            raise InvalidError("the grace period cannot be negative", field="grace")
+        cutoff = self._clock.now() - grace
+        with sessions() as session:
+            ids = list(session.scalars(select(ImportJob.id).where(_stale(cutoff)).order_by(ImportJob.id)))
+        finished: builtins.list[ImportJob] = []
+        for job_id in ids:
+            claimed = self._reclaim(sessions, principal, job_id, cutoff)
+            if claimed is None:
+                continue  # resumed by someone else meanwhile, or its worker is alive after all
+            prefecture, lease = claimed
+            self._run_claimed(sessions, replace(principal, prefecture=prefecture), job_id, lease)
+            with sessions() as session:
+                job = session.get_one(ImportJob, job_id)
+                session.expunge(job)
+            finished.append(job)
+        return finished
+
+    def _reclaim(
+        self, sessions: sessionmaker[Session], principal: Principal, job_id: int, cutoff: _dt.datetime
+    ) -> tuple[str, _dt.datetime] | None:
+        with sessions() as session:
+            job = session.get(ImportJob, job_id)
+            if job is None:
+                return None
+            previous = job.state
+            last = job.heartbeat_at or job.started_at
+            now = self._clock.now()
+            claimed = session.execute(
+                update(ImportJob)
+                .where(ImportJob.id == job_id, _stale(cutoff))
+                .values(state=ImportState.RUNNING.value, heartbeat_at=now, started_at=job.started_at or now)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return None
+            audit.record(
+                session,
+                principal,
+                RaEvent.IMPORT_RESUME.value,
+                object_type="ra_import_job",
+                object_id=str(job_id),
+                details={
+                    "prefecture_code": job.prefecture_code,
+                    "previous_state": previous,
+                    "last_heartbeat": last.isoformat() if last else None,
+                    "rows": job.total_rows,
+                    "processed_rows": job.processed_rows,
+                },
+                clock=self._clock,
+            )
+            prefecture = job.prefecture_code
+            session.commit()
+        return prefecture, now
+
+    def _run_claimed(
+        self, sessions: sessionmaker[Session], principal: Principal, job_id: int, lease: _dt.datetime
+    ) -> None:
+        held = _Lease(lease)
         try:
-            self._work(sessions, principal, job_id)
+            self._work(sessions, principal, job_id, held)
+        except _LeaseLostError:
+            log.warning("import %s was taken over by another worker; this one stops", job_id)
         except Exception as exc:
             log.exception("import %s failed", job_id)
             with sessions() as session:
-                job = session.get_one(ImportJob, job_id)
-                job.state = ImportState.FAILED.value
-                job.failure = (
-                    exc.reason if isinstance(exc, GovpkiError) else "an internal error occurred; it was logged"
-                )
-                job.payload_sealed = None
-                job.finished_at = self._clock.now()
+                try:  # only while this worker still holds the job
+                    self._advance(
+                        session,
+                        job_id,
+                        held.at,
+                        state=ImportState.FAILED.value,
+                        failure=exc.reason
+                        if isinstance(exc, GovpkiError)
+                        else "an internal error occurred; it was logged",
+                        payload_sealed=None,
+                        finished_at=self._clock.now(),
+                        heartbeat_at=held.at,
+                    )
+                except _LeaseLostError:
+                    return
                 session.commit()
 
-    def _work(self, sessions: sessionmaker[Session], principal: Principal, job_id: int) -> None:
+    def _work(self, sessions: sessionmaker[Session], principal: Principal, job_id: int, lease: _Lease) -> None:
+        """``lease``: the heartbeat this worker wrote last; a chunk commits only while the job
+        still carries it (a worker taken over after a long stall stops instead of counting twice)."""
         with sessions() as session:
             job = session.get_one(ImportJob, job_id)
+            if job.state != ImportState.RUNNING.value or job.heartbeat_at != lease.at:
+                raise _LeaseLostError
             key = session.get_one(SubscriberDataKey, job.data_key_id)
             assert job.payload_sealed is not None
             payload = self._subscribers.unseal(key, job.payload_sealed, _PAYLOAD_AAD + str(job.id).encode())
@@ -289,18 +414,36 @@ class ImportService:
         for begin in range(start, len(rows), CHUNK):
             chunk = rows[begin : begin + CHUNK]
             with sessions() as session:
+                # write first: the heartbeat checks the lease before any row, and opens the chunk's
+                # transaction (pysqlite begins one only at a write; a SAVEPOINT before it would be
+                # committed by its RELEASE, and the rows would outlive a crash without their progress)
+                lease.at = self._advance(session, job_id, lease.at, heartbeat_at=self._clock.now())
                 outcomes = [self._one(session, principal, job_id, row) for row in chunk]
-                job = session.get_one(ImportJob, job_id)
-                job.processed_rows = begin + len(chunk)
-                job.registered += outcomes.count(RowStatus.REGISTERED)
-                job.duplicates += outcomes.count(RowStatus.DUPLICATE)
-                job.invalid += outcomes.count(RowStatus.INVALID)
+                now = self._clock.now()
+                lease.at = self._advance(
+                    session,
+                    job_id,
+                    lease.at,
+                    processed_rows=begin + len(chunk),
+                    registered=ImportJob.registered + outcomes.count(RowStatus.REGISTERED),
+                    duplicates=ImportJob.duplicates + outcomes.count(RowStatus.DUPLICATE),
+                    invalid=ImportJob.invalid + outcomes.count(RowStatus.INVALID),
+                    heartbeat_at=now,
+                )
                 session.commit()
         with sessions() as session:
+            now = self._clock.now()
+            lease.at = self._advance(
+                session,
+                job_id,
+                lease.at,
+                state=ImportState.DONE.value,
+                payload_sealed=None,
+                finished_at=now,
+                heartbeat_at=now,
+            )
             job = session.get_one(ImportJob, job_id)
-            job.state = ImportState.DONE.value
-            job.payload_sealed = None
-            job.finished_at = self._clock.now()
+            session.refresh(job)
             audit.record(
                 session,
                 principal,
@@ -317,6 +460,25 @@ class ImportService:
                 clock=self._clock,
             )
             session.commit()
+
+    @staticmethod
+    def _advance(session: Session, job_id: int, lease: _dt.datetime, **values: Any) -> _dt.datetime:
+        """Write the progress if this worker still holds the job; the new lease."""
+        changed = session.execute(
+            update(ImportJob)
+            .where(
+                ImportJob.id == job_id,
+                ImportJob.state == ImportState.RUNNING.value,
+                ImportJob.heartbeat_at == lease,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            raise _LeaseLostError
+        heartbeat: _dt.datetime = values["heartbeat_at"]
+        return heartbeat
 
     def _one(self, session: Session, principal: Principal, job_id: int, row: CsvRow) -> str:
         """Register one row (in a savepoint); a row not registered is kept for the report."""

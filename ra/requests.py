@@ -28,10 +28,27 @@ which the caller commits. If the CA refuses, the request is marked ``failed`` (i
 transaction) with the reason. Submissions and rejections are ordinary writes in the
 caller's transaction. Every step is audited (``ra:request:submit|approve|reject|
 complete|fail``) and written to the request's history (``ra_request_events``).
+
+Crash recovery. A process that dies after the claim leaves the request ``approved``.
+:meth:`RequestService.sweep_approved` (the scheduled jobs, ``govpki ra sweep-requests``)
+settles every request ``approved`` longer than a grace period from what the CA's
+records show, never issuing anything itself. The link is exact: the certificate a
+``new`` request asked for carries the request's CSR key (the key was checked free at
+submission and again at approval, and the CA refuses a key in use), a renewal's
+certificate is the one renewed from the request's target by the deciding officer
+after the decision; a status change (hold, release, revoke) is written in the same
+transaction as the completion, so it cannot outlive a crash. A service certificate or
+renewal the CA issued → ``completed`` with its serial; an official's new pair whose
+signing certificate was issued → ``failed`` naming it (the KMC's encryption key is
+escrowed in the completion's transaction, so it was lost: revoke and submit again);
+a certificate stopped at ``approved`` (possibly signed, never delivered) → ``failed``
+naming it; nothing issued → ``failed`` ("submit it again"). Audited as
+``ra:request:complete|fail`` with ``"recovered": true``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,7 +59,7 @@ from sqlalchemy import Engine, Table, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ca.csr import check_csr, check_sans
-from ca.models import POSSIBLY_ISSUED, CertificateRecord, RevocationReason
+from ca.models import POSSIBLY_ISSUED, CertificateRecord, CertState, RevocationReason
 from ca.profiles import Profile, SubjectField
 from ca.revocation import HOLD, RevocationService, parse_reason
 from ca.services import CaService, normalize_serial
@@ -50,7 +67,7 @@ from govpki import audit
 from govpki.clock import Clock
 from govpki.db import WriteGate
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError
-from govpki.principal import Principal, Role
+from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.kmc import Pkcs12Bundle
 from ra.encryption import ENCRYPTION_PROFILE, EncryptionCertificateService
 from ra.events import RaEvent
@@ -69,6 +86,8 @@ SIGNING_PROFILE = "official-signing"
 SERVICE_PROFILES = ("service-tls-server", "service-tls-client")
 OPEN_STATES = (RequestState.SUBMITTED.value, RequestState.APPROVED.value)
 MAX_NOTE = 2000
+RECOVERY_GRACE = _dt.timedelta(minutes=10)  # an approval still ``approved`` after this was interrupted
+SWEEP_BATCH = 200
 
 
 def principal_key(principal: Principal) -> str:
@@ -98,6 +117,15 @@ class Approval:
 
     request: RaRequest
     pkcs12: Pkcs12Bundle | None = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A request left ``approved`` by an interruption, settled by the sweep."""
+
+    request_id: int
+    state: str  # completed | failed
+    detail: str
 
 
 _T = cast(Table, RaRequest.__table__)
@@ -639,6 +667,128 @@ class RequestService:
             clock=self._clock,
         )
         return request
+
+    # ----- crash recovery ----------------------------------------------------
+
+    def sweep_approved(
+        self, session: Session, principal: Principal, *, grace: _dt.timedelta = RECOVERY_GRACE
+    ) -> list[Settled]:
+        """Settle the requests left ``approved`` for longer than ``grace`` by an interruption
+        (see the module note), each audited, in the caller's transaction; issues nothing."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SYSTEM_ADMIN):
+            raise ForbiddenError(
+                "only the system (the scheduled jobs, the local CLI) or a system administrator "
+                "settles interrupted requests",
+                field="principal",
+                code="ra.sweep_forbidden",
+            )
+        if grace < _dt.timedelta(0):
+            raise InvalidError("the grace period cannot be negative", field="grace")
+        cutoff = self._clock.now() - grace
+        stuck = list(
+            session.scalars(
+                select(RaRequest)
+                .where(RaRequest.state == RequestState.APPROVED.value, RaRequest.decided_at <= cutoff)
+                .order_by(RaRequest.id)
+                .limit(SWEEP_BATCH)
+            )
+        )
+        settled = []
+        for request in stuck:
+            outcome = self._settle(session, principal, request)
+            if outcome is not None:
+                settled.append(outcome)
+        return settled
+
+    def _settle(self, session: Session, principal: Principal, request: RaRequest) -> Settled | None:
+        record = self._issued_for(session, request)
+        serial = record.serial if record is not None else None
+        state, text = RequestState.FAILED, ""
+        if request.kind not in (RequestKind.NEW.value, RequestKind.RENEW.value):
+            text = (
+                "interrupted before the CA changed the certificate's status (the change is written with the "
+                "completion, so nothing was changed); submit the request again"
+            )
+        elif record is None:
+            text = "interrupted before the CA issued anything; submit the request again"
+        elif record.state == CertState.APPROVED.value:
+            text = (
+                f"interrupted while the CA was signing certificate {serial} (its record stopped at 'approved': "
+                "possibly signed, never delivered); revoke it (superseded) and submit the request again "
+                "with a new key pair"
+            )
+        elif request.official_id is not None and request.kind == RequestKind.NEW.value:
+            text = (
+                f"interrupted after the CA issued the signing certificate {serial}, before the official's "
+                "encryption key was escrowed (the key made by the key-management centre was lost, so there "
+                f"is nothing to recover through the KMC): revoke {serial} (superseded) and submit the request "
+                "again with a new key pair; an encryption certificate issued then has no key anywhere"
+            )
+        else:
+            state = RequestState.COMPLETED
+            text = (
+                f"completed after an interruption: the CA had issued certificate {serial}; "
+                "fetch it from the certificate's page"
+            )
+        now = self._clock.now()
+        values: dict[str, Any] = {"state": state.value, "completed_at": now, "certificate_serial": serial}
+        if state is RequestState.FAILED:
+            values["failure"] = text
+        changed = session.execute(
+            update(_T).where(_T.c.id == request.id, _T.c.state == RequestState.APPROVED.value).values(**values)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            return None  # settled meanwhile by its own approval or another sweep
+        session.refresh(request)
+        action = "complete" if state is RequestState.COMPLETED else "fail"
+        self._event(session, principal, request, action, text)
+        audit.record(
+            session,
+            principal,
+            (RaEvent.REQUEST_COMPLETE if state is RequestState.COMPLETED else RaEvent.REQUEST_FAIL).value,
+            object_type="ra_request",
+            object_id=str(request.id),
+            details=_request_details(request)
+            | {"recovered": True, "reason": text, "decided_by": request.decided_by}
+            | ({"certificate_serial": serial} if serial else {}),
+            outcome="success" if state is RequestState.COMPLETED else "failure",
+            clock=self._clock,
+        )
+        return Settled(request.id, state.value, text)
+
+    @staticmethod
+    def _issued_for(session: Session, request: RaRequest) -> CertificateRecord | None:
+        """The certificate the CA made for this request before an interruption: issued if
+        any, else one stopped at ``approved`` (possibly signed), else None. Exact links only."""
+        if request.decided_at is None or request.decided_by is None:
+            return None
+        query = select(CertificateRecord).where(
+            CertificateRecord.requester == request.decided_by,
+            CertificateRecord.created_at >= request.decided_at,
+            CertificateRecord.state.in_(POSSIBLY_ISSUED),
+        )
+        if request.kind == RequestKind.NEW.value:
+            if request.csr_spki_sha256 is None or request.profile is None:
+                return None
+            query = query.where(
+                CertificateRecord.spki_sha256 == request.csr_spki_sha256,
+                CertificateRecord.profile == request.profile,
+            )
+        elif request.kind == RequestKind.RENEW.value:
+            target = session.scalars(
+                select(CertificateRecord).where(CertificateRecord.serial == request.target_serial)
+            ).first()
+            if target is None:
+                return None
+            query = query.where(
+                CertificateRecord.renewed_from_id == target.id,
+                CertificateRecord.spki_sha256 == (request.csr_spki_sha256 or target.spki_sha256),
+            )
+        else:
+            return None
+        found = list(session.scalars(query.order_by(CertificateRecord.id)))
+        issued = [r for r in found if r.state == CertState.ISSUED.value]
+        return (issued or found)[0] if found else None
 
     # ----- reading ---------------------------------------------------------
 

@@ -796,5 +796,9 @@ from web.cli_authz import authz_group  # noqa: E402  (govpki authz serve: the de
 
 main.add_command(authz_group)
 
+from web.cli_ra_recovery import ra_group  # noqa: E402  (govpki ra sweep-requests: crash recovery)
+
+main.add_command(ra_group)
+
 if __name__ == "__main__":
     main()

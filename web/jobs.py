@@ -1,6 +1,7 @@
 """Scheduled work (new CRLs, OCSP responder rotation, re-signing OCSP responses,
 key rotation by the key policy, signed tree heads of the transparency log, retiring
-superseded CAs, certificate expiry notices, audit archival, signed audit checkpoints):
+superseded CAs, certificate expiry notices, RA requests and imports left
+hanging by a crash, audit archival, signed audit checkpoints):
 each job is a domain service's ``refresh_due``, run as its own unit of work.
 
 ``govpki jobs run`` runs the due jobs once; ``--loop`` keeps running them, and
@@ -112,6 +113,25 @@ def _expiry_notices(services: Services, session: Session, principal: Principal) 
     return services.expiry.send_due(session, principal, checkpoint=session.commit).lines
 
 
+def _ra_requests(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Settle the RA requests an interruption left ``approved`` (older than ra.requests.RECOVERY_GRACE)."""
+    return [
+        f"settled RA request {s.request_id} left approved by an interruption: {s.state} ({s.detail})"
+        for s in services.requests.sweep_approved(session, principal)
+    ]
+
+
+def _ra_imports(services: Services, session: Session, principal: Principal) -> list[str]:
+    """Resume the RA import jobs a crash left running or queued (no heartbeat for
+    ra.imports.IMPORT_GRACE) and finish them here; each chunk commits on its own."""
+    return [
+        f"resumed RA import {job.id} ({job.filename}) left behind by an interruption: {job.state}, "
+        f"{job.registered} registered, {job.duplicates} already registered, {job.invalid} invalid "
+        f"of {job.total_rows} rows"
+        for job in services.ra_imports.resume_stale(services.sessions, principal)
+    ]
+
+
 def default_jobs() -> list[Job]:
     # the checkpoint last, so that it covers the audit entries of the jobs before it
     return [
@@ -121,6 +141,8 @@ def default_jobs() -> list[Job]:
         Job("tlog", _tlog),
         Job("ca-retire", _ca_retire),
         Job("expiry-notices", _expiry_notices),
+        Job("ra-requests", _ra_requests),
+        Job("ra-imports", _ra_imports),
         Job("audit-archive", _audit_archive),
         Job("audit-checkpoint", _audit_checkpoint),
     ]

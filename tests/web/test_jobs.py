@@ -65,6 +65,8 @@ def test_the_default_jobs_sign_due_crls_and_ocsp_responses(services: Services) -
         ("tlog", ()),
         ("ca-retire", ()),
         ("expiry-notices", ()),
+        ("ra-requests", ()),
+        ("ra-imports", ()),
         ("audit-archive", ()),
         ("audit-checkpoint", ()),
     ]
