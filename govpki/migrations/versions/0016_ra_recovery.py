@@ -1,9 +1,9 @@
 """RA import jobs get a heartbeat (``heartbeat_at``), written with each chunk's progress,
 so that a job left running or queued by a crash is found and resumed
 
-Revision ID: 0016_ra_recovery
+Revision ID: 0016
 Revises: 0015
-Create Date: 2026-11-29 10:00:00
+Create Date: 2026-11-22 21:20:00
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from alembic import op
 
 import govpki.db
 
-revision = "0016_ra_recovery"
-down_revision = "0015"  # 0015_oidc_provider.py
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
