@@ -101,6 +101,32 @@ _officials = table(
 )
 
 
+def _status(state: str, revocation_reason: str | None, not_after: _dt.datetime | None, now: _dt.datetime) -> str:
+    """A certificate record's status for sign-in: valid, revoked, on_hold, expired or not_issued."""
+    if state not in ("issued", "approved"):
+        return "not_issued"
+    if revocation_reason == "certificateHold":
+        return "on_hold"
+    if revocation_reason is not None:
+        return "revoked"
+    if not_after is not None and not_after <= now:
+        return "expired"
+    return "valid"
+
+
+def certificate_status(session: Session, serial: str, now: _dt.datetime) -> str:
+    """The status of our record of the certificate ``serial`` (one read by the unique
+    serial): valid, revoked, on_hold, expired or not_issued (also: no such record)."""
+    row = session.execute(
+        select(_certificates.c.state, _certificates.c.revocation_reason, _certificates.c.not_after).where(
+            _certificates.c.serial == serial
+        )
+    ).first()
+    if row is None:
+        return "not_issued"
+    return _status(row.state, row.revocation_reason, row.not_after, now)
+
+
 # ----- the trusted front --------------------------------------------------------------
 
 
@@ -438,20 +464,50 @@ class CertificateLoginService:
         ).all()
         out = []
         for row in rows:
-            not_after = row.not_after
-            if row.state not in ("issued", "approved"):
-                status = "not_issued"
-            elif row.revocation_reason == "certificateHold":
-                status = "on_hold"
-            elif row.revocation_reason is not None:
-                status = "revoked"
-            elif not_after is not None and not_after <= now:
-                status = "expired"
-            else:
-                status = "valid"
-            out.append(OfficialCertificate(str(row.serial), str(row.profile), not_after, status))
+            status = _status(row.state, row.revocation_reason, row.not_after, now)
+            out.append(OfficialCertificate(str(row.serial), str(row.profile), row.not_after, status))
         out.sort(key=lambda c: c.not_after or now, reverse=True)
         return out
+
+    # ----- a certificate session, on every request -------------------------------------
+
+    def session_problem(self, session: Session, *, official_id: int, serial: str) -> str | None:
+        """Why a certificate session may not go on, or None: one read of the certificate
+        record by its serial (unique) with the official's row — ``revoked``, ``on_hold``,
+        ``expired``, ``not_issued`` (or no such record), or ``no_official`` (the official's
+        record is gone: officials have no other enabled state)."""
+        official = select(_officials.c.id).where(_officials.c.id == official_id).scalar_subquery()
+        row = session.execute(
+            select(
+                _certificates.c.state,
+                _certificates.c.revocation_reason,
+                _certificates.c.not_after,
+                official.label("official"),
+            ).where(_certificates.c.serial == serial)
+        ).first()
+        if row is None:
+            return "not_issued"
+        status = _status(row.state, row.revocation_reason, row.not_after, self._clock.now())
+        if status != "valid":
+            return status
+        return None if row.official is not None else "no_official"
+
+    def end_session(
+        self, session: Session, official: OfficialIdentity | None, *, official_id: int, serial: str, reason: str
+    ) -> None:
+        """Audit ``authz:session:end``: a certificate session ended because ``reason``
+        (:meth:`session_problem`); the caller clears the session."""
+        actor: Principal | str = official.principal if official is not None else f"official:{official_id}"
+        audit.record(
+            session,
+            actor,
+            AuthzEvent.SESSION_END.value,
+            object_type="official",
+            object_id=str(official_id),
+            outcome="denied",
+            details={"method": "certificate", "serial": serial, "reason": reason},
+            clock=self._clock,
+        )
 
     # ----- applications -----------------------------------------------------------------
 

@@ -11,6 +11,8 @@ class AuthzEvent(enum.StrEnum):
     SIGN_IN = "authz:session:sign_in"
     SIGN_IN_FAIL = "authz:session:sign_in_fail"  # a wrong password or TOTP code (details.factor), or locked;
     # a refused client certificate (details.method "certificate", details.code)
+    # a certificate session ended because its certificate stopped being good (details.reason)
+    SESSION_END = "authz:session:end"
     ACCOUNT_LOCK = "authz:account:lock"
     ACCOUNT_UNLOCK = "authz:account:unlock"
     TOTP_ENROL = "authz:account:totp_enrol"

@@ -47,6 +47,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from authz.applications import application_principal
+from authz.certlogin import certificate_status
 from authz.events import AuthzEvent
 from authz.models import Application
 from authz.oidc_keys import TokenError, TokenSigner
@@ -171,11 +172,14 @@ class OidcClient(ClientMixin):  # type: ignore[misc]
 class _Credential:
     """authlib's view of a stored token (refresh, revocation, introspection)."""
 
-    def __init__(self, row: OidcToken, client_id: str, kind: str, clock: Clock) -> None:
+    def __init__(
+        self, row: OidcToken, client_id: str, kind: str, clock: Clock, *, certificate_gone: bool = False
+    ) -> None:
         self.row = row
         self.client_id = client_id
         self.kind = kind  # "access_token" or "refresh_token"
         self._clock = clock
+        self.certificate_gone = certificate_gone  # granted on a certificate session whose certificate is no longer good
 
     def check_client(self, client: OidcClient) -> bool:
         return bool(client.client_id == self.client_id)
@@ -188,7 +192,7 @@ class _Credential:
         return end is None or end <= self._clock.now()
 
     def is_revoked(self) -> bool:
-        if self.row.revoked_at is not None:
+        if self.row.revoked_at is not None or self.certificate_gone:
             return True
         return self.kind == "refresh_token" and self.row.refreshed_at is not None
 
@@ -437,7 +441,9 @@ class OidcProvider:
         row = session.scalar(select(OidcToken).where(OidcToken.refresh_sha256 == digest(refresh_token)))
         if row is None or row.application_id != client.app.id:
             return None
-        credential = _Credential(row, client.client_id, "refresh_token", self._clock)
+        credential = _Credential(
+            row, client.client_id, "refresh_token", self._clock, certificate_gone=self.certificate_gone(session, row)
+        )
         if row.refreshed_at is not None and row.revoked_at is None:
             revoked = self._revoke(session, OidcToken.family_id == row.family_id, "refresh token reused")
             audit.record(
@@ -474,7 +480,9 @@ class OidcProvider:
             if row is not None:
                 app = session.get(Application, row.application_id)
                 assert app is not None
-                return _Credential(row, app.client_id, kind, self._clock)
+                return _Credential(
+                    row, app.client_id, kind, self._clock, certificate_gone=self.certificate_gone(session, row)
+                )
         return None
 
     def revoke(self, session: Session, client: OidcClient, credential: _Credential) -> int:
@@ -537,7 +545,16 @@ class OidcProvider:
             raise TokenError("the token has expired")
         if app.disabled:
             raise TokenError("the token's client is disabled")
+        if self.certificate_gone(session, row):
+            raise TokenError("the certificate the user signed in with is no longer valid")
         return row, OidcClient(app)
+
+    def certificate_gone(self, session: Session, row: OidcToken) -> bool:
+        """A token granted on a certificate session (its user claims name ``cert_serial``)
+        lives only while that certificate is good: issued, neither revoked, on hold nor
+        expired (one read by serial; none for a password session's tokens)."""
+        serial = OidcUser.from_json(row.claims).cert_serial
+        return serial is not None and certificate_status(session, serial, self.now()) != "valid"
 
     def userinfo(self, session: Session, token: str) -> dict[str, Any]:
         row, client = self.bearer(session, token)

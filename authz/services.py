@@ -58,6 +58,8 @@ def _check_prefecture(session: Session, role: Role, prefecture: str | None) -> N
 WRONG_CREDENTIALS = "authz.wrong_credentials"
 LOCKED = "authz.locked"
 WRONG_TOTP = "authz.wrong_totp"
+# the seed of hashtextextended() for the advisory lock that takes sign-in attempts of one name in turn (PostgreSQL)
+SIGN_IN_LOCK_SEED = 0x676F76706B69
 
 
 def account_principal(account: Account) -> Principal:
@@ -226,6 +228,21 @@ class AccountService:
             .limit(1)
         )
 
+    def _take_turn(self, session: Session, username: str) -> None:
+        """Sign-in attempts of one user name are evaluated one at a time, each seeing the
+        failures (and lock) the earlier ones committed: so with N attempts in parallel at
+        most ``max_failures`` passwords or codes are looked at before the lock applies.
+        The turn lasts until the caller's transaction ends (the request commits once).
+        PostgreSQL: a transaction-level advisory lock on the name's hash (names that do not
+        exist are locked alike). SQLite: the transaction's first statement is a write (the
+        removal of the name's failures older than the window), which takes the database's
+        one write lock at once; the others wait for it (``busy_timeout``)."""
+        name = username[:64]
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, SIGN_IN_LOCK_SEED))))
+        since = self._clock.now() - self.settings.failure_window
+        session.execute(delete(SignInFailure).where(SignInFailure.username == name, SignInFailure.failed_at <= since))
+
     def _refuse_if_locked(self, session: Session, username: str, source: str, factor: str) -> None:
         """Locked: audit the attempt and refuse, before any password or code is looked at."""
         if self.locked_until(session, username) is None:
@@ -340,6 +357,7 @@ class AccountService:
         (the same for names that do not exist). A failure is audited and counted with the
         same message whatever went wrong. For an account that has not enrolled TOTP yet this
         completes the sign-in (audited); otherwise the caller must :meth:`sign_in_totp` next."""
+        self._take_turn(session, username)
         self._refuse_if_locked(session, username, source, "password")
         account = session.scalar(select(Account).where(Account.username == username))
         ok = False
@@ -364,6 +382,7 @@ class AccountService:
         account = self.get(session, account_id)
         if account is None or not account.totp_enrolled:
             raise UnauthenticatedError("sign in with your password first", field="username")
+        self._take_turn(session, account.username)
         self._refuse_if_locked(session, account.username, source, "totp")
         cleaned = totp.normalise_code(code)
         secret = self._require_sealer().open(session, account)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from flask import Blueprint, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
-from flask_login import login_user  # type: ignore[import-untyped, unused-ignore]
+from flask_login import login_user, logout_user  # type: ignore[import-untyped, unused-ignore]
 
 from authz import certlogin as codes
 from authz.certlogin import CERT_HEADER, VERIFY_HEADER
@@ -22,6 +22,7 @@ from govpki.clock import UTC
 from govpki.errors import ForbiddenError, UnauthenticatedError
 from web.problems import STATUS
 from web.ui import (
+    OFFICIAL_USER,
     SESSION_AMR,
     SESSION_AUTH_TIME,
     SIGNED_IN_COOKIE,
@@ -72,6 +73,53 @@ CERT_STATUS = {
     "expired": _l("expired"),
     "not_issued": _l("not issued"),
 }
+
+
+SESSION_ENDED = {
+    "revoked": _l(
+        "Your session has ended: the certificate you signed in with has been revoked or suspended. "
+        "Contact the registration office of your prefecture."
+    ),
+    "expired": _l(
+        "Your session has ended: the certificate you signed in with has expired. "
+        "Ask the registration office of your prefecture to renew it."
+    ),
+    "other": _l("Your session has ended: the certificate you signed in with may no longer be used to sign in."),
+}
+
+
+@bp.before_app_request
+def _certificate_still_good() -> ResponseReturnValue | None:
+    """A certificate session (amr ``swk``) goes on only while the certificate it was signed
+    in with is still issued, neither revoked, on hold nor expired, and the official still
+    registered: one read per request (none for password sessions). Otherwise the session
+    ends (audited ``authz:session:end`` with the reason) and the user is sent to the
+    sign-in page with a message saying why."""
+    if session.get(SESSION_AMR) != list(codes.AMR_CERTIFICATE) or "db" not in g:
+        return None
+    if request.endpoint == "certlogin.login_certificate":
+        return None  # a new certificate sign-in replaces this session anyway
+    serial = session.get(SESSION_CERT_SERIAL)
+    user_id = session.get("_user_id")
+    official = user_id.removeprefix(OFFICIAL_USER) if isinstance(user_id, str) else ""
+    official_id = int(official) if user_id != official and official.isdigit() else None
+    svc = services()
+    if isinstance(serial, str) and official_id is not None:
+        problem = svc.certlogin.session_problem(g.db, official_id=official_id, serial=serial)
+        if problem is None:
+            return None
+        svc.certlogin.end_session(
+            g.db, svc.certlogin.official(g.db, official_id), official_id=official_id, serial=serial, reason=problem
+        )
+        key = "revoked" if problem in ("revoked", "on_hold") else "expired" if problem == "expired" else "other"
+    else:
+        key = "other"  # a certificate session without its certificate or official: not ours to keep
+    logout_user()
+    session.clear()
+    flash(str(SESSION_ENDED[key]), "warning")
+    response = redirect(url_for("ui.login"))
+    response.delete_cookie(SIGNED_IN_COOKIE, **_cookie_options())
+    return response
 
 
 @bp.get("/login/certificate")

@@ -13,10 +13,27 @@ registered exactly gets an error page and never a redirect.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer as FlaskAuthorizationServer
 from authlib.oauth2 import OAuth2Error
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, make_response, render_template, request, session
+from authlib.oauth2.rfc6749 import InvalidRequestError
+from authlib.oidc.core.errors import InteractionRequiredError, LoginRequiredError
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_login import logout_user  # type: ignore[import-untyped, unused-ignore]
 from flask_wtf.csrf import CSRFError, validate_csrf
@@ -26,6 +43,7 @@ from authz.oidc import OidcProvider, OidcServer
 from authz.oidc_keys import TokenError
 from govpki.principal import Principal
 from web import ui
+from web.ui import _
 
 bp = Blueprint("oidc", __name__)
 
@@ -79,26 +97,100 @@ def jwks() -> ResponseReturnValue:
     return response
 
 
+def _prompts() -> set[str]:
+    return set((request.values.get("prompt") or "").split())
+
+
+def _max_age(grant: Any) -> int | None:
+    """The request's ``max_age`` in seconds (None: not given); a value that is not a
+    non-negative integer is ``invalid_request``, told to the client."""
+    raw = request.values.get("max_age")
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise InvalidRequestError(
+            "max_age must be a non-negative number of seconds",
+            state=grant.request.payload.state,
+            redirect_uri=grant.redirect_uri,
+        )
+    return int(raw)
+
+
+def _auth_time() -> int | None:
+    value = session.get(ui.SESSION_AUTH_TIME)
+    return value if isinstance(value, int) else None
+
+
+def _sign_in_again() -> ResponseReturnValue:
+    """``prompt=login`` or an exceeded ``max_age``: end this session and sign in afresh, then
+    come back to the same authorization request without ``prompt=login`` (so the new
+    sign-in is not asked for again)."""
+    logout_user()
+    session.clear()
+    query: list[tuple[str, str]] = []
+    for name, value in request.args.items(multi=True):
+        if name == "max_age":  # met by the new sign-in (its auth_time is in the ID token)
+            continue
+        kept = " ".join(p for p in value.split() if p != "login") if name == "prompt" else value
+        if kept:
+            query.append((name, kept))
+    target = f"{request.path}?{urlencode(query)}"
+    flash(_("The application asks you to sign in again."), "info")
+    return redirect(url_for("ui.login", next=target))
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
-@ui.login_required
 def authorize() -> ResponseReturnValue:
+    """OIDC Core §3.1.2: the client and its exact redirect URI are checked first (else an
+    error page, never a redirect). ``prompt=none``: no page at all — without a usable
+    session, or with one older than ``max_age``, the client gets ``login_required``
+    (``interaction_required`` while the account must still change its password or set
+    up TOTP); ``none`` with another value is ``invalid_request``. ``prompt=login``, or a
+    session older than ``max_age``: the session ends and the user signs in afresh."""
     user = ui.signed_in_user()
-    assert user is not None  # login_required
     server = _server()
     try:
         grant = server.get_consent_grant(end_user=user)
+        max_age = _max_age(grant)
     except OAuth2Error as error:
         if error.redirect_uri:  # the client and its exact redirect URI are known: tell the client
-            redirect: Response = server.handle_error_response(None, error)
-            return redirect
+            return _to_client(error)
         return _error_page(400, error.error, error.description)
-    auth_time = session.get(ui.SESSION_AUTH_TIME)
+    prompts = _prompts()
+    auth_time = _auth_time()
+    too_old = max_age is not None and (auth_time is None or _provider().now().timestamp() - auth_time > max_age)
+    if "none" in prompts:
+        refusal: OAuth2Error | None = None
+        if user is None or too_old:
+            refusal = LoginRequiredError(description="the user must sign in")
+        elif user.account.must_change_password or not user.account.totp_enrolled:
+            refusal = InteractionRequiredError(description="the user must finish setting up their account")
+        if refusal is not None:
+            refusal.state = grant.request.payload.state
+            refusal.redirect_uri = grant.redirect_uri
+            return _to_client(refusal)
+    elif user is not None and ("login" in prompts or too_old):
+        return _sign_in_again()
+    return _authorize(grant)
+
+
+def _to_client(error: OAuth2Error) -> Response:
+    response: Response = _server().handle_error_response(None, error)
+    return response
+
+
+@ui.login_required
+def _authorize(grant: Any) -> ResponseReturnValue:
+    user = ui.signed_in_user()
+    assert user is not None  # login_required
+    server = _server()
+    auth_time = _auth_time()
     serial = session.get("cert_serial")  # set by certificate sign-in (hex)
     oidc_user = _provider().user_for(
         g.db,
         user.principal,
         amr=ui.session_amr(),
-        auth_time=int(auth_time) if isinstance(auth_time, int) else int(_provider().now().timestamp()),
+        auth_time=auth_time if auth_time is not None else int(_provider().now().timestamp()),
         cert_serial=str(serial) if serial else None,
     )
     response: Response = server.create_authorization_response(grant=grant, grant_user=oidc_user)
