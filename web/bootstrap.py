@@ -21,7 +21,12 @@ class InitReport:
     admin_password: str | None = None
 
 
-def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin: bool = True) -> InitReport:
+def initialize(
+    services: Services, principal: Principal = SYSTEM, *, first_admin: bool = True, kmc: bool = False
+) -> InitReport:
+    """Make what an instance needs and does not have yet (idempotent). ``kmc``: also the
+    key-management centre's storage key, which officials' dual certificates need
+    (``govpki init`` and ``govpki serve`` make it; tests make it where they need it)."""
     report = InitReport()
     ca = services.ca
     root_key_at_hand = False  # only a run that made a CA has used the root key
@@ -62,6 +67,12 @@ def initialize(services: Services, principal: Principal = SYSTEM, *, first_admin
         session.commit()
         if made:
             report.created.append("subscriber data key (ID numbers encrypted at rest)")
+    if kmc:
+        with services.sessions() as session:
+            storage, made = services.kmc.ensure_storage_key(session, principal)
+            session.commit()
+            if made:
+                report.created.append(f"KMC storage key {storage.key_handle} (wraps escrowed encryption keys)")
     if first_admin:
         with services.sessions() as session:
             if services.accounts.count(session) == 0:

@@ -35,7 +35,7 @@ def init() -> None:
 
     services = load_services()
     try:
-        report = initialize(services, cli_principal())
+        report = initialize(services, cli_principal(), kmc=True)
     except GovpkiError as exc:
         report_error(exc)
     _print_init(services, report)
@@ -79,7 +79,7 @@ def serve(no_init: bool) -> None:
     services = load_services()
     if not no_init:
         try:
-            report = initialize(services, cli_principal())
+            report = initialize(services, cli_principal(), kmc=True)
         except GovpkiError as exc:
             report_error(exc)
         _print_init(services, report)

@@ -25,6 +25,10 @@ def run(services: Services, *args: str, stdin: bytes | None = None):
 def test_init_is_idempotent_and_seeds_fourteen_ras(services: Services):
     result = run(services, "init")
     assert result.exit_code == 0, result.output
+    assert "created KMC storage key" in result.output  # the fixture's instance had none
+    assert "created root CA" not in result.output
+    result = run(services, "init")
+    assert result.exit_code == 0, result.output
     assert "already initialised" in result.output
     assert "password" not in result.output  # the first admin exists; no second password
     with services.sessions() as s:
@@ -38,7 +42,7 @@ def test_first_init_prints_the_one_time_password(bare_services: Services):
     result = run(bare_services, "init")
     assert result.exit_code == 0, result.output
     assert "created root CA" in result.output and "created issuing CA" in result.output
-    assert "14 prefecture RAs" in result.output
+    assert "14 prefecture RAs" in result.output and "created KMC storage key" in result.output
     assert "user name: secadmin" in result.output and "password:" in result.output
     with bare_services.sessions() as s:
         assert s.scalar(select(func.count()).select_from(RegistrationAuthority)) == 14
