@@ -58,23 +58,32 @@ class CheckedRequest:
 def parse_csr(data: bytes | str) -> x509.CertificateSigningRequest:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if not raw or not raw.strip():
-        raise InvalidError("is empty; send a PEM or DER PKCS#10 certificate request", field="csr")
+        raise InvalidError("is empty; send a PEM or DER PKCS#10 certificate request", field="csr", code="ca.csr_empty")
     if len(raw) > MAX_CSR_BYTES:
-        raise InvalidError(f"is {len(raw)} bytes; a CSR may be at most {MAX_CSR_BYTES} bytes", field="csr")
+        raise InvalidError(
+            f"is {len(raw)} bytes; a CSR may be at most {MAX_CSR_BYTES} bytes",
+            field="csr",
+            code="ca.csr_too_large",
+            params={"max": MAX_CSR_BYTES},
+        )
     stripped = raw.strip()
     try:
         if stripped.startswith(b"-----BEGIN"):
             label = stripped.split(b"\n", 1)[0].decode("ascii", "replace").strip("- \r")
             if label not in ("BEGIN CERTIFICATE REQUEST", "BEGIN NEW CERTIFICATE REQUEST"):
                 raise InvalidError(
-                    f"is a PEM '{label.removeprefix('BEGIN ')}', not a 'CERTIFICATE REQUEST'", field="csr"
+                    f"is a PEM '{label.removeprefix('BEGIN ')}', not a 'CERTIFICATE REQUEST'",
+                    field="csr",
+                    code="ca.csr_malformed",
                 )
             return x509.load_pem_x509_csr(stripped)
         return x509.load_der_x509_csr(raw)
     except InvalidError:
         raise
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise InvalidError(f"is not a valid PKCS#10 certificate request: {exc}", field="csr") from None
+        raise InvalidError(
+            f"is not a valid PKCS#10 certificate request: {exc}", field="csr", code="ca.csr_malformed"
+        ) from None
 
 
 def _key_type(key: object, profile: Profile) -> tuple[PublicKey, str]:
@@ -82,21 +91,31 @@ def _key_type(key: object, profile: Profile) -> tuple[PublicKey, str]:
     if isinstance(key, rsa.RSAPublicKey):
         if "rsa" not in profile.key_types:
             raise InvalidError(
-                f"RSA keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key"
+                f"RSA keys are not allowed by profile {profile.name}; allowed: {allowed}",
+                field="csr.key",
+                code="ca.csr_key_not_allowed",
             )
         bits = key.key_size
         if bits < profile.rsa_min_bits:
             raise InvalidError(
                 f"RSA-{bits} is too weak; profile {profile.name} needs at least RSA-{profile.rsa_min_bits}",
                 field="csr.key",
+                code="ca.csr_key_too_weak",
+                params={"bits": bits, "min": profile.rsa_min_bits},
             )
         if bits > 8192:
-            raise InvalidError(f"RSA-{bits} is larger than the 8192 bits this CA accepts", field="csr.key")
+            raise InvalidError(
+                f"RSA-{bits} is larger than the 8192 bits this CA accepts", field="csr.key", code="ca.csr_key_invalid"
+            )
         if bits % 8:
-            raise InvalidError(f"RSA modulus of {bits} bits is not a whole number of bytes", field="csr.key")
+            raise InvalidError(
+                f"RSA modulus of {bits} bits is not a whole number of bytes", field="csr.key", code="ca.csr_key_invalid"
+            )
         e = key.public_numbers().e
         if e < 65537 or e % 2 == 0:
-            raise InvalidError(f"RSA public exponent {e} is not allowed; use 65537", field="csr.key")
+            raise InvalidError(
+                f"RSA public exponent {e} is not allowed; use 65537", field="csr.key", code="ca.csr_key_invalid"
+            )
         return key, "rsa"
     if isinstance(key, ec.EllipticCurvePublicKey):
         kind = _CURVES.get(key.curve.name)
@@ -104,24 +123,37 @@ def _key_type(key: object, profile: Profile) -> tuple[PublicKey, str]:
             raise InvalidError(
                 f"elliptic curve {key.curve.name} is not allowed by profile {profile.name}; allowed: {allowed}",
                 field="csr.key",
+                code="ca.csr_key_not_allowed",
             )
         return key, kind
     kind_name = type(key).__name__.removeprefix("_").replace("PublicKey", "") or "unknown"
     raise InvalidError(
-        f"{kind_name} keys are not allowed by profile {profile.name}; allowed: {allowed}", field="csr.key"
+        f"{kind_name} keys are not allowed by profile {profile.name}; allowed: {allowed}",
+        field="csr.key",
+        code="ca.csr_key_not_allowed",
     )
 
 
 def check_text(value: str, field: str, max_length: int) -> str:
     if not value or not value.strip():
-        raise InvalidError("is empty", field=field)
+        raise InvalidError("is empty", field=field, code="ca.empty")
     if value != value.strip():
-        raise InvalidError("has leading or trailing white space", field=field)
+        raise InvalidError("has leading or trailing white space", field=field, code="ca.white_space")
     for ch in value:
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            raise InvalidError(f"contains the control or unassigned character U+{ord(ch):04X}", field=field)
+            raise InvalidError(
+                f"contains the control or unassigned character U+{ord(ch):04X}",
+                field=field,
+                code="ca.control_character",
+                params={"char": f"U+{ord(ch):04X}"},
+            )
     if len(value) > max_length:
-        raise InvalidError(f"is {len(value)} characters; at most {max_length} are allowed", field=field)
+        raise InvalidError(
+            f"is {len(value)} characters; at most {max_length} are allowed",
+            field=field,
+            code="ca.too_long",
+            params={"count": len(value), "max": max_length},
+        )
     return value
 
 
@@ -132,9 +164,11 @@ def check_subject_value(name: SubjectField, value: str, field: str) -> str:
         raise InvalidError(
             f"is {len(value.encode('utf-8'))} bytes in UTF-8; a common name may be at most {MAX_LENGTH['CN']} bytes",
             field=field,
+            code="ca.name_too_long",
+            params={"bytes": len(value.encode("utf-8")), "max": MAX_LENGTH["CN"]},
         )
     if name == "C" and not re.fullmatch(r"[A-Z]{2}", value):
-        raise InvalidError("must be a two-letter ISO 3166 country code such as CN", field=field)
+        raise InvalidError("must be a two-letter ISO 3166 country code such as CN", field=field, code="ca.country_code")
     return value
 
 
@@ -142,7 +176,7 @@ def _subject(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[tup
     found: dict[SubjectField, str] = {}
     for rdn in csr.subject.rdns:
         if len(rdn) != 1:
-            raise InvalidError("multi-valued RDNs are not accepted", field="csr.subject")
+            raise InvalidError("multi-valued RDNs are not accepted", field="csr.subject", code="ca.csr_subject")
         (attr,) = tuple(rdn)
         name = OID_FIELDS.get(attr.oid)
         label = name or attr.oid.dotted_string
@@ -151,13 +185,16 @@ def _subject(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[tup
                 f"attribute {attr.oid._name if hasattr(attr.oid, '_name') else label} is not accepted; "
                 f"use only {', '.join(SUBJECT_ORDER)}",
                 field=f"csr.subject.{label}",
+                code="ca.csr_subject",
             )
         if name in profile.subject_from_identity:
             continue  # the CA sets these from the registered identity
         if name not in profile.subject_from_request:
-            raise InvalidError(f"is not allowed by profile {profile.name}", field=f"csr.subject.{name}")
+            raise InvalidError(
+                f"is not allowed by profile {profile.name}", field=f"csr.subject.{name}", code="ca.csr_subject"
+            )
         if name in found:
-            raise InvalidError("appears more than once", field=f"csr.subject.{name}")
+            raise InvalidError("appears more than once", field=f"csr.subject.{name}", code="ca.csr_subject")
         value = attr.value if isinstance(attr.value, str) else ""
         found[name] = check_subject_value(name, value, f"csr.subject.{name}")
     return tuple((n, found[n]) for n in SUBJECT_ORDER if n in found)
@@ -165,14 +202,16 @@ def _subject(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[tup
 
 def check_dns_name(value: str, field: str) -> str:
     if len(value) > 253:
-        raise InvalidError("DNS name is longer than 253 characters", field=field)
+        raise InvalidError("DNS name is longer than 253 characters", field=field, code="ca.dns_name")
     if value.startswith("*."):
-        raise InvalidError("wildcard DNS names are not issued", field=field)
+        raise InvalidError("wildcard DNS names are not issued", field=field, code="ca.dns_name")
     labels = value.split(".")
     if len(labels) < 2 or not all(_DNS_LABEL.match(label) for label in labels):
         raise InvalidError(
             f"{value!r} is not a lower-case fully qualified DNS name (letters, digits, hyphens; IDNs as xn-- labels)",
             field=field,
+            code="ca.dns_name",
+            params={"value": value},
         )
     return value
 
@@ -184,7 +223,7 @@ def _san(csr: x509.CertificateSigningRequest, profile: Profile) -> tuple[x509.Ge
     except x509.ExtensionNotFound:
         names = []
     except ValueError as exc:
-        raise InvalidError(f"cannot be read: {exc}", field="csr.san") from None
+        raise InvalidError(f"cannot be read: {exc}", field="csr.san", code="ca.san_invalid") from None
     return check_sans(names, profile)
 
 
@@ -193,7 +232,9 @@ def check_sans(
 ) -> tuple[x509.GeneralName, ...]:
     """Check subjectAltNames (from a CSR, or given by the RA from a registered identity) against the profile."""
     if profile.san_required and not names:
-        raise InvalidError(f"profile {profile.name} needs at least one subjectAltName", field=field_prefix)
+        raise InvalidError(
+            f"profile {profile.name} needs at least one subjectAltName", field=field_prefix, code="ca.san_required"
+        )
     out: list[x509.GeneralName] = []
     seen: set[str] = set()
     for i, gn in enumerate(names):
@@ -205,25 +246,28 @@ def check_sans(
         elif isinstance(gn, x509.IPAddress):
             kind = "ip"
             if not isinstance(gn.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-                raise InvalidError("IP ranges are not certificate names", field=field)
+                raise InvalidError("IP ranges are not certificate names", field=field, code="ca.san_invalid")
         elif isinstance(gn, x509.RFC822Name):
             kind = "email"
             if not _EMAIL.match(gn.value):
-                raise InvalidError(f"{gn.value!r} is not a valid e-mail address", field=field)
+                raise InvalidError(f"{gn.value!r} is not a valid e-mail address", field=field, code="ca.san_invalid")
         elif isinstance(gn, x509.UniformResourceIdentifier):
             kind = "uri"
             if "://" not in gn.value:
-                raise InvalidError(f"{gn.value!r} is not an absolute URI", field=field)
+                raise InvalidError(f"{gn.value!r} is not an absolute URI", field=field, code="ca.san_invalid")
         else:
-            raise InvalidError(f"{type(gn).__name__} names are not accepted", field=field)
+            raise InvalidError(f"{type(gn).__name__} names are not accepted", field=field, code="ca.san_invalid")
         if kind not in profile.san_types:
             allowed = ", ".join(profile.san_types) or "none"
             raise InvalidError(
-                f"{kind} names are not allowed by profile {profile.name} (allowed: {allowed})", field=field
+                f"{kind} names are not allowed by profile {profile.name} (allowed: {allowed})",
+                field=field,
+                code="ca.san_not_allowed",
+                params={"kind": kind},
             )
         key = f"{kind}:{gn.value}"
         if key in seen:
-            raise InvalidError("duplicate subjectAltName", field=field)
+            raise InvalidError("duplicate subjectAltName", field=field, code="ca.san_duplicate")
         seen.add(key)
         out.append(gn)
     return tuple(out)
@@ -237,15 +281,21 @@ def check_csr(data: bytes | str, profile: Profile, *, names: bool = True) -> Che
     try:
         key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise InvalidError(f"has a public key this CA cannot use: {exc}", field="csr.key") from None
+        raise InvalidError(
+            f"has a public key this CA cannot use: {exc}", field="csr.key", code="ca.csr_key_not_allowed"
+        ) from None
     public_key, key_type = _key_type(key, profile)
     try:
         signature_ok = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise InvalidError(f"signature cannot be checked: {exc}", field="csr.signature") from None
+        raise InvalidError(
+            f"signature cannot be checked: {exc}", field="csr.signature", code="ca.csr_signature"
+        ) from None
     if not signature_ok:
         raise InvalidError(
-            "signature does not verify: the request was altered or signed by another key", field="csr.signature"
+            "signature does not verify: the request was altered or signed by another key",
+            field="csr.signature",
+            code="ca.csr_signature",
         )
     subject = _subject(csr, profile) if names else ()
     sans = _san(csr, profile) if names else ()

@@ -142,6 +142,7 @@ class RevocationService:
                 f"({current})",
                 field="serial",
                 code="ca.already_revoked",
+                params={"serial": record.serial},
             )
         self._not_expired(record, now)
         record.revocation_reason = chosen.value
@@ -168,13 +169,17 @@ class RevocationService:
         now = self._clock.now()
         if record.revocation_reason == HOLD:
             raise ConflictError(
-                f"certificate {record.serial} is already on hold", field="serial", code="ca.already_on_hold"
+                f"certificate {record.serial} is already on hold",
+                field="serial",
+                code="ca.already_on_hold",
+                params={"serial": record.serial},
             )
         if record.revocation_reason is not None:
             raise ConflictError(
                 f"certificate {record.serial} is revoked ({record.revocation_reason}); it cannot be put on hold",
                 field="serial",
                 code="ca.already_revoked",
+                params={"serial": record.serial},
             )
         self._not_expired(record, now)
         record.revocation_reason = HOLD.value
@@ -193,6 +198,7 @@ class RevocationService:
                 f"certificate {record.serial} is {what}; only a hold can be released",
                 field="serial",
                 code="ca.not_on_hold",
+                params={"serial": record.serial},
             )
         held_at = record.revoked_at
         record.revocation_reason = None
@@ -228,6 +234,7 @@ class RevocationService:
                 f"certificate {record.serial} is in state {record.state}: it was never signed",
                 field="serial",
                 code="ca.not_issued",
+                params={"serial": record.serial},
             )
         return record
 
@@ -239,6 +246,7 @@ class RevocationService:
                 "an expired certificate is no longer on CRLs or in OCSP, so its status cannot change",
                 field="serial",
                 code="ca.expired",
+                params={"serial": record.serial},
             )
 
     def _changed(

@@ -751,6 +751,7 @@ class CaService:
                 f"the RA of prefecture {principal.prefecture} may not request profile {profile}",
                 field="profile",
                 code="ca.profile_not_allowed",
+                params={"profile": profile},
             )
 
     def _check_key_unused(
@@ -768,6 +769,7 @@ class CaService:
                 f"this public key is already in use by certificate {used}; make a new key pair for a new certificate",
                 field=field,
                 code="ca.key_in_use",
+                params={"serial": used},
             )
 
     def _check_prefecture(self, session: Session, principal: Principal, code: str | None) -> str | None:
@@ -850,6 +852,7 @@ class CaService:
                 f"this key was revoked for keyCompromise (certificate {compromised}); renew with a new key",
                 field="csr.key" if csr is not None else "csr",
                 code="ca.key_compromised",
+                params={"serial": compromised},
             )
         assert old.cert_der is not None
         old_cert = x509.load_der_x509_certificate(old.cert_der)
@@ -1007,22 +1010,28 @@ def _check_renewable(session: Session, old: CertificateRecord, now: _dt.datetime
             f"certificate {old.serial} is in state {old.state}: only an issued certificate can be renewed",
             field="serial",
             code="ca.not_issued",
+            params={"serial": old.serial},
         )
     if old.revocation_reason == RevocationReason.CERTIFICATE_HOLD.value:
         raise ConflictError(
-            f"certificate {old.serial} is on hold: release it before renewing", field="serial", code="ca.on_hold"
+            f"certificate {old.serial} is on hold: release it before renewing",
+            field="serial",
+            code="ca.on_hold",
+            params={"serial": old.serial},
         )
     if old.revocation_reason is not None:
         raise ConflictError(
             f"certificate {old.serial} was revoked ({old.revocation_reason}): apply for a new certificate",
             field="serial",
             code="ca.revoked",
+            params={"serial": old.serial},
         )
     if old.not_after is not None and old.not_after <= now:
         raise ConflictError(
             f"certificate {old.serial} expired on {old.not_after:%Y-%m-%d}: apply for a new certificate",
             field="serial",
             code="ca.expired",
+            params={"serial": old.serial},
         )
     successor = session.scalar(
         select(CertificateRecord.serial)
@@ -1035,7 +1044,10 @@ def _check_renewable(session: Session, old: CertificateRecord, now: _dt.datetime
     )
     if successor is not None:
         raise ConflictError(
-            f"certificate {old.serial} was already renewed as {successor}", field="serial", code="ca.already_renewed"
+            f"certificate {old.serial} was already renewed as {successor}",
+            field="serial",
+            code="ca.already_renewed",
+            params={"serial": old.serial},
         )
 
 

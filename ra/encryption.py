@@ -66,7 +66,7 @@ class EncryptionCertificateService:
         """Make, certify and escrow an official's encryption key; return its PKCS#12 once.
         Needs a session without uncommitted writes (the CA commits its own steps)."""
         if not can_request(principal):
-            raise ForbiddenError("your role may not request certificates", field="profile")
+            raise ForbiddenError("your role may not request certificates", field="profile", code="ra.may_not_request")
         chosen = self._ca.profiles.get(profile)
         # refuse before any key is made: the KMC escrows encryption keys only
         check_encryption_usage(chosen.name, chosen.key_usage)
@@ -80,20 +80,26 @@ class EncryptionCertificateService:
             if value is not None and value.strip():
                 fields.append((name, check_subject_value(name, value.strip(), label)))
         if not any(name == "CN" for name, _ in fields):
-            raise InvalidError("the official's name is required", field="common_name")
+            raise InvalidError("the official's name is required", field="common_name", code="ra.required")
         sans: list[x509.GeneralName] = []
         if email:
             if "email" not in chosen.san_types:
-                raise InvalidError(f"profile {chosen.name} takes no e-mail address", field="email")
+                raise InvalidError(
+                    f"profile {chosen.name} takes no e-mail address", field="email", code="ra.email_not_allowed"
+                )
             address = email.strip()
             if not _EMAIL.fullmatch(address):
-                raise InvalidError(f"{address!r} is not an e-mail address (ASCII local@domain)", field="email")
+                raise InvalidError(
+                    f"{address!r} is not an e-mail address (ASCII local@domain)", field="email", code="ra.bad_email"
+                )
             sans.append(x509.RFC822Name(address))
         key_algorithm = None
         if algorithm is not None:
             key_algorithm = next((a for a in KMC_KEY_ALGORITHMS if a == algorithm), None)
             if key_algorithm is None:
-                raise InvalidError(f"must be one of {', '.join(KMC_KEY_ALGORITHMS)}", field="algorithm")
+                raise InvalidError(
+                    f"must be one of {', '.join(KMC_KEY_ALGORITHMS)}", field="algorithm", code="ra.unknown_algorithm"
+                )
         generated = self._kmc.generate(
             session,
             principal,
@@ -121,6 +127,7 @@ class EncryptionCertificateService:
                 "revoke it (superseded) and issue again",
                 field="serial",
                 code="kmc.escrow_failed",
+                params={"serial": record.serial},
             ) from exc
         return IssuedEncryption(record=record, escrow=escrow, pkcs12=bundle)
 
@@ -138,6 +145,8 @@ class EncryptionCertificateService:
             raise NotFoundError(
                 f"the certificate {escrow.cert_serial} of escrowed key {escrow.id} is not on record",
                 field="request_id",
+                code="ra.escrow_certificate_missing",
+                params={"serial": escrow.cert_serial},
             )
         certificate = x509.load_der_x509_certificate(record.cert_der)
         name = next((a.value for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)), "")

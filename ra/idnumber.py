@@ -61,7 +61,10 @@ def parse_id_number(text: str, today: _dt.date, field: str = "id_number") -> IdN
         )
     if len(value) != 18:
         raise InvalidError(
-            f"has {len(value)} characters; a resident ID number has 18", field=field, code="ra.id_number_length"
+            f"has {len(value)} characters; a resident ID number has 18",
+            field=field,
+            code="ra.id_number_length",
+            params={"count": len(value)},
         )
     if not _SHAPE.fullmatch(value):
         raise InvalidError("must be 17 digits followed by a digit or X", field=field, code="ra.id_number_characters")
@@ -72,16 +75,21 @@ def parse_id_number(text: str, today: _dt.date, field: str = "id_number") -> IdN
             f"has the impossible birth date {value[6:10]}-{value[10:12]}-{value[12:14]} (characters 7-14)",
             field=field,
             code="ra.id_number_birth_date",
+            params={"problem": "impossible", "date": f"{value[6:10]}-{value[10:12]}-{value[12:14]}"},
         ) from None
     if birth > today:
         raise InvalidError(
-            f"has a birth date in the future ({birth.isoformat()})", field=field, code="ra.id_number_birth_date"
+            f"has a birth date in the future ({birth.isoformat()})",
+            field=field,
+            code="ra.id_number_birth_date",
+            params={"problem": "future", "date": birth.isoformat()},
         )
     if birth < EARLIEST_BIRTH:
         raise InvalidError(
             f"has a birth date before {EARLIEST_BIRTH.year} ({birth.isoformat()})",
             field=field,
             code="ra.id_number_birth_date",
+            params={"problem": "too_early", "date": birth.isoformat(), "year": EARLIEST_BIRTH.year},
         )
     expected = check_char(value[:17])
     if value[17] != expected:

@@ -154,6 +154,7 @@ def decode(data: bytes) -> tuple[str, str]:
             f"is neither UTF-8 nor GB18030 text (byte {exc.start + 1} cannot be read); save it as CSV UTF-8",
             field="file",
             code="ra.import_encoding",
+            params={"byte": exc.start + 1},
         ) from None
 
 
@@ -182,6 +183,7 @@ def parse_csv(data: bytes) -> ParsedCsv:
             "姓名/name, 身份证号/id_number and 部门/department",
             field="file",
             code="ra.import_missing_column",
+            params={"columns": ", ".join(missing)},
         )
     rows: list[CsvRow] = []
     try:
@@ -193,6 +195,7 @@ def parse_csv(data: bytes) -> ParsedCsv:
                     f"has more than {MAX_ROWS} rows; split it into smaller files",
                     field="file",
                     code="ra.import_too_many_rows",
+                    params={"count": MAX_ROWS},
                 )
             values: dict[str, str] = {}
             for column, cell in zip(columns, record, strict=False):
@@ -201,7 +204,10 @@ def parse_csv(data: bytes) -> ParsedCsv:
             rows.append(CsvRow(reader.line_num, values))
     except csv.Error as exc:
         raise InvalidError(
-            f"cannot be read as CSV at line {reader.line_num}: {exc}", field="file", code="ra.import_csv"
+            f"cannot be read as CSV at line {reader.line_num}: {exc}",
+            field="file",
+            code="ra.import_csv",
+            params={"line": reader.line_num},
         ) from None
     if not rows:
         raise InvalidError("has a header row but no officials", field="file", code="ra.import_no_rows")
@@ -264,6 +270,7 @@ class ImportService:
                 f"no import with id {job_id}" + (f" in prefecture {scope}" if scope else ""),
                 field="import_id",
                 code="ra.import_not_found",
+                params={"id": job_id},
             )
         return job
 

@@ -96,6 +96,7 @@ class RaPortalService:
                 f"no certificate with serial {serial}" + (f" in prefecture {scope}" if scope else ""),
                 field="serial",
                 code="ra.certificate_not_found",
+                params={"id": serial},
             )
         chain = [record.cert_der]
         ca = session.get(CertificateAuthority, record.ca_id)
@@ -279,7 +280,10 @@ class RaPortalService:
             or request.state != RequestState.COMPLETED.value
         ):
             raise NotFoundError(
-                f"request {request.id} has no encryption key to hand over", field="request_id", code="ra.no_pkcs12"
+                f"request {request.id} has no encryption key to hand over",
+                field="request_id",
+                code="ra.no_pkcs12",
+                params={"id": request.id},
             )
         return request
 

@@ -239,6 +239,7 @@ class RequestService:
                 f"unknown request kind {data.kind!r}; one of {', '.join(k.value for k in RequestKind)}",
                 field="kind",
                 code="ra.unknown_kind",
+                params={"kind": data.kind},
             )
         note = clean_text(data.note, "note", required=False, max_length=MAX_NOTE)
         request = RaRequest(
@@ -280,6 +281,7 @@ class RequestService:
                     f"an official gets the dual pair ({SIGNING_PROFILE} and {ENCRYPTION_PROFILE}); "
                     "no other profile can be chosen",
                     field="profile",
+                    code="ra.dual_pair_profile",
                 )
             profile = self._ca.profiles.get(SIGNING_PROFILE)
             self._check_allowed(session, prefecture, (SIGNING_PROFILE, ENCRYPTION_PROFILE))
@@ -300,7 +302,9 @@ class RequestService:
             request.service_id = service.id
             sans = self._service_sans(service, profile)
         if data.csr is None or not str(data.csr).strip():
-            raise InvalidError("the subscriber's certificate request (CSR) is required", field="csr")
+            raise InvalidError(
+                "the subscriber's certificate request (CSR) is required", field="csr", code="ra.csr_required"
+            )
         checked = check_csr(data.csr, profile, names=False)
         check_sans(sans, profile, "sans")
         self._check_key_free(session, checked.spki_sha256)
@@ -318,7 +322,7 @@ class RequestService:
         request: RaRequest,
     ) -> None:
         if data.serial is None or not data.serial.strip():
-            raise InvalidError("name the certificate (its serial number)", field="serial")
+            raise InvalidError("name the certificate (its serial number)", field="serial", code="ra.serial_required")
         record, origin = self._certificate_of_prefecture(session, prefecture, data.serial)
         request.target_serial = record.serial
         request.official_id = origin.official_id
@@ -332,6 +336,7 @@ class RequestService:
                 f"request {open_request} for certificate {record.serial} is still open; decide it first",
                 field="serial",
                 code="ra.request_open",
+                params={"id": open_request, "serial": record.serial},
             )
         now = self._clock.now()
         if record.not_after is not None and record.not_after <= now:
@@ -339,6 +344,7 @@ class RequestService:
                 f"certificate {record.serial} expired on {record.not_after:%Y-%m-%d}",
                 field="serial",
                 code="ra.certificate_expired",
+                params={"serial": record.serial, "date": f"{record.not_after:%Y-%m-%d}"},
             )
         reason = record.revocation_reason
         if kind is RequestKind.RENEW:
@@ -355,6 +361,7 @@ class RequestService:
                     "it cannot be renewed",
                     field="serial",
                     code="ra.not_renewable",
+                    params={"serial": record.serial},
                 )
             if data.csr is not None and str(data.csr).strip():
                 checked = check_csr(data.csr, self._ca.profiles.get(record.profile, field="serial"), names=False)
@@ -368,11 +375,15 @@ class RequestService:
                     f"certificate {record.serial} is already {'on hold' if reason == HOLD else 'revoked'}",
                     field="serial",
                     code="ra.not_suspendable",
+                    params={"serial": record.serial},
                 )
         elif kind is RequestKind.RESUME:
             if reason != HOLD:
                 raise ConflictError(
-                    f"certificate {record.serial} is not on hold", field="serial", code="ra.not_on_hold"
+                    f"certificate {record.serial} is not on hold",
+                    field="serial",
+                    code="ra.not_on_hold",
+                    params={"serial": record.serial},
                 )
         else:
             if reason is not None and reason != HOLD:
@@ -380,6 +391,7 @@ class RequestService:
                     f"certificate {record.serial} is already revoked ({reason})",
                     field="serial",
                     code="ra.already_revoked",
+                    params={"serial": record.serial},
                 )
             if data.reason is None or not data.reason.strip():
                 raise InvalidError("a revocation needs its reason", field="reason", code="ra.reason_required")
@@ -411,6 +423,7 @@ class RequestService:
                 f"no certificate with serial {serial} issued through the RA of prefecture {prefecture}",
                 field="serial",
                 code="ra.certificate_not_found",
+                params={"id": serial},
             )
         return record, origin
 
@@ -427,6 +440,7 @@ class RequestService:
                     f"the RA of prefecture {prefecture} may not request profile {name}",
                     field="profile",
                     code="ra.profile_not_allowed",
+                    params={"profile": name},
                 )
 
     @staticmethod
@@ -442,6 +456,7 @@ class RequestService:
                 "the subscriber must make a new key pair",
                 field="csr",
                 code="ra.key_in_use",
+                params={"serial": used},
             )
         pending = session.scalar(
             select(RaRequest.id)
@@ -453,6 +468,7 @@ class RequestService:
                 f"the CSR's public key is already in request {pending}, which is still open",
                 field="csr",
                 code="ra.key_in_request",
+                params={"id": pending},
             )
 
     @staticmethod
@@ -489,6 +505,7 @@ class RequestService:
                 f"request {request.id} was already decided ({request.state})",
                 field="request_id",
                 code="ra.already_decided",
+                params={"id": request.id},
             )
         return request
 
@@ -509,6 +526,7 @@ class RequestService:
                 f"request {request.id} was decided by someone else just now",
                 field="request_id",
                 code="ra.already_decided",
+                params={"id": request.id},
             )
         session.refresh(request)
         try:
@@ -552,6 +570,7 @@ class RequestService:
                 f"the CSR's public key is now in use by certificate {used}; reject this request",
                 field="csr",
                 code="ra.key_in_use",
+                params={"serial": used},
             )
 
     def _carry_out(
@@ -654,6 +673,7 @@ class RequestService:
                 f"request {request.id} was decided by someone else just now",
                 field="request_id",
                 code="ra.already_decided",
+                params={"id": request.id},
             )
         session.refresh(request)
         self._event(session, principal, request, "reject", text)
@@ -800,6 +820,7 @@ class RequestService:
                 f"no request with id {request_id}" + (f" in prefecture {scope}" if scope else ""),
                 field="request_id",
                 code="ra.request_not_found",
+                params={"id": request_id},
             )
         return request
 
@@ -809,10 +830,12 @@ class RequestService:
         scope = check_reader(principal)
         if state is not None and state not in {s.value for s in RequestState}:
             raise InvalidError(
-                f"unknown state {state!r}; one of {', '.join(s.value for s in RequestState)}", field="state"
+                f"unknown state {state!r}; one of {', '.join(s.value for s in RequestState)}",
+                field="state",
+                code="ra.unknown_state",
             )
         if not 1 <= limit <= 1000:
-            raise InvalidError("must be between 1 and 1000", field="limit")
+            raise InvalidError("must be between 1 and 1000", field="limit", code="ra.limit")
         query = select(RaRequest).order_by(RaRequest.id.desc()).limit(limit).offset(max(offset, 0))
         if scope is not None:
             query = query.where(RaRequest.prefecture_code == scope)

@@ -91,7 +91,9 @@ def check_reader(principal: Principal) -> str | None:
         return None
     if principal.roles & RA_ROLES:
         if principal.prefecture is None:
-            raise ForbiddenError("RA staff act for one prefecture; this account has none", field="prefecture")
+            raise ForbiddenError(
+                "RA staff act for one prefecture; this account has none", field="prefecture", code="ra.no_prefecture"
+            )
         return principal.prefecture
     if principal.roles & READ_ROLES:
         return None
@@ -117,13 +119,23 @@ def clean_text(value: str | None, field: str, *, required: bool, max_length: int
     text = (value or "").strip()
     if not text:
         if required:
-            raise InvalidError("is required", field=field)
+            raise InvalidError("is required", field=field, code="ra.required")
         return None
     for ch in text:
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            raise InvalidError(f"contains the control or unassigned character U+{ord(ch):04X}", field=field)
+            raise InvalidError(
+                f"contains the control or unassigned character U+{ord(ch):04X}",
+                field=field,
+                code="ra.control_character",
+                params={"char": f"U+{ord(ch):04X}"},
+            )
     if len(text) > max_length:
-        raise InvalidError(f"is {len(text)} characters; at most {max_length} are allowed", field=field)
+        raise InvalidError(
+            f"is {len(text)} characters; at most {max_length} are allowed",
+            field=field,
+            code="ra.too_long",
+            params={"count": len(text), "max": max_length},
+        )
     return text
 
 
@@ -135,7 +147,9 @@ def _phone(value: str | None) -> str | None:
     if digits.startswith("+"):
         digits = digits[1:]
     if not digits.isascii() or not digits.isdigit() or not 5 <= len(digits) <= 20 or len(text) > 32:
-        raise InvalidError("must be a telephone number: 5 to 20 digits, with optional +, - and spaces", field="phone")
+        raise InvalidError(
+            "must be a telephone number: 5 to 20 digits, with optional +, - and spaces", field="phone", code="ra.phone"
+        )
     return text
 
 
@@ -310,6 +324,7 @@ class SubscriberService:
                 "an official is registered once in the network",
                 field="id_number",
                 code="ra.duplicate_id_number",
+                params={"prefecture": existing.name},
             )
 
     def get_official(self, session: Session, principal: Principal, official_id: int) -> Official:
@@ -320,6 +335,7 @@ class SubscriberService:
                 f"no official with id {official_id}" + (f" in prefecture {scope}" if scope else ""),
                 field="official_id",
                 code="ra.official_not_found",
+                params={"id": official_id},
             )
         return official
 
@@ -337,13 +353,18 @@ class SubscriberService:
         parameter with LIKE's wildcards escaped: it is only ever text to look for)."""
         scope = check_reader(principal)
         if not 1 <= limit <= 1000:
-            raise InvalidError("must be between 1 and 1000", field="limit")
+            raise InvalidError("must be between 1 and 1000", field="limit", code="ra.limit")
         query = select(Official).order_by(Official.id.desc()).limit(limit).offset(max(offset, 0))
         if scope is not None:
             query = query.where(Official.prefecture_code == scope)
         text = (search or "").strip()
         if len(text) > MAX_NAME:
-            raise InvalidError(f"is {len(text)} characters; at most {MAX_NAME} are allowed", field="q")
+            raise InvalidError(
+                f"is {len(text)} characters; at most {MAX_NAME} are allowed",
+                field="q",
+                code="ra.too_long",
+                params={"count": len(text), "max": MAX_NAME},
+            )
         if text:
             if _ID_SHAPE.fullmatch(text):
                 number = parse_id_number(text, self._clock.now().date(), field="q")
@@ -409,13 +430,14 @@ class SubscriberService:
         hosts = _host_names(data.host_names)
         ips = _ip_addresses(data.ip_addresses)
         if not hosts and not ips:
-            raise InvalidError("give at least one host name or IP address", field="host_names")
+            raise InvalidError("give at least one host name or IP address", field="host_names", code="ra.no_host_names")
         responsible = session.get(Official, data.responsible_official_id)
         if responsible is None or responsible.prefecture_code != prefecture:
             raise NotFoundError(
                 f"no official with id {data.responsible_official_id} in prefecture {prefecture}",
                 field="responsible_official_id",
                 code="ra.official_not_found",
+                params={"id": data.responsible_official_id},
             )
         taken = session.scalar(
             select(ServiceSubscriber.id).where(
@@ -427,6 +449,7 @@ class SubscriberService:
                 f"a service named {name!r} is already registered in this prefecture (id {taken})",
                 field="name",
                 code="ra.duplicate_service",
+                params={"name": name, "id": taken},
             )
         service = ServiceSubscriber(
             prefecture_code=prefecture,
@@ -466,6 +489,7 @@ class SubscriberService:
                 f"no service with id {service_id}" + (f" in prefecture {scope}" if scope else ""),
                 field="service_id",
                 code="ra.service_not_found",
+                params={"id": service_id},
             )
         return service
 
@@ -474,7 +498,7 @@ class SubscriberService:
     ) -> list[ServiceSubscriber]:
         scope = check_reader(principal)
         if not 1 <= limit <= 1000:
-            raise InvalidError("must be between 1 and 1000", field="limit")
+            raise InvalidError("must be between 1 and 1000", field="limit", code="ra.limit")
         query = select(ServiceSubscriber).order_by(ServiceSubscriber.id.desc()).limit(limit).offset(max(offset, 0))
         if scope is not None:
             query = query.where(ServiceSubscriber.prefecture_code == scope)
@@ -484,12 +508,16 @@ class SubscriberService:
 def _host_names(values: Sequence[str]) -> list[str]:
     out: list[str] = []
     if len(values) > MAX_HOSTS:
-        raise InvalidError(f"at most {MAX_HOSTS} host names", field="host_names")
+        raise InvalidError(
+            f"at most {MAX_HOSTS} host names", field="host_names", code="ra.too_many_names", params={"max": MAX_HOSTS}
+        )
     for i, value in enumerate(values):
         name = value.strip().lower().rstrip(".")
         check_dns_name(name, f"host_names[{i}]")
         if name in out:
-            raise InvalidError(f"{name} is given twice", field=f"host_names[{i}]")
+            raise InvalidError(
+                f"{name} is given twice", field=f"host_names[{i}]", code="ra.given_twice", params={"value": name}
+            )
         out.append(name)
     return out
 
@@ -497,14 +525,26 @@ def _host_names(values: Sequence[str]) -> list[str]:
 def _ip_addresses(values: Sequence[str]) -> list[str]:
     out: list[str] = []
     if len(values) > MAX_HOSTS:
-        raise InvalidError(f"at most {MAX_HOSTS} IP addresses", field="ip_addresses")
+        raise InvalidError(
+            f"at most {MAX_HOSTS} IP addresses",
+            field="ip_addresses",
+            code="ra.too_many_names",
+            params={"max": MAX_HOSTS},
+        )
     for i, value in enumerate(values):
         try:
             address = ipaddress.ip_address(value.strip())
         except ValueError:
-            raise InvalidError(f"{value!r} is not an IPv4 or IPv6 address", field=f"ip_addresses[{i}]") from None
+            raise InvalidError(
+                f"{value!r} is not an IPv4 or IPv6 address",
+                field=f"ip_addresses[{i}]",
+                code="ra.bad_ip_address",
+                params={"value": value},
+            ) from None
         text = str(address)
         if text in out:
-            raise InvalidError(f"{text} is given twice", field=f"ip_addresses[{i}]")
+            raise InvalidError(
+                f"{text} is given twice", field=f"ip_addresses[{i}]", code="ra.given_twice", params={"value": text}
+            )
         out.append(text)
     return out

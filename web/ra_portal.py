@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -31,7 +31,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from wtforms import Field
 from wtforms.fields.choices import SelectChoice
 
-from govpki.errors import GovpkiError, InvalidError
+from govpki.errors import FieldProblem, GovpkiError, InvalidError
 from govpki.principal import Principal, Role
 from ra.import_models import ImportJob, ImportState
 from ra.imports import RowStatus
@@ -108,171 +108,291 @@ _WHAT = {  # for "There is no %(what)s ..."
     "import": _l("import"),
 }
 
+Params = Mapping[str, str | int]
 
-_RA_REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+
+def _not_found(what: str) -> Callable[[Params], str]:
+    return lambda p: _("There is no %(what)s %(id)s in your prefecture.", what=str(_WHAT[what]), id=p["id"])
+
+
+def _birth_date(p: Params) -> str:
+    if p.get("problem") == "future":
+        return _("The birth date in the ID number (%(date)s) is in the future.", date=p["date"])
+    if p.get("problem") == "too_early":
+        return _("The birth date in the ID number (%(date)s) is before %(year)s.", date=p["date"], year=p["year"])
+    return _("The birth date %(date)s in the ID number (characters 7-14) does not exist.", date=p["date"])
+
+
+def _official_not_found(p: Params) -> str:
+    if "id" in p:
+        return _not_found("official")(p)
+    return _("No official with this ID number.")
+
+
+def _key_in_use(p: Params) -> str:
+    return _(
+        "The key of this CSR is already in use by certificate %(serial)s. The subscriber must make a new key pair.",
+        serial=p["serial"],
+    )
+
+
+def _suspended_or_revoked(p: Params) -> str:
+    return _("Certificate %(serial)s is already suspended or revoked.", serial=p["serial"])
+
+
+def _not_suspended(p: Params) -> str:
+    return _("Certificate %(serial)s is not suspended.", serial=p["serial"])
+
+
+def _not_renewable(p: Params) -> str:
+    return _("Certificate %(serial)s is suspended or revoked; it cannot be renewed.", serial=p["serial"])
+
+
+def _profile_not_allowed(p: Params) -> str:
+    return _("The RA of your prefecture may not request profile %(profile)s.", profile=p["profile"])
+
+
+def _inactive(p: Params) -> str:
+    return _("Your prefecture has no active registration authority.")
+
+
+# The refusals the portal can show, by their stable code (govpki.errors), with the values the
+# service put in ``params``. A code without an entry is shown with its English reason.
+_MESSAGES: dict[str, Callable[[Params], str]] = {
+    # resident ID numbers (ra.idnumber)
+    "ra.id_number_empty": lambda p: _("Enter the 18-character resident ID number."),
+    "ra.id_number_length": lambda p: _(
+        "A resident ID number has 18 characters; this one has %(count)s.", count=p["count"]
+    ),
+    "ra.id_number_characters": lambda p: _("A resident ID number is 17 digits followed by a digit or X."),
+    "ra.id_number_birth_date": _birth_date,
+    "ra.id_number_checksum": lambda p: _("The check character (the 18th) is wrong: the ID number was mistyped."),
+    # officials and services (ra.subscribers)
+    "ra.duplicate_id_number": lambda p: _(
+        "This ID number is already registered, in %(prefecture)s. An official is registered only once.",
+        prefecture=p["prefecture"],
+    ),
+    "ra.duplicate_service": lambda p: _(
+        "A service named %(name)s is already registered in this prefecture.", name=p["name"]
+    ),
+    "ra.required": lambda p: _("This field is required."),
+    "ra.too_long": lambda p: _("Too long: %(count)s characters, at most %(max)s.", count=p["count"], max=p["max"]),
+    "ra.control_character": lambda p: _("Contains the control character %(char)s.", char=p["char"]),
+    "ra.phone": lambda p: _("Enter a telephone number: 5 to 20 digits, with optional +, - and spaces."),
+    "ra.no_host_names": lambda p: _("Give at least one host name or IP address."),
+    "ra.too_many_names": lambda p: _("At most %(max)s names.", max=p["max"]),
+    "ra.given_twice": lambda p: _("%(value)s is given twice.", value=p["value"]),
+    "ra.bad_ip_address": lambda p: _("%(value)s is not an IPv4 or IPv6 address.", value=p["value"]),
+    "ra.no_data_key": lambda p: _(
+        "Officials cannot be registered yet: a security administrator must set up the data key."
+    ),
+    "ra.official_not_found": _official_not_found,
+    "ra.service_not_found": _not_found("service"),
+    "ra.request_not_found": _not_found("request"),
+    "ra.certificate_not_found": _not_found("certificate"),
+    "ra.import_not_found": _not_found("import"),
+    "ra.limit": lambda p: _("Between 1 and 1000."),
+    # who may do what
+    "ra.not_a_clerk": lambda p: _("Only an RA clerk registers subscribers and submits requests."),
+    "ra.not_an_officer": lambda p: _("Only an RA officer of the request's prefecture approves or rejects it."),
+    "ra.self_approval": lambda p: _(
+        "You submitted this request yourself: another officer of the prefecture must decide it."
+    ),
+    "ra.may_not_reveal": lambda p: _("Only an RA officer of the official's prefecture may see the full ID number."),
+    "ra.may_not_read": lambda p: _("Your role may not see the registered subscribers."),
+    "ra.may_not_request": lambda p: _("Your role may not request certificates."),
+    "ra.no_prefecture": lambda p: _("Your account belongs to no prefecture; RA staff act for one prefecture."),
+    "ra.not_ra_staff": lambda p: _("Only RA staff of the official's prefecture hand over the encryption key."),
+    "ra.inactive": _inactive,
+    "ra.profile_not_allowed": _profile_not_allowed,
+    "ra.sweep_forbidden": lambda p: _("Only the system settles interrupted requests."),
+    "ra.resume_forbidden": lambda p: _("Only the system resumes interrupted imports."),
+    # requests (ra.requests)
+    "ra.unknown_kind": lambda p: _("Choose the kind of request."),
+    "ra.unknown_state": lambda p: _("There is no such request state."),
+    "ra.one_subscriber": lambda p: _("Name either an official or a service."),
+    "ra.dual_pair_profile": lambda p: _(
+        "An official gets the signing and encryption pair; no other profile can be chosen."
+    ),
+    "ra.unknown_profile": lambda p: _("Choose the certificate profile of the service."),
+    "ra.csr_required": lambda p: _("Choose the CSR file or paste the CSR."),
+    "ra.serial_required": lambda p: _("Name the certificate (its serial number)."),
+    "ra.key_in_use": _key_in_use,
+    "ra.key_in_request": lambda p: _(
+        "The key of this CSR is already in request %(id)s, which is still open.", id=p["id"]
+    ),
+    "ra.request_open": lambda p: _(
+        "Request %(id)s for this certificate is still open; it must be decided first.", id=p["id"]
+    ),
+    "ra.certificate_expired": lambda p: _(
+        "Certificate %(serial)s expired on %(date)s.", serial=p["serial"], date=p["date"]
+    ),
+    "ra.encryption_not_renewable": lambda p: _(
+        "An encryption certificate is not renewed: its key is made by the key-management centre. "
+        "Submit a new certificate for the official."
+    ),
+    "ra.not_renewable": _not_renewable,
+    "ra.not_suspendable": _suspended_or_revoked,
+    "ra.not_on_hold": _not_suspended,
+    "ra.already_revoked": _suspended_or_revoked,
+    "ra.reason_required": lambda p: _("A revocation needs its reason."),
+    "ra.already_decided": lambda p: _("Request %(id)s has already been decided.", id=p["id"]),
+    # the key hand-over (ra.portal, ra.encryption)
+    "ra.pin_already_shown": lambda p: _(
+        "The one-time password was already shown (or its time ran out). The key is kept in escrow: "
+        "ask for key recovery."
+    ),
+    "ra.pkcs12_taken": lambda p: _(
+        "The encryption key was already handed over (or its time ran out). The key is kept in escrow: "
+        "ask for key recovery."
+    ),
+    "ra.no_pkcs12": lambda p: _("Request %(id)s has no encryption key to hand over.", id=p["id"]),
+    "ra.email_not_allowed": lambda p: _("This certificate takes no e-mail address."),
+    "ra.bad_email": lambda p: _("This is not a valid e-mail address."),
+    "govpki.invalid_email": lambda p: _("This is not a valid e-mail address."),
+    "ra.unknown_algorithm": lambda p: _("Choose one of the key algorithms offered."),
+    "ra.escrow_certificate_missing": lambda p: _(
+        "The certificate %(serial)s of the escrowed key is not on record.", serial=p["serial"]
+    ),
+    "kmc.escrow_failed": lambda p: _(
+        "Certificate %(serial)s was issued but its key could not be escrowed: revoke it (superseded) "
+        "and submit the request again.",
+        serial=p["serial"],
+    ),
+    "kmc.no_storage_key": lambda p: _(
+        "The key-management centre has no storage key yet: a security administrator must set it up."
+    ),
+    # bulk enrollment (ra.imports)
+    "ra.import_empty": lambda p: _("Choose a CSV file of officials."),
+    "ra.import_encoding": lambda p: _(
+        'The file is neither UTF-8 nor GB18030 text (byte %(byte)s cannot be read). Save it as "CSV UTF-8".',
+        byte=p["byte"],
+    ),
+    "ra.import_not_text": lambda p: _("This is not a text (CSV) file."),
+    "ra.import_no_header": lambda p: _("The file has no header row."),
+    "ra.import_missing_column": lambda p: _(
+        "The file lacks the required column(s) %(columns)s. The header row must name "
+        "姓名/name, 身份证号/id_number and 部门/department.",
+        columns=p["columns"],
+    ),
+    "ra.import_too_many_rows": lambda p: _(
+        "The file has more than %(count)s rows; split it into smaller files.", count=p["count"]
+    ),
+    "ra.import_csv": lambda p: _("The file cannot be read as CSV at line %(line)s.", line=p["line"]),
+    "ra.import_no_rows": lambda p: _("The file has a header row but no officials."),
+    # the CSR and the names that go into certificates (ca.csr)
+    "ca.csr_empty": lambda p: _("The certificate request (CSR) is empty."),
+    "ca.csr_too_large": lambda p: _("The certificate request is too large: at most %(max)s bytes.", max=p["max"]),
+    "ca.csr_malformed": lambda p: _("This is not a certificate request (PKCS#10 CSR, PEM or DER)."),
+    "ca.csr_key_not_allowed": lambda p: _("The key type of this CSR is not allowed for this certificate."),
+    "ca.csr_key_too_weak": lambda p: _(
+        "The key of this CSR is too weak (RSA-%(bits)s); at least RSA-%(min)s is needed.", bits=p["bits"], min=p["min"]
+    ),
+    "ca.csr_key_invalid": lambda p: _("The RSA key of this CSR is not accepted (its size or public exponent)."),
+    "ca.csr_signature": lambda p: _(
+        "The signature of the CSR does not verify: the request was altered or signed by another key."
+    ),
+    "ca.csr_subject": lambda p: _("The subject of this certificate request is not accepted."),
+    "ca.country_code": lambda p: _("Enter a two-letter country code such as CN."),
+    "ca.san_invalid": lambda p: _("A name in this request cannot be put into a certificate."),
+    "ca.empty": lambda p: _("This field is required."),
+    "ca.white_space": lambda p: _("Remove the spaces at the beginning or the end."),
+    "ca.control_character": lambda p: _("Contains the control character %(char)s.", char=p["char"]),
+    "ca.too_long": lambda p: _("Too long: %(count)s characters, at most %(max)s.", count=p["count"], max=p["max"]),
+    "ca.name_too_long": lambda p: _(
+        "Too long for a certificate: %(bytes)s bytes in UTF-8, at most %(max)s (21 Chinese characters).",
+        bytes=p["bytes"],
+        max=p["max"],
+    ),
+    "ca.dns_name": lambda p: _(
+        "Not a host name a certificate is issued for: lower-case, fully qualified, no wildcards."
+    ),
+    "ca.san_required": lambda p: _("This certificate needs at least one host name or IP address."),
+    "ca.san_not_allowed": lambda p: _(
+        "Names of this kind (%(kind)s) are not allowed in this certificate.", kind=p["kind"]
+    ),
+    "ca.san_duplicate": lambda p: _("A name is given twice."),
+    # carrying out an approved request (ca.services, ca.revocation)
+    "ca.key_in_use": _key_in_use,
+    "ca.key_compromised": lambda p: _(
+        "This key was revoked for key compromise (certificate %(serial)s); the subscriber must make a new key pair.",
+        serial=p["serial"],
+    ),
+    "ca.ra_inactive": _inactive,
+    "ca.profile_not_allowed": _profile_not_allowed,
+    "ca.already_revoked": _suspended_or_revoked,
+    "ca.already_on_hold": _suspended_or_revoked,
+    "ca.not_on_hold": _not_suspended,
+    "ca.on_hold": _not_renewable,
+    "ca.revoked": _not_renewable,
+    "ca.expired": lambda p: _("Certificate %(serial)s has expired; its status cannot change.", serial=p["serial"]),
+    "ca.not_issued": lambda p: _("Certificate %(serial)s was never issued.", serial=p["serial"]),
+    "ca.already_renewed": lambda p: _("Certificate %(serial)s was already renewed.", serial=p["serial"]),
+}
+
+
+def ra_message(code: str | None, params: Params, reason: str) -> str:
+    """A refusal in the request's language, by its code and values; the English reason for a
+    code without a translation (or whose values are missing)."""
+    message = _MESSAGES.get(code or "")
+    if message is not None:
+        try:
+            return message(params)
+        except KeyError:
+            pass
+    return field_message(reason)
+
+
+def error_message(error: GovpkiError) -> str:
+    return ra_message(error.code, error.params, error.reason)
+
+
+def problem_message(problem: FieldProblem) -> str:
+    return ra_message(problem.code, problem.params, problem.reason)
+
+
+# Import rows keep only the English reason (``ra_import_rows`` has no code column yet), so a
+# stored reason is read back into its code and values here, then translated like the rest.
+_STORED: list[tuple[re.Pattern[str], str, dict[str, str]]] = [
+    (re.compile(r"is empty; enter the 18-character resident ID number"), "ra.id_number_empty", {}),
+    (re.compile(r"has (?P<count>\d+) characters; a resident ID number has 18"), "ra.id_number_length", {}),
+    (re.compile(r"must be 17 digits followed by a digit or X"), "ra.id_number_characters", {}),
     (
-        re.compile(r"is empty; enter the 18-character resident ID number"),
-        lambda m: _("Enter the 18-character resident ID number."),
+        re.compile(r"has the impossible birth date (?P<date>\S+) \(characters 7-14\)"),
+        "ra.id_number_birth_date",
+        {"problem": "impossible"},
     ),
     (
-        re.compile(r"has (\d+) characters; a resident ID number has 18"),
-        lambda m: _("A resident ID number has 18 characters; this one has %(count)s.", count=m[1]),
+        re.compile(r"has a birth date in the future \((?P<date>\S+)\)"),
+        "ra.id_number_birth_date",
+        {"problem": "future"},
     ),
     (
-        re.compile(r"must be 17 digits followed by a digit or X"),
-        lambda m: _("A resident ID number is 17 digits followed by a digit or X."),
+        re.compile(r"has a birth date before (?P<year>\d+) \((?P<date>\S+)\)"),
+        "ra.id_number_birth_date",
+        {"problem": "too_early"},
     ),
+    (re.compile(r"has a wrong check character \(the 18th\).*"), "ra.id_number_checksum", {}),
+    (re.compile(r"this ID number is already registered, in (?P<prefecture>.+?); .*"), "ra.duplicate_id_number", {}),
+    (re.compile(r"is required"), "ra.required", {}),
+    (re.compile(r"is (?P<count>\d+) characters; at most (?P<max>\d+) are allowed"), "ra.too_long", {}),
+    (re.compile(r"contains the control or unassigned character (?P<char>U\+[0-9A-F]+)"), "ra.control_character", {}),
+    (re.compile(r"must be a telephone number: .*"), "ra.phone", {}),
     (
-        re.compile(r"has the impossible birth date (\S+) \(characters 7-14\)"),
-        lambda m: _("The birth date %(date)s in the ID number (characters 7-14) does not exist.", date=m[1]),
+        re.compile(r"is (?P<bytes>\d+) bytes in UTF-8; a common name may be at most (?P<max>\d+) bytes"),
+        "ca.name_too_long",
+        {},
     ),
-    (
-        re.compile(r"has a birth date in the future \((\S+)\)"),
-        lambda m: _("The birth date in the ID number (%(date)s) is in the future.", date=m[1]),
-    ),
-    (
-        re.compile(r"has a birth date before (\d+) \((\S+)\)"),
-        lambda m: _("The birth date in the ID number (%(date)s) is before %(year)s.", date=m[2], year=m[1]),
-    ),
-    (
-        re.compile(r"has a wrong check character \(the 18th\): the number was mistyped"),
-        lambda m: _("The check character (the 18th) is wrong: the ID number was mistyped."),
-    ),
-    (
-        re.compile(r"this ID number is already registered, in (.+); an official is registered once in the network"),
-        lambda m: _(
-            "This ID number is already registered, in %(prefecture)s. An official is registered only once.",
-            prefecture=m[1],
-        ),
-    ),
-    (
-        re.compile(r"the CSR's public key is (?:already|now) in use by certificate (\w+).*"),
-        lambda m: _(
-            "The key of this CSR is already in use by certificate %(serial)s. The subscriber must make a new key pair.",
-            serial=m[1],
-        ),
-    ),
-    (
-        re.compile(r"the CSR's public key is already in request (\d+), which is still open"),
-        lambda m: _("The key of this CSR is already in request %(id)s, which is still open.", id=m[1]),
-    ),
-    (
-        re.compile(r"is not a valid PKCS#10 certificate request: .*|is a PEM '.*', not a 'CERTIFICATE REQUEST'"),
-        lambda m: _("This is not a certificate request (PKCS#10 CSR, PEM or DER)."),
-    ),
-    (
-        re.compile(r"is empty; send a PEM or DER PKCS#10 certificate request"),
-        lambda m: _("The certificate request (CSR) is empty."),
-    ),
-    (
-        re.compile(r"the subscriber's certificate request \(CSR\) is required"),
-        lambda m: _("Choose the CSR file or paste the CSR."),
-    ),
-    (
-        re.compile(r"you submitted this request: another officer of the prefecture must decide it"),
-        lambda m: _("You submitted this request yourself: another officer of the prefecture must decide it."),
-    ),
-    (
-        re.compile(r"only an RA officer \(审核\) of the request's prefecture approves or rejects it"),
-        lambda m: _("Only an RA officer of the request's prefecture approves or rejects it."),
-    ),
-    (
-        re.compile(r"only an RA clerk \(受理/录入\) registers subscribers and submits requests"),
-        lambda m: _("Only an RA clerk registers subscribers and submits requests."),
-    ),
-    (
-        re.compile(r"only an RA officer of the official's prefecture may see the full ID number"),
-        lambda m: _("Only an RA officer of the official's prefecture may see the full ID number."),
-    ),
-    (
-        re.compile(r"request (\d+) was (?:already decided|decided by someone else just now).*"),
-        lambda m: _("Request %(id)s has already been decided.", id=m[1]),
-    ),
-    (
-        re.compile(r"no (official|request|certificate|service|import) with (?:id|serial) (\S+)(?: in prefecture \d+)?"),
-        lambda m: _("There is no %(what)s %(id)s in your prefecture.", what=str(_WHAT[m[1]]), id=m[2]),
-    ),
-    (re.compile(r"no official with this ID number"), lambda m: _("No official with this ID number.")),
-    (
-        re.compile(r"is required"),
-        lambda m: _("This field is required."),
-    ),
-    (
-        re.compile(r"is (\d+) characters; at most (\d+) are allowed"),
-        lambda m: _("Too long: %(count)s characters, at most %(max)s.", count=m[1], max=m[2]),
-    ),
-    (
-        re.compile(r"contains the control or unassigned character (U\+[0-9A-F]+)"),
-        lambda m: _("Contains the control character %(char)s.", char=m[1]),
-    ),
-    (
-        re.compile(r"must be a telephone number: .*"),
-        lambda m: _("Enter a telephone number: 5 to 20 digits, with optional +, - and spaces."),
-    ),
-    (
-        re.compile(r"is neither UTF-8 nor GB18030 text \(byte (\d+) cannot be read\); save it as CSV UTF-8"),
-        lambda m: _(
-            'The file is neither UTF-8 nor GB18030 text (byte %(byte)s cannot be read). Save it as "CSV UTF-8".',
-            byte=m[1],
-        ),
-    ),
-    (
-        re.compile(r"lacks the required column\(s\) (.+); the header row must name .*"),
-        lambda m: _(
-            "The file lacks the required column(s) %(columns)s. The header row must name "
-            "姓名/name, 身份证号/id_number and 部门/department.",
-            columns=m[1],
-        ),
-    ),
-    (re.compile(r"is empty; choose a CSV file of officials"), lambda m: _("Choose a CSV file of officials.")),
-    (
-        re.compile(r"has a header row but no officials"),
-        lambda m: _("The file has a header row but no officials."),
-    ),
-    (re.compile(r"is not a text \(CSV\) file"), lambda m: _("This is not a text (CSV) file.")),
-    (
-        re.compile(r"has more than (\d+) rows; split it into smaller files"),
-        lambda m: _("The file has more than %(count)s rows; split it into smaller files.", count=m[1]),
-    ),
-    (
-        re.compile(r"the one-time password of this key was already shown.*"),
-        lambda m: _(
-            "The one-time password was already shown (or its time ran out). The key is kept in escrow: "
-            "ask for key recovery."
-        ),
-    ),
-    (
-        re.compile(r"the encryption key was already handed over.*"),
-        lambda m: _(
-            "The encryption key was already handed over (or its time ran out). The key is kept in escrow: "
-            "ask for key recovery."
-        ),
-    ),
-    (
-        re.compile(r"request (\d+) for certificate (\w+) is still open; decide it first"),
-        lambda m: _("Request %(id)s for this certificate is still open; it must be decided first.", id=m[1]),
-    ),
-    (
-        re.compile(r"certificate (\w+) is already (on hold|revoked).*"),
-        lambda m: _("Certificate %(serial)s is already suspended or revoked.", serial=m[1]),
-    ),
-    (
-        re.compile(r"certificate (\w+) is not on hold"),
-        lambda m: _("Certificate %(serial)s is not suspended.", serial=m[1]),
-    ),
-    (
-        re.compile(r"officials cannot be registered yet: the subscriber data key has not been made.*"),
-        lambda m: _("Officials cannot be registered yet: a security administrator must set up the data key."),
-    ),
+    (re.compile(r"officials cannot be registered yet: the subscriber data key .*"), "ra.no_data_key", {}),
 ]
 
 
-def ra_message(reason: str) -> str:
-    """A service's reason in the request's language."""
-    for pattern, message in _RA_REASONS:
+def stored_message(reason: str) -> str:
+    """An import row's (or failed import's) stored English reason in the request's language."""
+    for pattern, code, fixed in _STORED:
         match = pattern.fullmatch(reason)
         if match:
-            return message(match)
+            return ra_message(code, {**match.groupdict(), **fixed}, reason)
     return field_message(reason)
 
 
@@ -281,7 +401,7 @@ def show_errors(form: FlaskForm, error: GovpkiError, fields: dict[str, Field]) -
     for problem in error.problems:
         name = (problem.field or "").split(".")[0].split("[")[0]
         target = fields.get(name)
-        message = ra_message(problem.reason)
+        message = problem_message(problem)
         if target is not None:
             target.errors = [*target.errors, message]
         else:
@@ -301,7 +421,7 @@ def _svc() -> Services:
 
 @bp.errorhandler(GovpkiError)
 def _domain_error(error: GovpkiError) -> Response:
-    return _error_page(STATUS[error.kind], ra_message(error.reason))
+    return _error_page(STATUS[error.kind], error_message(error))
 
 
 # a stale or foreign form: the portal's message (or "your session expired")
@@ -368,7 +488,7 @@ def officials() -> ResponseReturnValue:
     try:
         found = _svc().subscribers.list_officials(g.db, _principal(), search=query, limit=100)
     except InvalidError as exc:
-        error = ra_message(exc.reason)
+        error = error_message(exc)
     return render_template("ra/officials.html", officials=found, q=query, error=error, **_names()), (
         422 if error else 200
     )
@@ -597,7 +717,7 @@ def approve(request_id: int) -> ResponseReturnValue:
         done = _svc().ra_portal.approve(g.db, _principal(), request_id, comment=form.comment.data)
     except GovpkiError as error:
         g.db.rollback()
-        return _request_page(request_id, form=form, error=ra_message(error.reason)), STATUS[error.kind]
+        return _request_page(request_id, form=form, error=error_message(error)), STATUS[error.kind]
     if done.pkcs12 is not None:
         flash(
             _(
@@ -624,7 +744,7 @@ def reject(request_id: int) -> ResponseReturnValue:
         if error.field == "comment":
             form.comment.errors = [_("Say why the request is rejected.")]
             return _request_page(request_id, form=form), 422
-        return _request_page(request_id, form=form, error=ra_message(error.reason)), STATUS[error.kind]
+        return _request_page(request_id, form=form, error=error_message(error)), STATUS[error.kind]
     flash(_("Request %(id)s is rejected.", id=request_id), "success")
     return redirect(url_for("ra_portal.request_page", request_id=request_id))
 
@@ -815,7 +935,7 @@ def import_page(job_id: int) -> ResponseReturnValue:
         problems=problems,
         row_status=ROW_STATUS,
         fields=FIELDS,
-        message=ra_message,
+        message=stored_message,
         **_names(),
     )
 
@@ -847,7 +967,7 @@ def import_report(job_id: int) -> ResponseReturnValue:
                 _csv_safe(row.name),
                 row.id_number,
                 str(FIELDS.get(field.split(".")[0], field)),
-                ra_message(row.reason),
+                stored_message(row.reason),
             ]
         )
     response = Response("\ufeff" + out.getvalue(), mimetype="text/csv")
