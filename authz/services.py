@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from authz import totp
 from authz.events import AuthzEvent
-from authz.models import Account, ApiToken, SignInFailure, SignInLock
+from authz.models import Account, ApiToken, SignInFailure, SignInLock, TotpKey
 from govpki import audit
 from govpki.clock import Clock
 from govpki.errors import (
@@ -413,6 +413,22 @@ class AccountService:
             raise UnavailableError("TOTP is not set up in this service", field="code")
         return self._sealer
 
+    def record_totp_keys(self, session: Session, principal: Principal) -> int:
+        """Record TOTP keys made before they were recorded in the key inventory (start-up;
+        idempotent, audited). Returns how many were recorded."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may record the TOTP keys")
+        return 0 if self._sealer is None else self._sealer.record_keys(session, principal)
+
+    def totp_key(self, session: Session, principal: Principal) -> TotpKey:
+        """The TOTP key new enrolments use (to back it up): a security administrator's."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may back up the TOTP key")
+        key = None if self._sealer is None else self._sealer.latest_key(session)
+        if key is None:
+            raise UnavailableError("there is no TOTP key yet: it is made at the first TOTP enrolment", field="totp_key")
+        return key
+
     def _own_account(self, session: Session, principal: Principal) -> Account:
         account = session.get(Account, int(principal.id)) if principal.kind is PrincipalKind.ACCOUNT else None
         if account is None or account.disabled:
@@ -427,7 +443,7 @@ class AccountService:
             raise ConflictError("TOTP is already set up for this account", field="code")
         sealer = self._require_sealer()
         if account.totp_secret is None:
-            key = sealer.current_key(session, created_by=principal.audit_name, now=self._clock.now())
+            key = sealer.current_key(session, principal, now=self._clock.now())
             secret = totp.new_secret()
             account.totp_key_id = key.id
             account.totp_secret = sealer.seal(account, key, secret)

@@ -27,7 +27,10 @@ from sqlalchemy.orm import Session
 from authz.models import Account, TotpKey
 from govpki.audit import canonical_json
 from govpki.errors import InvalidError
+from govpki.principal import Principal
 from keymgmt.interfaces import KeyStoreError, SecretKeyStore
+from keymgmt.policy import KeyPurpose
+from keymgmt.services import KeyService
 
 STORE = "online"
 DIGITS = 6
@@ -35,6 +38,8 @@ STEP_SECONDS = 30
 WINDOW_STEPS = 1  # accept the previous and the next step too (clock drift)
 ISSUER = "govpki"
 _AAD_PURPOSE = "govpki-totp-secret-v1"
+KEY_ALGORITHM = "aes-256"
+KEY_DESCRIPTION = "TOTP sealing key (staff TOTP secrets)"
 
 
 def new_secret() -> str:
@@ -76,9 +81,12 @@ def provisioning_uri(secret: str, username: str, issuer: str = ISSUER) -> str:
 class TotpSealer:
     """Seals and opens TOTP secrets with the newest TOTP key (made on first use)."""
 
-    def __init__(self, keystores: Mapping[str, object], store_name: str = STORE) -> None:
+    def __init__(
+        self, keystores: Mapping[str, object], store_name: str = STORE, *, keys: KeyService | None = None
+    ) -> None:
         self._keystores = keystores
         self._store_name = store_name
+        self._keys = keys  # the key inventory: every TOTP key gets a record (purpose totp_sealing)
 
     def _store(self, name: str) -> SecretKeyStore:
         store = self._keystores[name]
@@ -86,15 +94,51 @@ class TotpSealer:
             raise KeyStoreError(f"key store {name!r} cannot hold secret keys", field="keystore")
         return store
 
-    def current_key(self, session: Session, *, created_by: str, now: _dt.datetime) -> TotpKey:
+    def current_key(self, session: Session, principal: Principal, *, now: _dt.datetime) -> TotpKey:
+        """The newest TOTP key, made now (and recorded in the key inventory) if there is none.
+        ``principal``: who caused it (the account enrolling, or the system at start-up)."""
         key = session.scalars(select(TotpKey).order_by(TotpKey.id.desc())).first()
         if key is not None:
             return key
         handle = self._store(self._store_name).generate_secret(f"totp-{now:%Y%m%d%H%M%S}-{now.microsecond:06d}")
-        key = TotpKey(key_store=self._store_name, key_handle=handle, created_at=now, created_by=created_by)
+        key = TotpKey(key_store=self._store_name, key_handle=handle, created_at=now, created_by=principal.audit_name)
         session.add(key)
         session.flush()
+        if self._keys is not None:
+            self._keys.register(
+                session,
+                principal,
+                purpose=KeyPurpose.TOTP_SEALING,
+                store=self._store_name,
+                handle=handle,
+                algorithm=KEY_ALGORITHM,
+                description=KEY_DESCRIPTION,
+            )
         return key
+
+    def record_keys(self, session: Session, principal: Principal) -> int:
+        """Give every TOTP key without a key record one (keys made before TOTP keys were
+        recorded); idempotent, audited. The caller checks the permission (start-up: the
+        system). Returns how many were recorded."""
+        if self._keys is None:
+            return 0
+        made = 0
+        for key in session.scalars(select(TotpKey).order_by(TotpKey.id)):
+            record = self._keys.register_if_missing(
+                session,
+                principal,
+                purpose=KeyPurpose.TOTP_SEALING,
+                store=key.key_store,
+                handle=key.key_handle,
+                algorithm=KEY_ALGORITHM,
+                description=f"{KEY_DESCRIPTION}; made {key.created_at:%Y-%m-%d}",
+            )
+            made += record is not None
+        return made
+
+    def latest_key(self, session: Session) -> TotpKey | None:
+        """The TOTP key new enrolments use (``None`` before the first)."""
+        return session.scalars(select(TotpKey).order_by(TotpKey.id.desc())).first()
 
     @staticmethod
     def _aad(account: Account, key: TotpKey) -> bytes:

@@ -755,6 +755,20 @@ class KeyBackupService:
                 field="manifest",
             ) from None
         public = _restored_public_key(payload, manifest, manifest_path)
+        purpose = _record_purpose(manifest.purpose)
+        recorded = None
+        if self._keys is not None and target_name is not None and purpose is not None:
+            # A key put back where it was lost (same store and label) keeps its record.
+            recorded = self._keys.by_handle(session, target_name, handle)
+            if recorded is not None and (
+                recorded.purpose != purpose.value
+                or (recorded.spki_sha256 is not None and recorded.spki_sha256 != manifest.spki_sha256)
+            ):
+                raise ConflictError(
+                    f"key record {recorded.id} names {target_name}/{handle} as another key "
+                    f"({recorded.purpose}); restore under another label",
+                    field="label",
+                )
 
         used = tuple(sorted((share.index, share.custodian) for share, _ in parsed))
         audit.record(
@@ -772,11 +786,11 @@ class KeyBackupService:
                 "shares": manifest.shares,
                 "custodians": [name for _, name in used],
                 "key_store": str(target.directory),
+                "key_record": None if recorded is None else recorded.id,
             },
             clock=self.clock,
         )
-        purpose = _record_purpose(manifest.purpose)
-        if self._keys is not None and target_name is not None and purpose is not None:
+        if self._keys is not None and target_name is not None and purpose is not None and recorded is None:
             self._keys.register(
                 session,
                 principal,

@@ -8,7 +8,7 @@ import datetime as _dt
 import enum
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -31,6 +31,8 @@ class KeyPurpose(enum.StrEnum):
     TOKEN_SIGNING = "token_signing"
     KMC_STORAGE = "kmc_storage"
     ESCROWED_ENCRYPTION = "escrowed_encryption"
+    SUBSCRIBER_DATA = "subscriber_data"  # the RA's AES-256 key for officials' ID numbers
+    TOTP_SEALING = "totp_sealing"  # the AES-256 key staff TOTP secrets are sealed under
 
 
 # Keys replaced on schedule with an overlap window (the others are replaced by a
@@ -75,11 +77,29 @@ class PurposePolicy(BaseModel):
         return _dt.timedelta(days=self.overlap_days)
 
 
+# Purposes added after policy files were written (GOVPKI_KEY_POLICY_FILE): a file without
+# them still loads, and these (the built-in file's) apply.
+_LATER_PURPOSES: dict[KeyPurpose, dict[str, Any]] = {
+    KeyPurpose.SUBSCRIBER_DATA: {"algorithms": ["aes-256"], "lifetime_days": 3650, "overlap_days": 0},
+    KeyPurpose.TOTP_SEALING: {"algorithms": ["aes-256"], "lifetime_days": 3650, "overlap_days": 0},
+}
+
+
 class KeyPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = Field(ge=1)
     purposes: dict[KeyPurpose, PurposePolicy]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_purposes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("purposes"), dict):
+            purposes = dict(data["purposes"])
+            for purpose, default in _LATER_PURPOSES.items():
+                purposes.setdefault(purpose.value, default)
+            data = {**data, "purposes": purposes}
+        return data
 
     @model_validator(mode="after")
     def _every_purpose(self) -> KeyPolicy:

@@ -183,6 +183,33 @@ class KeyService:
         self._audit(session, principal, KeyEvent.REGISTER, record)
         return record
 
+    def register_if_missing(
+        self,
+        session: Session,
+        principal: Principal,
+        *,
+        purpose: KeyPurpose,
+        store: str,
+        handle: str,
+        algorithm: str,
+        description: str = "",
+    ) -> KeyRecord | None:
+        """Record an existing key that has no record yet (a key made before its purpose was
+        recorded) as active, audited like :meth:`register`; ``None`` when it has one. For
+        start-up (``govpki init``/``serve``): run it as often as you like."""
+        self._manage(principal, "register keys")
+        if self.by_handle(session, store, handle) is not None:
+            return None
+        return self.register(
+            session,
+            principal,
+            purpose=purpose,
+            store=store,
+            handle=handle,
+            algorithm=algorithm,
+            description=description,
+        )
+
     def count_use(self, target: Session | Connection, store: str, handle: str, n: int = 1) -> None:
         """Add ``n`` signatures to the key's counter (one UPDATE; a key without a record is
         ignored). Call it in the transaction that stores what was signed."""

@@ -45,6 +45,8 @@ from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundE
 from govpki.mailaddr import check_address
 from govpki.principal import Principal, PrincipalKind, Role
 from keymgmt.interfaces import KeyStoreError, SecretKeyStore
+from keymgmt.policy import KeyPurpose
+from keymgmt.services import KeyService
 from ra.events import RaEvent
 from ra.idnumber import parse_id_number
 from ra.models import Prefecture
@@ -57,6 +59,8 @@ MAX_NAME = 64
 MAX_HOSTS = 50
 _AAD_PURPOSE = "govpki-ra-id-number-v1"
 _HMAC_AAD = b"govpki-ra-id-number-hmac-key-v1"
+DATA_KEY_ALGORITHM = "aes-256"
+DATA_KEY_DESCRIPTION = "subscriber data key (officials' ID numbers; seals the lookup-hash HMAC key)"
 _ID_SHAPE = re.compile(r"\d{17}[\dXx]")
 
 
@@ -154,8 +158,16 @@ def _phone(value: str | None) -> str | None:
 
 
 class SubscriberService:
-    def __init__(self, keystores: Mapping[str, object], clock: Clock, store_name: str = DATA_KEY_STORE) -> None:
+    def __init__(
+        self,
+        keystores: Mapping[str, object],
+        clock: Clock,
+        store_name: str = DATA_KEY_STORE,
+        *,
+        keys: KeyService | None = None,
+    ) -> None:
         self._keystores = keystores
+        self._keys = keys  # the key inventory: every data key gets a record (purpose subscriber_data)
         self._clock = clock
         self._store_name = store_name
         self._hmac_keys: dict[tuple[int, str], bytes] = {}
@@ -191,6 +203,16 @@ class SubscriberService:
         )
         session.add(key)
         session.flush()
+        if self._keys is not None:
+            self._keys.register(
+                session,
+                principal,
+                purpose=KeyPurpose.SUBSCRIBER_DATA,
+                store=self._store_name,
+                handle=handle,
+                algorithm=DATA_KEY_ALGORITHM,
+                description=DATA_KEY_DESCRIPTION,
+            )
         audit.record(
             session,
             principal,
@@ -201,6 +223,27 @@ class SubscriberService:
             clock=self._clock,
         )
         return key, True
+
+    def record_data_keys(self, session: Session, principal: Principal) -> int:
+        """Give every subscriber data key without a key record one (keys made before data keys
+        were recorded); idempotent, audited. Returns how many were recorded."""
+        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
+            raise ForbiddenError("only a security administrator may record the subscriber data keys")
+        if self._keys is None:
+            return 0
+        made = 0
+        for key in session.scalars(select(SubscriberDataKey).order_by(SubscriberDataKey.id)):
+            record = self._keys.register_if_missing(
+                session,
+                principal,
+                purpose=KeyPurpose.SUBSCRIBER_DATA,
+                store=key.key_store,
+                handle=key.key_handle,
+                algorithm=DATA_KEY_ALGORITHM,
+                description=f"{DATA_KEY_DESCRIPTION}; made {key.created_at:%Y-%m-%d}",
+            )
+            made += record is not None
+        return made
 
     def _active_key(self, session: Session) -> SubscriberDataKey:
         key = session.scalars(

@@ -73,6 +73,7 @@ def initialize(
             session.commit()
             if made:
                 report.created.append(f"KMC storage key {storage.key_handle} (wraps escrowed encryption keys)")
+    _record_secret_keys(services, principal, report)
     if first_admin:
         with services.sessions() as session:
             if services.accounts.count(session) == 0:
@@ -89,6 +90,21 @@ def initialize(
                 report.admin_password = password
                 report.created.append(f"security administrator account '{FIRST_ADMIN}'")
     return report
+
+
+def _record_secret_keys(services: Services, principal: Principal, report: InitReport) -> None:
+    """Key records for secret keys made before they were recorded (an older instance): the
+    subscriber data keys, the TOTP keys and the KMC storage keys. Idempotent."""
+    with services.sessions() as session:
+        counts = [
+            ("subscriber data key", services.subscribers.record_data_keys(session, principal)),
+            ("TOTP key", services.accounts.record_totp_keys(session, principal)),
+            ("KMC storage key", services.kmc.record_storage_keys(session, principal)),
+        ]
+        session.commit()
+    for what, n in counts:
+        if n:
+            report.created.append(f"key record(s) for {n} {what}(s) made before keys were recorded")
 
 
 def _first_crls(services: Services, principal: Principal, report: InitReport, root_key_at_hand: bool) -> None:

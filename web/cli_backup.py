@@ -38,7 +38,8 @@ def _read_passphrase(path: Path, option: str, whose: str) -> bytes:
 
 @click.group(name="backup")
 def backup() -> None:
-    """CA key backup to M-of-N custodian shares, and restore (file key store keys only)."""
+    """Key backup (CA keys, the KMC storage key, the subscriber data key, the TOTP key…) to
+    M-of-N custodian shares, and restore (file key store keys only)."""
 
 
 @backup.command(name="create")
@@ -48,6 +49,16 @@ def backup() -> None:
     "--kmc-storage",
     is_flag=True,
     help="Back up the KMC storage key (the AES-256 key every escrowed key is sealed under; file store only).",
+)
+@click.option(
+    "--subscriber-data-key",
+    is_flag=True,
+    help="Back up the active subscriber data key (AES-256: officials' ID numbers; file store only).",
+)
+@click.option(
+    "--totp-key",
+    is_flag=True,
+    help="Back up the TOTP key (AES-256: staff TOTP secrets are sealed under it; file store only).",
 )
 @click.option(
     "--store",
@@ -77,6 +88,8 @@ def backup_create(
     ca_id: int | None,
     root: bool,
     kmc_storage: bool,
+    subscriber_data_key: bool,
+    totp_key: bool,
     store_name: str | None,
     label: str | None,
     purpose: str | None,
@@ -89,8 +102,8 @@ def backup_create(
     from govpki.errors import GovpkiError
     from web.cli_common import cli_principal, fail, load_services, report_error
 
-    if sum((ca_id is not None, root, kmc_storage, store_name is not None)) > 1:
-        fail("give one of --ca, --root, --kmc-storage or --store/--label")
+    if sum((ca_id is not None, root, kmc_storage, subscriber_data_key, totp_key, store_name is not None)) > 1:
+        fail("give one of --ca, --root, --kmc-storage, --subscriber-data-key, --totp-key or --store/--label")
     if (store_name is None) != (label is None):
         fail("--store and --label go together")
     if store_name is not None and not purpose:
@@ -110,6 +123,12 @@ def backup_create(
             elif kmc_storage:
                 storage = services.kmc.storage_key(session)
                 store, handle, what = services.keystores[storage.key_store], storage.key_handle, "kmc-storage"
+            elif subscriber_data_key:
+                data_key = services.subscribers.active_data_key(session)
+                store, handle, what = services.keystores[data_key.key_store], data_key.key_handle, "subscriber-data"
+            elif totp_key:
+                sealing = services.accounts.totp_key(session, cli_principal())
+                store, handle, what = services.keystores[sealing.key_store], sealing.key_handle, "totp-sealing"
             else:
                 if ca_id is not None:
                     ca = services.ca.find_ca(session, ca_id)

@@ -261,7 +261,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
     auditing = AuditCheckpointService(keystores, clock, audit_settings(config), keys)
     kmc = KmcService(settings=kmc_settings(config), keystores=keystores, officers=officers(), clock=clock, keys=keys)
     encryption = EncryptionCertificateService(ca=ca, kmc=kmc)
-    subscribers = SubscriberService(keystores, clock)
+    subscribers = SubscriberService(keystores, clock, keys=keys)
     validation = ValidationService(
         clock=clock, crl_status=CrlStatus(clock), extra_anchors=extra_anchors, records=DatabaseRecords(revocation)
     )
@@ -285,7 +285,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         revocation=revocation,
         crl=CrlService(crl_settings(config), keystores, clock, keys),
         ocsp=ocsp,
-        accounts=AccountService(clock, signin_settings(config), TotpSealer(keystores)),
+        accounts=AccountService(clock, signin_settings(config), TotpSealer(keystores, keys=keys)),
         tokens=TokenService(clock),
         regions=RegionService(clock),
         validation=validation,

@@ -267,6 +267,30 @@ def test_a_key_restored_into_a_configured_store_gets_a_pre_active_record(
     assert session.scalars(select(KeyRecord).where(KeyRecord.handle == other.handle)).first() is None
 
 
+def test_a_label_another_key_record_names_is_refused(
+    bare_services: Services, session: Session, store: FileKeyStore, tmp_path: Path
+) -> None:
+    """Restored under a store and handle whose key record is of another purpose: a 409, no
+    key written, no record changed (a key put back where its own record names it keeps it:
+    tests/web/test_secret_key_inventory.py)."""
+    from keymgmt.models import KeyRecord
+    from keymgmt.policy import KeyPurpose
+
+    backup = KeyBackupService(SystemClock(), scrypt_log2_n=14, keys=bare_services.keys)
+    made = make_backup(backup, session, store, tmp_path / "b")
+    online = bare_services.keystores["online"]
+    bare_services.keys.register(
+        session, SYSTEM, purpose=KeyPurpose.TOTP_SEALING, store="online", handle="file:lost-key", algorithm="aes-256"
+    )
+    with pytest.raises(ConflictError) as info:
+        backup.restore(
+            session, SYSTEM, made.manifest, made.inputs(1, 2), online, label="lost-key", target_name="online"
+        )
+    assert info.value.field == "label" and "totp_sealing" in str(info.value)
+    assert not online.has("file:lost-key") and audit_entries(session, "keymgmt:backup:restore") == []
+    assert len(session.scalars(select(KeyRecord).where(KeyRecord.handle == "file:lost-key")).all()) == 1
+
+
 # --- refusals: each a clear error, nothing restored ----------------------------------------
 
 

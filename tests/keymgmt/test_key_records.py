@@ -75,16 +75,28 @@ def _assert_records_of_init(services: Services) -> None:
     _checkpoint_and_sth(services)
     records = _records(services)
     by_purpose = {r.purpose: r for r in records}
-    assert sorted(by_purpose) == ["audit_signing", "issuing_ca", "ocsp_signing", "root", "tlog_signing"]
-    assert len(records) == 5 and all(r.state == KeyState.ACTIVE.value for r in records)
+    assert sorted(by_purpose) == [
+        "audit_signing",
+        "issuing_ca",
+        "ocsp_signing",
+        "root",
+        "subscriber_data",
+        "tlog_signing",
+    ]
+    assert len(records) == 6 and all(r.state == KeyState.ACTIVE.value for r in records)
     with services.sessions() as s:
         root = services.ca.active_ca(s, CaKind.ROOT)
         issuing = services.ca.active_ca(s, CaKind.ISSUING)
         responder = s.scalars(select(OcspResponder)).one()
+        data_key = services.subscribers.active_data_key(s)
         registered = s.scalar(
             select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "keymgmt:key:register")
         )
-    assert registered == 5
+    assert registered == 6
+    # the subscriber data key: a secret (AES-256) key, no public key to fingerprint
+    data_record = records.pop(records.index(by_purpose["subscriber_data"]))
+    assert (data_record.store, data_record.handle) == (data_key.key_store, data_key.key_handle)
+    assert (data_record.algorithm, data_record.spki_sha256) == ("aes-256", None)
     assert (by_purpose["root"].store, by_purpose["root"].handle) == ("root", root.key_handle)
     assert (by_purpose["issuing_ca"].store, by_purpose["issuing_ca"].handle) == ("online", issuing.key_handle)
     assert by_purpose["ocsp_signing"].handle == responder.key_handle
@@ -345,7 +357,12 @@ def test_destroy_a_retired_key_on_softhsm_removes_its_objects(tmp_path: Path, da
 def test_the_migration_backfills_records_for_an_instance_made_before_it(services: Services) -> None:
     _issue(services, "backfill.example.gov.cn")
     _checkpoint_and_sth(services)
-    expected = {(r.purpose, r.store, r.handle, r.spki_sha256, r.state) for r in _records(services)}
+    # 0004 backfills the asymmetric keys; secret keys get their records at start-up (0017)
+    expected = {
+        (r.purpose, r.store, r.handle, r.spki_sha256, r.state)
+        for r in _records(services)
+        if r.purpose != KeyPurpose.SUBSCRIBER_DATA.value
+    }
     assert len(expected) == 5
     # an instance from before migration 0004: its keys have no records; run 0004's backfill
     spec = importlib.util.spec_from_file_location("m0004", MIGRATIONS_DIR / "versions" / "0004_key_records.py")

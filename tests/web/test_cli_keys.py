@@ -28,7 +28,7 @@ def _listed(services: Services, *args: str) -> list[dict[str, object]]:
 
 def test_list_show_rotate_retire_destroy(services: Services):
     keys = _listed(services)
-    assert {k["purpose"] for k in keys} == {"root", "issuing_ca", "ocsp_signing"}
+    assert {k["purpose"] for k in keys} == {"root", "issuing_ca", "ocsp_signing", "subscriber_data"}
     root = _listed(services, "--purpose", "root")[0]
     assert root["store"] == "root" and root["state"] == "active" and root["use_until"]
     table = run(services, "keys", "list")
