@@ -122,19 +122,14 @@ class TotpSealer:
         system). Returns how many were recorded."""
         if self._keys is None:
             return 0
-        made = 0
-        for key in session.scalars(select(TotpKey).order_by(TotpKey.id)):
-            record = self._keys.register_if_missing(
-                session,
-                principal,
-                purpose=KeyPurpose.TOTP_SEALING,
-                store=key.key_store,
-                handle=key.key_handle,
-                algorithm=KEY_ALGORITHM,
-                description=f"{KEY_DESCRIPTION}; made {key.created_at:%Y-%m-%d}",
-            )
-            made += record is not None
-        return made
+        return self._keys.register_missing(
+            session,
+            principal,
+            session.scalars(select(TotpKey).order_by(TotpKey.id)),
+            purpose=KeyPurpose.TOTP_SEALING,
+            algorithm=KEY_ALGORITHM,
+            description=KEY_DESCRIPTION,
+        )
 
     def latest_key(self, session: Session) -> TotpKey | None:
         """The TOTP key new enrolments use (``None`` before the first)."""

@@ -231,19 +231,14 @@ class KmcService:
             raise ForbiddenError("only a security administrator may record the KMC storage keys")
         if self._keys is None:
             return 0
-        made = 0
-        for key in session.scalars(select(KmcStorageKey).order_by(KmcStorageKey.id)):
-            record = self._keys.register_if_missing(
-                session,
-                principal,
-                purpose=KeyPurpose.KMC_STORAGE,
-                store=key.key_store,
-                handle=key.key_handle,
-                algorithm="aes-256",
-                description=f"KMC storage key (wraps escrowed encryption keys); made {key.created_at:%Y-%m-%d}",
-            )
-            made += record is not None
-        return made
+        return self._keys.register_missing(
+            session,
+            principal,
+            session.scalars(select(KmcStorageKey).order_by(KmcStorageKey.id)),
+            purpose=KeyPurpose.KMC_STORAGE,
+            algorithm="aes-256",
+            description="KMC storage key (wraps escrowed encryption keys)",
+        )
 
     def _aad(self, *, key_ref: str, algorithm: str, spki_sha256: str, storage: KmcStorageKey) -> bytes:
         return canonical_json(

@@ -20,9 +20,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Table, select, update
@@ -57,6 +57,19 @@ def spki_sha256(public_key: PublicKey) -> str:
 
 def _label_prefix(purpose: KeyPurpose) -> str:
     return purpose.value.replace("_", "-")
+
+
+class StoredKey(Protocol):
+    """A row of a key made by a service (a data, TOTP or KMC storage key): where it lives."""
+
+    @property
+    def key_store(self) -> str: ...
+
+    @property
+    def key_handle(self) -> str: ...
+
+    @property
+    def created_at(self) -> _dt.datetime: ...
 
 
 @dataclass(frozen=True)
@@ -183,32 +196,36 @@ class KeyService:
         self._audit(session, principal, KeyEvent.REGISTER, record)
         return record
 
-    def register_if_missing(
+    def register_missing(
         self,
         session: Session,
         principal: Principal,
+        keys: Iterable[StoredKey],
         *,
         purpose: KeyPurpose,
-        store: str,
-        handle: str,
         algorithm: str,
-        description: str = "",
-    ) -> KeyRecord | None:
-        """Record an existing key that has no record yet (a key made before its purpose was
-        recorded) as active, audited like :meth:`register`; ``None`` when it has one. For
-        start-up (``govpki init``/``serve``): run it as often as you like."""
+        description: str,
+    ) -> int:
+        """Record those of ``keys`` (existing keys: rows naming their store, handle and
+        making time) that have no record yet — keys made before their purpose was recorded —
+        as active, each audited like :meth:`register`. For start-up (``govpki init`` /
+        ``serve``): run it as often as you like. Returns how many were recorded."""
         self._manage(principal, "register keys")
-        if self.by_handle(session, store, handle) is not None:
-            return None
-        return self.register(
-            session,
-            principal,
-            purpose=purpose,
-            store=store,
-            handle=handle,
-            algorithm=algorithm,
-            description=description,
-        )
+        made = 0
+        for key in keys:
+            if self.by_handle(session, key.key_store, key.key_handle) is not None:
+                continue
+            self.register(
+                session,
+                principal,
+                purpose=purpose,
+                store=key.key_store,
+                handle=key.key_handle,
+                algorithm=algorithm,
+                description=f"{description}; made {key.created_at:%Y-%m-%d}",
+            )
+            made += 1
+        return made
 
     def count_use(self, target: Session | Connection, store: str, handle: str, n: int = 1) -> None:
         """Add ``n`` signatures to the key's counter (one UPDATE; a key without a record is

@@ -231,19 +231,14 @@ class SubscriberService:
             raise ForbiddenError("only a security administrator may record the subscriber data keys")
         if self._keys is None:
             return 0
-        made = 0
-        for key in session.scalars(select(SubscriberDataKey).order_by(SubscriberDataKey.id)):
-            record = self._keys.register_if_missing(
-                session,
-                principal,
-                purpose=KeyPurpose.SUBSCRIBER_DATA,
-                store=key.key_store,
-                handle=key.key_handle,
-                algorithm=DATA_KEY_ALGORITHM,
-                description=f"{DATA_KEY_DESCRIPTION}; made {key.created_at:%Y-%m-%d}",
-            )
-            made += record is not None
-        return made
+        return self._keys.register_missing(
+            session,
+            principal,
+            session.scalars(select(SubscriberDataKey).order_by(SubscriberDataKey.id)),
+            purpose=KeyPurpose.SUBSCRIBER_DATA,
+            algorithm=DATA_KEY_ALGORITHM,
+            description=DATA_KEY_DESCRIPTION,
+        )
 
     def _active_key(self, session: Session) -> SubscriberDataKey:
         key = session.scalars(
