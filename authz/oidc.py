@@ -229,14 +229,15 @@ class OidcProvider:
         self, session: Session, principal: Principal, *, amr: list[str], auth_time: int, cert_serial: str | None
     ) -> OidcUser:
         """The signed-in portal user's identity: prefecture and department from the access
-        policy's subject when it names them, else the principal's prefecture."""
+        policy's subject when it names them, else the principal's (an official's as the RA
+        registered them)."""
         sub = subject_of(principal)
         row = session.scalar(select(PolicySubject).where(PolicySubject.subject_id == sub))
         return OidcUser(
             subject=sub,
             name=principal.name,
             prefecture=(row.prefecture if row is not None and row.prefecture else principal.prefecture),
-            department=row.department if row is not None else None,
+            department=(row.department if row is not None and row.department else principal.department),
             amr=tuple(amr),
             auth_time=auth_time,
             cert_serial=cert_serial,

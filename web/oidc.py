@@ -148,9 +148,11 @@ def authorize() -> ResponseReturnValue:
     up TOTP); ``none`` with another value is ``invalid_request``. ``prompt=login``, or a
     session older than ``max_age``: the session ends and the user signs in afresh."""
     user = ui.signed_in_user()
+    official = ui.signed_in_official()  # an official signed in with their certificate
+    end_user = user or official
     server = _server()
     try:
-        grant = server.get_consent_grant(end_user=user)
+        grant = server.get_consent_grant(end_user=end_user)
         max_age = _max_age(grant)
     except OAuth2Error as error:
         if error.redirect_uri:  # the client and its exact redirect URI are known: tell the client
@@ -161,16 +163,18 @@ def authorize() -> ResponseReturnValue:
     too_old = max_age is not None and (auth_time is None or _provider().now().timestamp() - auth_time > max_age)
     if "none" in prompts:
         refusal: OAuth2Error | None = None
-        if user is None or too_old:
+        if end_user is None or too_old:
             refusal = LoginRequiredError(description="the user must sign in")
-        elif user.account.must_change_password or not user.account.totp_enrolled:
+        elif user is not None and (user.account.must_change_password or not user.account.totp_enrolled):
             refusal = InteractionRequiredError(description="the user must finish setting up their account")
         if refusal is not None:
             refusal.state = grant.request.payload.state
             refusal.redirect_uri = grant.redirect_uri
             return _to_client(refusal)
-    elif user is not None and ("login" in prompts or too_old):
+    elif end_user is not None and ("login" in prompts or too_old):
         return _sign_in_again()
+    if official is not None:
+        return _grant_code(grant, official.principal)
     return _authorize(grant)
 
 
@@ -183,12 +187,18 @@ def _to_client(error: OAuth2Error) -> Response:
 def _authorize(grant: Any) -> ResponseReturnValue:
     user = ui.signed_in_user()
     assert user is not None  # login_required
+    return _grant_code(grant, user.principal)
+
+
+def _grant_code(grant: Any, principal: Principal) -> ResponseReturnValue:
+    """The code for the signed-in staff member or official (``principal``), with the
+    session's sign-in methods, time and certificate."""
     server = _server()
     auth_time = _auth_time()
     serial = session.get("cert_serial")  # set by certificate sign-in (hex)
     oidc_user = _provider().user_for(
         g.db,
-        user.principal,
+        principal,
         amr=ui.session_amr(),
         auth_time=auth_time if auth_time is not None else int(_provider().now().timestamp()),
         cert_serial=str(serial) if serial else None,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from flask.testing import FlaskClient
+from joserfc import jwt
 from sqlalchemy import select, update
 
 from authz.certlogin import parse_trusted_proxies
@@ -23,7 +24,7 @@ from govpki.principal import SYSTEM
 from tests.authz.certlogin_helpers import IssuedOfficial, header, issue_official, prepare_ra
 from tests.helpers import initialised_portal
 from tests.web.oidc_helpers import register_client, two_factor_client
-from tests.web.test_oidc import basic
+from tests.web.test_oidc import authorize, basic, code_of, exchange, jwks
 from tests.web.test_ui import Portal
 
 _sequences = itertools.count(201)
@@ -181,3 +182,30 @@ def test_oidc_tokens_of_a_certificate_session_stop_with_the_certificate(portal: 
     # the password session's tokens of the same subject are not tied to the certificate
     assert introspect(tokens["pwd"]["access_token"]) and userinfo(tokens["pwd"]["access_token"]) == 200
     assert refresh(tokens["pwd"]["refresh_token"]) == 200
+
+
+def test_an_official_signs_in_to_an_application_with_their_certificate(portal: Portal) -> None:
+    """Single sign-on for officials: certificate sign-in, then the authorization code flow;
+    the ID token names the official (sub: the official's id), amr ["swk"], the certificate's
+    serial and the registered prefecture and department; with nobody signed in, the sign-in
+    page offers the certificate sign-in that comes back to the same request."""
+    issued = official(portal)
+    client_id, secret = register_client(portal, f"sso-{issued.serial[:8]}")
+    anonymous = portal.app.test_client()
+    to_login = authorize(anonymous, client_id)
+    assert to_login.status_code == 302 and to_login.headers["Location"].startswith("/login")
+    login_page = anonymous.get(to_login.headers["Location"]).get_data(as_text=True)
+    assert "/login/certificate?next=/oauth/authorize" in login_page.replace("%2F", "/")
+    client = signed_in_official(portal, issued)
+    response = exchange(portal, client_id, secret, code_of(authorize(client, client_id)))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    claims = jwt.decode(response.get_json()["id_token"], jwks(portal), algorithms=["ES256"]).claims
+    with portal.services.sessions() as db:
+        record = db.scalar(select(CertificateRecord).where(CertificateRecord.serial == issued.serial))
+        assert record is not None
+    assert claims["sub"] == str(issued.official_id) and claims["amr"] == ["swk"]
+    assert claims["cert_serial"] == issued.serial and claims["aud"] == client_id
+    assert claims["prefecture"] and claims["name"] and claims["department"] == "财政局"
+    # prompt=none with the certificate session: a code, no page
+    quiet = authorize(client, client_id, prompt="none")
+    assert code_of(quiet)
