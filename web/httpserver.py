@@ -436,6 +436,8 @@ class Acceptor:
         self._sock = sock
         self._factory = factory
         self._fd = sock.fileno()
+        # socket.accept() would turn family and type into enums on every call: once, here
+        self._family, self._kind = int(sock.family), int(sock.type)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
@@ -445,8 +447,7 @@ class Acceptor:
         self._loop.remove_reader(self._fd)
 
     def _ready(self) -> None:
-        # the socket module's own accept() converts family and type to enums each time
-        accept, family, kind = self._sock._accept, int(self._sock.family), int(self._sock.type)  # type: ignore[attr-defined]
+        accept, family, kind = self._sock._accept, self._family, self._kind  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, _address = accept()
