@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from govpki.db import Base, UTCDateTime
@@ -40,6 +41,8 @@ class ImportJob(Base):
     data_key_id: Mapped[int] = mapped_column(ForeignKey("subscriber_data_keys.id"))
     payload_sealed: Mapped[bytes | None] = mapped_column(LargeBinary())
     failure: Mapped[str | None] = mapped_column(Text())
+    failure_code: Mapped[str | None] = mapped_column(String(64))  # the error's code and values
+    failure_params: Mapped[dict[str, Any] | None] = mapped_column(JSON())
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[_dt.datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
@@ -63,4 +66,6 @@ class ImportRow(Base):
     name: Mapped[str] = mapped_column(String(200))
     id_number: Mapped[str] = mapped_column(String(18))
     field: Mapped[str | None] = mapped_column(String(64))
-    reason: Mapped[str] = mapped_column(Text())
+    reason: Mapped[str] = mapped_column(Text())  # English
+    code: Mapped[str | None] = mapped_column(String(64))  # the refusal's code and values, to translate
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON())

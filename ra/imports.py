@@ -398,6 +398,8 @@ class ImportService:
                         failure=exc.reason
                         if isinstance(exc, GovpkiError)
                         else "an internal error occurred; it was logged",
+                        failure_code=exc.code if isinstance(exc, GovpkiError) else "ra.import_internal",
+                        failure_params=dict(exc.params) if isinstance(exc, GovpkiError) else {},
                         payload_sealed=None,
                         finished_at=self._clock.now(),
                         heartbeat_at=held.at,
@@ -506,6 +508,8 @@ class ImportService:
                     id_number=mask(number) if len(number) == 18 else "",
                     field=(problem.field or "")[:64] or None,
                     reason=problem.reason,
+                    code=problem.code,
+                    params=dict(problem.params),
                 )
             )
             return status

@@ -173,18 +173,38 @@ class RequestLedger:
             )
         return True
 
-    def fail(self, principal: Principal, request: RaRequest, reason: str, serials: dict[str, str | None]) -> None:
+    def fail(
+        self,
+        principal: Principal,
+        request: RaRequest,
+        failed: _CarryOutError,
+    ) -> None:
         """``approved`` → ``failed`` with the reason (and any certificate already issued)."""
+        reason, serials = failed.reason, failed.serials
+        code, params = failed.error.code, failed.params
         with self._gate, self._engine.begin() as conn:
             now = self._clock.now()
             conn.execute(
                 update(_T)
                 .where(_T.c.id == request.id, _T.c.state == RequestState.APPROVED.value)
-                .values(state=RequestState.FAILED.value, failure=reason, completed_at=now, **serials)
+                .values(
+                    state=RequestState.FAILED.value,
+                    failure=reason,
+                    failure_code=code,
+                    failure_params=params,
+                    completed_at=now,
+                    **serials,
+                )
             )
             conn.execute(
                 insert(_EVENTS).values(
-                    request_id=request.id, at=now, actor=principal.audit_name, action="fail", detail=reason
+                    request_id=request.id,
+                    at=now,
+                    actor=principal.audit_name,
+                    action="fail",
+                    detail=reason,
+                    code=code,
+                    params=params,
                 )
             )
             audit.record(
@@ -200,13 +220,16 @@ class RequestLedger:
 
 
 class _CarryOutError(Exception):
-    """Carrying out an approved request failed; ``serials`` were issued before it did."""
+    """Carrying out an approved request failed; ``serials`` were issued before it did.
+    ``params``: the error's values, plus ``issued_serial`` when a signing certificate was
+    issued first (the portal then adds "revoke it and submit again")."""
 
-    def __init__(self, error: GovpkiError, serials: dict[str, str | None], reason: str) -> None:
+    def __init__(self, error: GovpkiError, serials: dict[str, str | None], reason: str, issued: str | None) -> None:
         super().__init__(reason)
         self.error = error
         self.serials = serials
         self.reason = reason
+        self.params: dict[str, Any] = dict(error.params) | ({"issued_serial": issued} if issued else {})
 
 
 class RequestService:
@@ -533,7 +556,7 @@ class RequestService:
             serials, bundle = self._carry_out(session, principal, request)
         except _CarryOutError as failed:
             session.rollback()
-            self._ledger.fail(principal, request, failed.reason, failed.serials)
+            self._ledger.fail(principal, request, failed)
             raise failed.error from None
         now = self._clock.now()
         request.state = RequestState.COMPLETED.value
@@ -603,12 +626,14 @@ class RequestService:
             return serials, None
         except GovpkiError as exc:
             reason = exc.reason
-            if serials.get("certificate_serial") and request.kind == RequestKind.NEW.value:
+            issued = serials.get("certificate_serial") if request.kind == RequestKind.NEW.value else None
+            if issued:
                 reason += (
-                    f" (the signing certificate {serials['certificate_serial']} was issued: "
+                    f" (the signing certificate {issued} was issued: "
                     "revoke it (superseded) and submit the request again)"
                 )
-            raise _CarryOutError(exc, {k: v for k, v in serials.items() if k != "escrow_id"}, reason) from exc
+            serials = {k: v for k, v in serials.items() if k != "escrow_id"}
+            raise _CarryOutError(exc, serials, reason, issued) from exc
 
     def _issue_new(
         self, session: Session, principal: Principal, request: RaRequest, serials: dict[str, Any]
@@ -723,21 +748,25 @@ class RequestService:
     def _settle(self, session: Session, principal: Principal, request: RaRequest) -> Settled | None:
         record = self._issued_for(session, request)
         serial = record.serial if record is not None else None
-        state, text = RequestState.FAILED, ""
+        state, text, code = RequestState.FAILED, "", ""
         if request.kind not in (RequestKind.NEW.value, RequestKind.RENEW.value):
+            code = "ra.interrupted_status"
             text = (
                 "interrupted before the CA changed the certificate's status (the change is written with the "
                 "completion, so nothing was changed); submit the request again"
             )
         elif record is None:
+            code = "ra.interrupted_before_issue"
             text = "interrupted before the CA issued anything; submit the request again"
         elif record.state == CertState.APPROVED.value:
+            code = "ra.interrupted_signing"
             text = (
                 f"interrupted while the CA was signing certificate {serial} (its record stopped at 'approved': "
                 "possibly signed, never delivered); revoke it (superseded) and submit the request again "
                 "with a new key pair"
             )
         elif request.official_id is not None and request.kind == RequestKind.NEW.value:
+            code = "ra.interrupted_before_escrow"
             text = (
                 f"interrupted after the CA issued the signing certificate {serial}, before the official's "
                 "encryption key was escrowed (the key made by the key-management centre was lost, so there "
@@ -746,14 +775,16 @@ class RequestService:
             )
         else:
             state = RequestState.COMPLETED
+            code = "ra.recovered_completed"
             text = (
                 f"completed after an interruption: the CA had issued certificate {serial}; "
                 "fetch it from the certificate's page"
             )
         now = self._clock.now()
         values: dict[str, Any] = {"state": state.value, "completed_at": now, "certificate_serial": serial}
+        params: dict[str, Any] = {"serial": serial} if serial else {}
         if state is RequestState.FAILED:
-            values["failure"] = text
+            values |= {"failure": text, "failure_code": code, "failure_params": params}
         changed = session.execute(
             update(_T).where(_T.c.id == request.id, _T.c.state == RequestState.APPROVED.value).values(**values)
         )
@@ -761,7 +792,7 @@ class RequestService:
             return None  # settled meanwhile by its own approval or another sweep
         session.refresh(request)
         action = "complete" if state is RequestState.COMPLETED else "fail"
-        self._event(session, principal, request, action, text)
+        self._event(session, principal, request, action, text, code, params)
         audit.record(
             session,
             principal,
@@ -875,11 +906,24 @@ class RequestService:
     # ----- helpers ---------------------------------------------------------
 
     def _event(
-        self, session: Session, principal: Principal, request: RaRequest, action: str, detail: str | None
+        self,
+        session: Session,
+        principal: Principal,
+        request: RaRequest,
+        action: str,
+        detail: str | None,
+        code: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> None:
         session.add(
             RaRequestEvent(
-                request_id=request.id, at=self._clock.now(), actor=principal.audit_name, action=action, detail=detail
+                request_id=request.id,
+                at=self._clock.now(),
+                actor=principal.audit_name,
+                action=action,
+                detail=detail,
+                code=code,
+                params=params,
             )
         )
         session.flush()

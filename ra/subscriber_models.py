@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from govpki.db import Base, UTCDateTime
@@ -132,7 +133,9 @@ class RaRequest(Base):
     decided_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
     comment: Mapped[str | None] = mapped_column(Text())
     completed_at: Mapped[_dt.datetime | None] = mapped_column(UTCDateTime())
-    failure: Mapped[str | None] = mapped_column(Text())
+    failure: Mapped[str | None] = mapped_column(Text())  # English, for the audit and the CLI
+    failure_code: Mapped[str | None] = mapped_column(String(64))  # the error's code and values,
+    failure_params: Mapped[dict[str, Any] | None] = mapped_column(JSON())  # to show it translated
     certificate_serial: Mapped[str | None] = mapped_column(String(42), index=True)
     encryption_serial: Mapped[str | None] = mapped_column(String(42), index=True)
     escrow_id: Mapped[int | None] = mapped_column(Integer)
@@ -156,5 +159,7 @@ class RaRequestEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(10))
     detail: Mapped[str | None] = mapped_column(Text())
+    code: Mapped[str | None] = mapped_column(String(64))  # a failure's code and values (see RaRequest)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON())
 
     request: Mapped[RaRequest] = relationship(back_populates="events")

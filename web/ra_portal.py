@@ -328,6 +328,26 @@ _MESSAGES: dict[str, Callable[[Params], str]] = {
     "ca.expired": lambda p: _("Certificate %(serial)s has expired; its status cannot change.", serial=p["serial"]),
     "ca.not_issued": lambda p: _("Certificate %(serial)s was never issued.", serial=p["serial"]),
     "ca.already_renewed": lambda p: _("Certificate %(serial)s was already renewed.", serial=p["serial"]),
+    # requests settled after an interruption (ra.requests.sweep_approved) and stopped imports
+    "ra.interrupted_status": lambda p: _(
+        "Interrupted before the CA changed the certificate's status; nothing was changed. Submit the request again."
+    ),
+    "ra.interrupted_before_issue": lambda p: _("Interrupted before the CA issued anything. Submit the request again."),
+    "ra.interrupted_signing": lambda p: _(
+        "Interrupted while the CA was signing certificate %(serial)s: it may have been signed but was never "
+        "delivered. Revoke it (superseded) and submit the request again with a new key pair.",
+        serial=p["serial"],
+    ),
+    "ra.interrupted_before_escrow": lambda p: _(
+        "Interrupted after the CA issued the signing certificate %(serial)s, before the encryption key was "
+        "escrowed; that key is lost. Revoke %(serial)s (superseded) and submit the request again with a new "
+        "key pair.",
+        serial=p["serial"],
+    ),
+    "ra.recovered_completed": lambda p: _(
+        "Completed after an interruption: the CA had issued certificate %(serial)s.", serial=p["serial"]
+    ),
+    "ra.import_internal": lambda p: _("An internal error occurred; it was logged. Upload the file again."),
 }
 
 
@@ -351,8 +371,8 @@ def problem_message(problem: FieldProblem) -> str:
     return ra_message(problem.code, problem.params, problem.reason)
 
 
-# Import rows keep only the English reason (``ra_import_rows`` has no code column yet), so a
-# stored reason is read back into its code and values here, then translated like the rest.
+# Import rows written before migration 0018 keep only the English reason, so such a stored
+# reason is read back into its code and values here, then translated like the rest.
 _STORED: list[tuple[re.Pattern[str], str, dict[str, str]]] = [
     (re.compile(r"is empty; enter the 18-character resident ID number"), "ra.id_number_empty", {}),
     (re.compile(r"has (?P<count>\d+) characters; a resident ID number has 18"), "ra.id_number_length", {}),
@@ -394,6 +414,24 @@ def stored_message(reason: str) -> str:
         if match:
             return ra_message(code, {**match.groupdict(), **fixed}, reason)
     return field_message(reason)
+
+
+def recorded_message(text: str | None, code: str | None, params: Params | None) -> str:
+    """A refusal kept in the database (a failed request, its history, a stopped import, a
+    rejected import row) in the request's language: by its code and values when it has them
+    (written since migration 0018), else read back from its English text."""
+    if code is None:
+        return stored_message(text or "")
+    values = dict(params or {})
+    message = ra_message(code, values, text or "")
+    issued = values.get("issued_serial")
+    if issued:
+        message += " " + _(
+            "The signing certificate %(serial)s had already been issued: revoke it (superseded) "
+            "and submit the request again.",
+            serial=issued,
+        )
+    return message
 
 
 def show_errors(form: FlaskForm, error: GovpkiError, fields: dict[str, Field]) -> None:
@@ -473,6 +511,7 @@ def _names() -> dict[str, Any]:
         "is_clerk": _principal().has(Role.RA_CLERK),
         "is_officer": _principal().has(Role.RA_OFFICER),
         "now": _svc().clock.now(),
+        "recorded": recorded_message,
     }
 
 
@@ -935,7 +974,6 @@ def import_page(job_id: int) -> ResponseReturnValue:
         problems=problems,
         row_status=ROW_STATUS,
         fields=FIELDS,
-        message=stored_message,
         **_names(),
     )
 
@@ -967,7 +1005,7 @@ def import_report(job_id: int) -> ResponseReturnValue:
                 _csv_safe(row.name),
                 row.id_number,
                 str(FIELDS.get(field.split(".")[0], field)),
-                stored_message(row.reason),
+                recorded_message(row.reason, row.code, row.params),
             ]
         )
     response = Response("\ufeff" + out.getvalue(), mimetype="text/csv")

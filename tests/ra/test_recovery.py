@@ -137,6 +137,7 @@ def test_a_crash_before_the_ca_issued_fails_the_request(ra: Services, monkeypatc
     assert certificate_count(ra) == before
     request = settled_request(ra, request_id)
     assert request.failure == "interrupted before the CA issued anything; submit the request again"
+    assert request.failure_code == "ra.interrupted_before_issue" and request.failure_params == {}
     assert request.certificate_serial is None and request.encryption_serial is None
     assert [e.action for e in request.events] == ["submit", "approve", "fail"]
     entry = recovery_audit(ra, request_id)
@@ -164,6 +165,8 @@ def test_an_official_whose_signing_certificate_was_issued_is_told_to_revoke_and_
     assert request.failure is not None
     assert f"signing certificate {request.certificate_serial}" in request.failure
     assert "submit the request again" in request.failure and "nothing to recover through the KMC" in request.failure
+    assert request.failure_code == "ra.interrupted_before_escrow"
+    assert request.failure_params == {"serial": request.certificate_serial}
 
 
 def test_a_certificate_stopped_at_approved_is_named(ra: Services, monkeypatch: pytest.MonkeyPatch):

@@ -383,6 +383,7 @@ def test_a_failure_at_the_ca_marks_the_request_failed(ra: Services):
     with ra.sessions() as session:
         request = ra.requests.get_request(session, OFFICER, request_id)
         assert request.state == "failed" and request.failure and "cannot be put on hold" in request.failure
+        assert request.failure_code == "ca.already_revoked" and request.failure_params == {"serial": serial}
         assert [e.action for e in request.events] == ["submit", "approve", "fail"]
         fail = session.scalars(select(AuditEntry).where(AuditEntry.action == "ra:request:fail")).one()
         assert fail.outcome == "failure"

@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask_babel import Babel, force_locale
+from sqlalchemy import select
 
+from ca.models import RevocationReason
 from govpki.errors import ConflictError, InvalidError
+from govpki.principal import SYSTEM
 from ra.idnumber import parse_id_number
+from ra.import_models import ImportRow
+from ra.subscriber_models import RaRequest
 from tests.helpers import csr_pem
 from tests.ra.idnumbers import id_number
 from tests.web.test_ra_portal import (  # noqa: F401 (the module's portal fixture)
@@ -25,13 +30,15 @@ from tests.web.test_ra_portal import (  # noqa: F401 (the module's portal fixtur
     csv_bytes,
     errors_of,
     portal,
+    post,
     register,
     registered,
+    run_import,
     submit_csr,
     text,
     upload,
 )
-from web.ra_portal import _MESSAGES, error_message, ra_message, stored_message
+from web.ra_portal import _MESSAGES, error_message, ra_message, recorded_message, stored_message
 from web.ui import TRANSLATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,3 +200,77 @@ def test_a_short_id_number_and_a_missing_column_name_their_values(portal: Portal
         assert "lacks the required column(s) department" in errors_of(missing, "file")
     finally:
         portal.clerk.get("/lang/zh_CN")
+
+
+# ----- refusals kept in the database: a failed request, a rejected import row -------------------
+
+
+def test_a_request_that_failed_at_the_ca_shows_its_reason_by_code(portal: Portal) -> None:  # noqa: F811
+    official_id = registered(portal)
+    new_id = int(submit_csr(portal, official_id, csr_pem()).headers["Location"].rsplit("/", 1)[1])
+    assert approve(portal.officer, new_id).status_code == 302
+    with portal.services.sessions() as session:
+        signing = session.get_one(RaRequest, new_id).certificate_serial
+    assert signing is not None
+    suspend = post(
+        portal.clerk,
+        f"/ra/certificates/{signing}/change",
+        {"kind": "suspend", "reason": "unspecified", "note": "暂停"},
+        form_page=f"/ra/certificates/{signing}",
+    )
+    assert suspend.status_code == 302, text(suspend)
+    suspend_id = int(suspend.headers["Location"].rsplit("/", 1)[1])
+    with portal.services.sessions() as session:  # revoked meanwhile, directly through the CA
+        portal.services.revocation.revoke(session, SYSTEM, signing, reason=RevocationReason.SUPERSEDED)
+        session.commit()
+    refused = approve(portal.officer, suspend_id)
+    assert refused.status_code == 409
+    with portal.services.sessions() as session:
+        failed = session.get_one(RaRequest, suspend_id)
+        assert failed.state == "failed" and failed.failure_code == "ca.already_revoked"
+        assert failed.failure_params == {"serial": signing}
+        event = next(e for e in failed.events if e.action == "fail")
+        assert event.code == "ca.already_revoked" and event.params == {"serial": signing}
+        # the English text may be reworded: the page goes by the code
+        failed.failure = event.detail = "reworded in English"
+        session.commit()
+    zh = f"证书 {signing} 已被冻结或吊销。"
+    page = text(portal.clerk.get(f"/ra/requests/{suspend_id}"))
+    assert page.count(zh) == 2 and "reworded in English" not in page  # the failure and the history row
+    assert zh in text(portal.officer.get("/ra"))  # the dashboard's recent activity
+    portal.clerk.get("/lang/en")
+    try:
+        page = text(portal.clerk.get(f"/ra/requests/{suspend_id}"))
+        assert page.count(f"Certificate {signing} is already suspended or revoked.") == 2
+    finally:
+        portal.clerk.get("/lang/zh_CN")
+
+
+def test_a_rejected_import_row_keeps_its_code_and_values(portal: Portal) -> None:  # noqa: F811
+    bad = id_number(birth="20990101")
+    job_id = run_import(
+        portal,
+        upload(portal, csv_bytes([["姓名", "身份证号", "部门"], ["李四", bad, "财政局"], ["王五", "", "财政局"]])),
+    )
+    with portal.services.sessions() as session:
+        rows = session.scalars(select(ImportRow).where(ImportRow.job_id == job_id).order_by(ImportRow.line)).all()
+        assert [(r.line, r.code) for r in rows] == [(2, "ra.id_number_birth_date"), (3, "ra.id_number_empty")]
+        assert rows[0].params == {"problem": "future", "date": "2099-01-01"}
+        for row in rows:
+            row.reason = "reworded in English"
+        session.commit()
+    report = portal.clerk.get(f"/ra/imports/{job_id}/report.csv").get_data(as_text=True)
+    page = text(portal.clerk.get(f"/ra/imports/{job_id}"))
+    for shown in (report, page):
+        assert "reworded in English" not in shown
+        assert "请输入 18 位公民身份号码。" in shown
+        assert "2099-01-01" in shown
+
+
+def test_a_request_settled_after_an_interruption_is_shown_by_code(zh: None) -> None:
+    shown = recorded_message("old English text", "ra.interrupted_signing", {"serial": "7F01"})
+    assert "7F01" in shown and _CJK.search(shown) and "old English text" not in shown
+    issued = recorded_message("x", "kmc.no_storage_key", {"issued_serial": "7F02"})
+    assert "7F02" in issued and issued.startswith(ra_message("kmc.no_storage_key", {}, "x"))
+    # rows written before the codes were kept: read back from the English text
+    assert recorded_message("is required", None, None) == ra_message("ra.required", {}, "")
