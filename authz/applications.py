@@ -310,6 +310,12 @@ class ApplicationService:
     def list(self, session: Session) -> list[Application]:
         return list(session.scalars(select(Application).order_by(Application.id)))
 
+    def get(self, session: Session, client_id: str) -> Application:
+        app = session.scalar(select(Application).where(Application.client_id == client_id))
+        if app is None:
+            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+        return app
+
     def disable(self, session: Session, principal: Principal, client_id: str) -> Application:
         self._require_security_admin(principal, "disable applications")
         app = session.scalar(select(Application).where(Application.client_id == client_id))

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, api_authz, api_events, audit_console, authz_ui, certlogin, crl, oidc, pki, ra_portal, ui
+from web import api, api_authz, api_events, apps_ui, audit_console, authz_ui, certlogin, crl, oidc, pki, ra_portal, ui
 from web.container import Services, build_services
 from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
@@ -100,6 +100,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     ui.init_app(app)
     app.register_blueprint(audit_console.bp)
     app.register_blueprint(authz_ui.bp)
+    app.register_blueprint(apps_ui.bp)
     oidc.init_app(app, services.oidc)
     app.register_blueprint(certlogin.bp)
     ra_portal.init_app(app, services)

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import IntegerField, PasswordField, SelectField, StringField
+from flask_wtf.file import FileField
+from wtforms import (
+    IntegerField,
+    PasswordField,
+    RadioField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange
+from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional
+from wtforms.widgets import CheckboxInput, ListWidget
 
+from authz.applications import MAX_REDIRECT_URIS, MAX_URI
 from authz.services import MIN_PASSWORD
 
 MAX_PASSWORD = 256
@@ -120,3 +131,75 @@ class StaffForm(FlaskForm):  # type: ignore[misc]
         validators=[DataRequired(_l("Choose a role."))],
     )
     prefecture = SelectField(_l("Prefecture"), validators=[DataRequired(_l("Choose a prefecture."))])
+
+
+# what each scope lets an application do (the service's KNOWN_SCOPES, authz/applications.py)
+SCOPE_CHOICES = [
+    SelectChoice("audit:write", _l("audit:write — append its own events to the audit log")),
+    SelectChoice("authz:decide", _l("authz:decide — ask for access decisions about itself")),
+    SelectChoice("authz:decide:any", _l("authz:decide:any — ask for access decisions about any application")),
+    SelectChoice("openid", _l("openid — sign users in (OpenID Connect)")),
+    SelectChoice("profile", _l("profile — the user's name in the ID token")),
+    SelectChoice("offline_access", _l("offline_access — refresh tokens")),
+]
+# the URI text areas: every URI at its longest, one a line
+MAX_URI_TEXT = MAX_REDIRECT_URIS * (MAX_URI + 2)
+MAX_CERTIFICATE_TEXT = 65536
+
+
+class ApplicationForm(FlaskForm):  # type: ignore[misc]
+    """A new registered application (OAuth / OIDC client); the service checks every value."""
+
+    name = StringField(
+        _l("Application name"),
+        validators=[
+            DataRequired(_l("Enter a name for the application.")),
+            Length(max=48, message=_l("At most 48 characters.")),
+        ],
+        description=_l("3 to 48 lower-case letters, digits or '-', starting with a letter, e.g. oa-system."),
+        render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"},
+    )
+    # the service checks the type and the scopes (validate_choice off): its reasons are the ones shown
+    client_type = RadioField(
+        _l("Client type"),
+        choices=[
+            SelectChoice("confidential", _l("Confidential (a server: has a client secret)")),
+            SelectChoice("public", _l("Public (a browser or native app: no secret, must use PKCE)")),
+        ],
+        default="confidential",
+        validate_choice=False,
+        widget=ListWidget(prefix_label=False),
+    )
+    scopes = SelectMultipleField(
+        _l("Scopes"),
+        choices=SCOPE_CHOICES,
+        validate_choice=False,
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+    )
+    redirect_uris = TextAreaField(
+        _l("Redirect URIs"),
+        validators=[Optional(), Length(max=MAX_URI_TEXT, message=_l("Too long."))],
+        description=_l(
+            "OpenID Connect clients only. One exact URI per line: https (http only on 127.0.0.1 or localhost), "
+            "no fragment."
+        ),
+        render_kw={"rows": 3, "spellcheck": "false", "placeholder": "https://oa.example.gov.cn/oidc/callback"},
+    )
+    post_logout_redirect_uris = TextAreaField(
+        _l("Post-logout redirect URIs"),
+        validators=[Optional(), Length(max=MAX_URI_TEXT, message=_l("Too long."))],
+        description=_l("Optional. One exact URI per line, where the user returns after signing out."),
+        render_kw={"rows": 2, "spellcheck": "false"},
+    )
+
+
+class CertificateForm(FlaskForm):  # type: ignore[misc]
+    """An application's TLS client certificate, as a file or pasted (PEM)."""
+
+    certificate_file = FileField(_l("Certificate file"), description=_l("PEM or DER (.pem, .crt, .cer, .der)."))
+    certificate_text = TextAreaField(
+        _l("Or paste the certificate"),
+        validators=[Optional(), Length(max=MAX_CERTIFICATE_TEXT, message=_l("At most 65536 characters."))],
+        render_kw={"rows": 8, "spellcheck": "false", "placeholder": "-----BEGIN CERTIFICATE-----"},
+    )
