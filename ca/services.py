@@ -1083,7 +1083,7 @@ def normalize_serial(serial: str) -> str:
     text = serial.strip().lower().replace(":", "")
     text = text.removeprefix("0x")
     if not text or len(text) > 42 or any(c not in "0123456789abcdef" for c in text):
-        raise InvalidError("must be a hexadecimal serial number (colons allowed)", field="serial")
+        raise InvalidError("must be a hexadecimal serial number (colons allowed)", field="serial", code="ca.bad_serial")
     return text.lstrip("0") or "0"
 
 
