@@ -150,6 +150,7 @@ class Rollover:
 
 
 MAX_CN = 64  # ub-common-name
+MAX_OFFSET = 2**62  # a list's offset: well within a 64-bit LIMIT/OFFSET (SQLite, PostgreSQL)
 
 
 def _san_text(sans: Sequence[x509.GeneralName]) -> str:
@@ -216,7 +217,9 @@ class CaService:
             )
         if not 1 <= limit <= 1000:
             raise InvalidError("must be between 1 and 1000", field="limit")
-        query = select(CertificateRecord).order_by(CertificateRecord.id.desc()).limit(limit).offset(max(offset, 0))
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InvalidError(f"must be between 0 and {MAX_OFFSET}", field="offset", code="ca.bad_offset")
+        query = select(CertificateRecord).order_by(CertificateRecord.id.desc()).limit(limit).offset(offset)
         if state is not None:
             query = query.where(CertificateRecord.state == state)
         return list(session.scalars(query))
@@ -1080,7 +1083,7 @@ def normalize_serial(serial: str) -> str:
     text = serial.strip().lower().replace(":", "")
     text = text.removeprefix("0x")
     if not text or len(text) > 42 or any(c not in "0123456789abcdef" for c in text):
-        raise InvalidError("must be a hexadecimal serial number (colons allowed)", field="serial")
+        raise InvalidError("must be a hexadecimal serial number (colons allowed)", field="serial", code="ca.bad_serial")
     return text.lstrip("0") or "0"
 
 

@@ -30,7 +30,7 @@ from ca.models import CertificateAuthority, CertificateRecord, CertState
 from ca.services import normalize_serial
 from govpki import audit
 from govpki.clock import Clock
-from govpki.errors import ConflictError, ForbiddenError, NotFoundError
+from govpki.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 from govpki.principal import Principal
 from ra.events import RaEvent
 from ra.requests import Approval, RequestService
@@ -82,10 +82,15 @@ class RaPortalService:
         """A certificate that an RA got issued, for its prefecture's staff (and the central
         roles); anything else is "not found"."""
         scope = check_reader(principal)
-        requests = self._requests.requests_for_certificate(session, principal, serial)
-        record = session.scalars(
-            select(CertificateRecord).where(CertificateRecord.serial == normalize_serial(serial))
-        ).first()
+        record: CertificateRecord | None = None
+        requests: list[RaRequest] = []
+        try:
+            normalized = normalize_serial(serial)
+        except InvalidError:
+            pass  # what is no serial number names no certificate: "not found", like any other
+        else:
+            requests = self._requests.requests_for_certificate(session, principal, normalized)
+            record = session.scalars(select(CertificateRecord).where(CertificateRecord.serial == normalized)).first()
         if (
             record is None
             or record.cert_der is None
@@ -250,7 +255,8 @@ class RaPortalService:
         return Handover(request, inner["password"], True)
 
     def take_pkcs12(self, session: Session, principal: Principal, request_id: int) -> tuple[RaRequest, bytes]:
-        """The PKCS#12 file, once; the hand-over file is deleted (audited)."""
+        """The PKCS#12 file, once, after the PIN slip has been shown (else its password would
+        be lost with it); the hand-over file is deleted (audited)."""
         request = self._check_handover(session, principal, request_id)
         claimed = self._claim(request.id)
         if claimed is None:
@@ -261,6 +267,14 @@ class RaPortalService:
                 code="ra.pkcs12_taken",
             )
         held, path = claimed
+        if held.get("has_password"):
+            self._restore(path, request.id)  # nothing changed: the PIN slip can still be shown
+            raise ConflictError(
+                "the PIN slip with the one-time password of this key has not been shown yet; show it first",
+                field="request_id",
+                code="ra.pin_first",
+                params={"id": request.id},
+            )
         inner = self._open(session, request.id, held)
         path.unlink(missing_ok=True)
         self._audit(session, principal, request, RaEvent.PKCS12_DOWNLOAD)

@@ -7,6 +7,7 @@ import logging
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
@@ -19,12 +20,33 @@ from web.ui import COMMIT_REFUSAL
 log = logging.getLogger("govpki.web")
 
 MAX_REQUEST_BYTES = 1024 * 1024
+MAX_ID = 2**31 - 1  # integer primary keys are 32-bit on PostgreSQL
+MAX_BIGINT = 2**63 - 1  # BigInteger columns (the audit log's sequence numbers)
+
+
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a non-negative id that fits the database's integer
+    column. A larger number does not match the route, so it is the app's ordinary 404 (the
+    page in the reader's language, or problem JSON), never a database overflow (a 500)."""
+
+    def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None, max: int | None = MAX_ID) -> None:
+        super().__init__(map, fixed_digits, min, max)
+
+
+class BigIdConverter(IdConverter):
+    """``<bigint:...>``: a number kept in a BigInteger column (64-bit)."""
+
+    def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None, max: int | None = MAX_BIGINT) -> None:
+        super().__init__(map, fixed_digits, min, max)
 
 
 def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:
     config = config or (services.config if services else Config.from_env())
     services = services or build_services(config)
     app = Flask(__name__)
+    # before any route is added: the converters are looked up when a rule is registered
+    app.url_map.converters["int"] = IdConverter
+    app.url_map.converters["bigint"] = BigIdConverter
     app.config.update(
         SECRET_KEY=config.secret_key_file.read_text(encoding="ascii").strip(),
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,

@@ -101,7 +101,7 @@ def search() -> ResponseReturnValue:
     ), 422 if errors else 200
 
 
-@bp.get("/entries/<int:seq>")
+@bp.get("/entries/<bigint:seq>")
 @login_required
 def entry(seq: int) -> ResponseReturnValue:
     user = _user()

@@ -71,7 +71,10 @@ class ServiceForm(FlaskForm):  # type: ignore[misc]
         description=_l("One per line."),
         render_kw={"rows": 2, "spellcheck": "false"},
     )
-    responsible_official_id = SelectField(_l("Responsible official"), coerce=str)
+    # the choices are the prefecture's officials (web.ra_portal.service_new) and "—" (none yet: refused here)
+    responsible_official_id = SelectField(
+        _l("Responsible official"), coerce=str, validators=[DataRequired(_l("This field is required."))]
+    )
 
 
 class CsrForm(FlaskForm):  # type: ignore[misc]
@@ -121,6 +124,11 @@ class ChangeForm(FlaskForm):  # type: ignore[misc]
     )
     reason = SelectField(_l("Revocation reason"), choices=REASONS)
     csr_file = FileField(_l("New CSR (renewal with a new key)"))
+    csr_text = TextAreaField(
+        _l("Or paste the new CSR"),
+        validators=[Optional(), Length(max=MAX_CSR_TEXT, message=_l("At most 65536 characters."))],
+        render_kw={"rows": 6, "spellcheck": "false", "placeholder": "-----BEGIN CERTIFICATE REQUEST-----"},
+    )
     note = TextAreaField(
         _l("Note"),
         validators=[Optional(), Length(max=MAX_NOTE, message=_l("At most 2000 characters."))],

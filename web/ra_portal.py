@@ -217,6 +217,7 @@ _MESSAGES: dict[str, Callable[[Params], str]] = {
     "ra.unknown_profile": lambda p: _("Choose the certificate profile of the service."),
     "ra.csr_required": lambda p: _("Choose the CSR file or paste the CSR."),
     "ra.serial_required": lambda p: _("Name the certificate (its serial number)."),
+    "ca.bad_serial": lambda p: _("A serial number is written in hexadecimal (0-9, a-f; colons allowed)."),
     "ra.key_in_use": _key_in_use,
     "ra.key_in_request": lambda p: _(
         "The key of this CSR is already in request %(id)s, which is still open.", id=p["id"]
@@ -245,6 +246,9 @@ _MESSAGES: dict[str, Callable[[Params], str]] = {
     "ra.pkcs12_taken": lambda p: _(
         "The encryption key was already handed over (or its time ran out). The key is kept in escrow: "
         "ask for key recovery."
+    ),
+    "ra.pin_first": lambda p: _(
+        "Show the PIN slip first: the PKCS#12 file can only be opened with the one-time password printed on it."
     ),
     "ra.no_pkcs12": lambda p: _("Request %(id)s has no encryption key to hand over.", id=p["id"]),
     "ra.email_not_allowed": lambda p: _("This certificate takes no e-mail address."),
@@ -592,12 +596,13 @@ def reveal(official_id: int) -> ResponseReturnValue:
 
 
 def _csr_from(form: CsrForm | ChangeForm) -> str | bytes | None:
+    """The CSR of a new-certificate or renewal form: the chosen file, else the pasted text."""
     upload = form.csr_file.data
     if isinstance(upload, FileStorage) and upload.filename:
         data: bytes = upload.read(MAX_UPLOAD_TEXT + 1)
         return data
-    text = getattr(form, "csr_text", None)
-    return text.data if text is not None and text.data else None
+    text: str | None = form.csr_text.data
+    return text or None
 
 
 @bp.route("/officials/<int:official_id>/request", methods=["GET", "POST"])
@@ -646,7 +651,8 @@ def service_new() -> ResponseReturnValue:
     ]
     if form.validate_on_submit():
         try:
-            responsible = int(form.responsible_official_id.data or "0")
+            # one of the choices (SelectField checks it), and not "—" (DataRequired): an official's id
+            responsible = int(form.responsible_official_id.data)
             made = _svc().subscribers.register_service(
                 g.db,
                 principal,
@@ -880,7 +886,7 @@ def certificate_change(serial: str) -> ResponseReturnValue:
             ),
         )
     except GovpkiError as error:
-        show_errors(form, error, {"csr": form.csr_file, "reason": form.reason, "note": form.note, "kind": form.kind})
+        show_errors(form, error, {"csr": form.csr_text, "reason": form.reason, "note": form.note, "kind": form.kind})
         return _certificate_page(serial, form=form, status=STATUS[error.kind])
     flash(_("Request %(id)s has been submitted; an officer will decide it.", id=made.id), "success")
     return redirect(url_for("ra_portal.request_page", request_id=made.id))

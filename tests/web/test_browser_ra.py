@@ -6,8 +6,8 @@ chain, and asks for revocation, which the officer approves; a clerk of another
 prefecture neither sees nor opens the official (by URL either); a bulk import shows its
 progress bar until done.
 
-Screenshots of the main pages go to $GOVPKI_TEST_SCREENSHOTS if set, else to the folder
-``ra-screenshots*`` under pytest's temporary directory (``--basetemp`` to choose it).
+Screenshots of the main pages (``ra-*.png``) are kept as test artefacts: in
+test-artifacts/screenshots/ beside test_browser.py's, or in $GOVPKI_TEST_SCREENSHOTS if set.
 The accounts are made and their TOTP enrolled beforehand through Flask's test client
 (the first sign-in is tested in test_signin.py and test_browser.py).
 """
@@ -39,6 +39,7 @@ from web.container import Services
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
 NEW_PASSWORD = "Sayram-Lake-2024!"
 _CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
@@ -95,7 +96,7 @@ def _account(app: object, services: Services, role: Role, prefecture: str) -> Ac
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     configured = os.environ.get("GOVPKI_TEST_SCREENSHOTS")
-    shots = Path(configured) if configured else tmp_path_factory.mktemp("ra-screenshots")
+    shots = Path(configured) if configured else SCREENSHOTS
     shots.mkdir(parents=True, exist_ok=True)
     with initialised_portal(tmp_path_factory.mktemp("browser-ra")) as (app, services, _password):
         with services.sessions() as db:
@@ -137,7 +138,7 @@ def test_clerk_and_officer_carry_a_certificate_through_its_life(served: Served, 
     base = served.base_url
 
     def shot(page: Page, name: str) -> None:
-        page.screenshot(path=str(served.shots / f"{name}.png"), full_page=True)
+        page.screenshot(path=str(served.shots / f"ra-{name}.png"), full_page=True)
 
     problems: list[str] = []
     number = id_number(birth="19880808", sequence="135")

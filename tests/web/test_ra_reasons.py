@@ -50,6 +50,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 OTHER_CODES = {
     "ca.key_in_use",
     "ca.key_compromised",
+    "ca.bad_serial",
     "ca.ra_inactive",
     "ca.profile_not_allowed",
     "ca.not_issued",
