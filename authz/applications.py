@@ -412,7 +412,7 @@ class ApplicationService:
         one within ``GOVPKI_AUTHZ_POLICY_REFRESH_MS``). Tokens already issued stay; refreshing
         them needs the new secret. A public client has no secret: 409
         ``authz.public_client``. The audit record never holds the secret."""
-        self._require_security_admin(principal, "rotate application secrets")
+        self._require_security_admin(principal, "rotate the client secrets of applications")
         app = self.get(session, client_id)
         if app.client_type != "confidential":
             raise ConflictError(
