@@ -35,11 +35,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from authz.events import AuthzEvent
 from authz.models import Application
+from authz.oidc_models import OidcCode, OidcToken
 from govpki import audit
 from govpki.audit import AuditRef, NewEntry
 from govpki.clock import Clock
@@ -193,6 +194,58 @@ def _uri_list(values: Sequence[str], field: str) -> list[str]:
     return found
 
 
+def _client_settings(
+    client_type: str, scopes: Sequence[str], redirect_uris: Sequence[str], post_logout_redirect_uris: Sequence[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """The checks of a client's scopes and URIs (registration and update alike): the sorted
+    scopes, the redirect URIs and the post-logout redirect URIs (duplicates dropped)."""
+    if isinstance(scopes, str):
+        raise InvalidError("must be a list of scopes", field="scope")
+    wanted = sorted(set(scopes))
+    for scope in wanted:
+        if scope not in KNOWN_SCOPES:
+            raise InvalidError(
+                f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})", field="scope"
+            )
+    redirects = _uri_list(redirect_uris, "redirect_uri")
+    after_logout = _uri_list(post_logout_redirect_uris, "post_logout_redirect_uri")
+    oidc = "openid" in wanted
+    if client_type == "public":
+        if not oidc:
+            raise InvalidError("a public client signs users in: it needs the scope 'openid'", field="scope")
+        others = [s for s in wanted if s not in OIDC_SCOPES]
+        if others:
+            raise InvalidError(
+                f"a public client has no secret and may hold only OIDC scopes, not {others[0]!r}", field="scope"
+            )
+    if oidc and not redirects:
+        raise InvalidError("an OIDC client (scope 'openid') needs at least one redirect URI", field="redirect_uri")
+    if not oidc and (redirects or after_logout):
+        raise InvalidError("redirect URIs are only for OIDC clients (scope 'openid')", field="redirect_uri")
+    return wanted, redirects, after_logout
+
+
+@dataclass(frozen=True)
+class ApplicationUpdate:
+    """What :meth:`ApplicationService.update` did: the application, the settings it changed
+    (``scopes``, ``redirect_uris``, ``post_logout_redirect_uris``; empty: nothing changed,
+    nothing written), and the OIDC tokens revoked and unused codes expired because a scope or
+    redirect URI they were granted with is no longer registered."""
+
+    app: Application
+    changed: tuple[str, ...]
+    tokens_revoked: int
+    codes_expired: int
+
+
+def _settings(app: Application) -> dict[str, list[str]]:
+    return {
+        "scopes": app.scopes.split(),
+        "redirect_uris": json.loads(app.redirect_uris or "[]"),
+        "post_logout_redirect_uris": json.loads(app.post_logout_redirect_uris or "[]"),
+    }
+
+
 def _client_certificate(data: bytes) -> tuple[x509.Certificate, bytes]:
     """A client certificate file (PEM or DER): the certificate and its DER. A CA certificate,
     or one whose extended key usage lacks clientAuth, is refused."""
@@ -253,27 +306,10 @@ class ApplicationService:
             )
         if client_type not in CLIENT_TYPES:
             raise InvalidError(f"must be one of {', '.join(CLIENT_TYPES)}", field="client_type")
-        wanted = sorted(set(scopes))
-        for scope in wanted:
-            if scope not in KNOWN_SCOPES:
-                raise InvalidError(
-                    f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})", field="scope"
-                )
-        redirects = _uri_list(redirect_uris, "redirect_uri")
-        after_logout = _uri_list(post_logout_redirect_uris, "post_logout_redirect_uri")
+        wanted, redirects, after_logout = _client_settings(
+            client_type, scopes, redirect_uris, post_logout_redirect_uris
+        )
         oidc = "openid" in wanted
-        if client_type == "public":
-            if not oidc:
-                raise InvalidError("a public client signs users in: it needs the scope 'openid'", field="scope")
-            others = [s for s in wanted if s not in OIDC_SCOPES]
-            if others:
-                raise InvalidError(
-                    f"a public client has no secret and may hold only OIDC scopes, not {others[0]!r}", field="scope"
-                )
-        if oidc and not redirects:
-            raise InvalidError("an OIDC client (scope 'openid') needs at least one redirect URI", field="redirect_uri")
-        if not oidc and (redirects or after_logout):
-            raise InvalidError("redirect URIs are only for OIDC clients (scope 'openid')", field="redirect_uri")
         if session.scalar(select(Application.id).where(Application.name == name)) is not None:
             raise ConflictError(f"an application named {name!r} is registered", field="name")
         client_id = f"{CLIENT_ID_PREFIX}{secrets.token_hex(12)}"
@@ -335,6 +371,173 @@ class ApplicationService:
             clock=self._clock,
         )
         return app
+
+    def enable(self, session: Session, principal: Principal, client_id: str) -> tuple[Application, int]:
+        """Re-enable a disabled application: its client secret (or bound certificate) works
+        again. OIDC tokens and unused authorization codes granted before it was disabled are
+        revoked (and expired), so re-enabling never brings back a grant made before; returns
+        the application and the number of tokens revoked. Enabling an active one: 409."""
+        self._require_security_admin(principal, "enable applications")
+        app = self.get(session, client_id)
+        if not app.disabled:
+            raise ConflictError(
+                f"application {app.name!r} is not disabled", field="client_id", code="authz.application_active"
+            )
+        disabled_at = app.disabled_at
+        app.disabled = False
+        app.disabled_at = None
+        revoked = self._revoke_tokens(session, app, None, "application disabled")
+        expired = self._expire_codes(session, app, None)
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.APPLICATION_ENABLE.value,
+            object_type="application",
+            object_id=client_id,
+            details={
+                "name": app.name,
+                "disabled_at": audit.timestamp(disabled_at) if disabled_at is not None else None,
+                "tokens_revoked": revoked,
+                "codes_expired": expired,
+            },
+            clock=self._clock,
+        )
+        return app, revoked
+
+    def rotate_secret(self, session: Session, principal: Principal, client_id: str) -> tuple[Application, str]:
+        """A new 256-bit client secret for a confidential client (a disabled one too: rotate,
+        then enable). Returns it once; only its SHA-256 is stored, and the old secret stops
+        working at once (no overlap: the application must be given the new one before it
+        next authenticates; the dedicated decision server's credential cache drops the old
+        one within ``GOVPKI_AUTHZ_POLICY_REFRESH_MS``). Tokens already issued stay; refreshing
+        them needs the new secret. A public client has no secret: 409
+        ``authz.public_client``. The audit record never holds the secret."""
+        self._require_security_admin(principal, "rotate the client secrets of applications")
+        app = self.get(session, client_id)
+        if app.client_type != "confidential":
+            raise ConflictError(
+                f"application {app.name!r} is a public client: it has no client secret",
+                field="client_id",
+                code="authz.public_client",
+            )
+        secret = secrets.token_urlsafe(32)  # 256 bits
+        app.secret_sha256 = hashlib.sha256(secret.encode("ascii")).hexdigest()
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.APPLICATION_SECRET_ROTATE.value,
+            object_type="application",
+            object_id=client_id,
+            details={"name": app.name, "disabled": app.disabled},
+            clock=self._clock,
+        )
+        return app, secret
+
+    def update(
+        self,
+        session: Session,
+        principal: Principal,
+        client_id: str,
+        *,
+        scopes: Sequence[str] | None = None,
+        redirect_uris: Sequence[str] | None = None,
+        post_logout_redirect_uris: Sequence[str] | None = None,
+    ) -> ApplicationUpdate:
+        """Replace the application's scopes and/or (post-logout) redirect URIs; None keeps a
+        list. The result is checked as at registration (exact URIs; an OIDC client needs a
+        redirect URI; a public client only OIDC scopes); the client type never changes.
+
+        Like an identity provider that narrows a client: OIDC tokens (the whole refresh
+        family) granted with a scope that is no longer registered are revoked, and unused
+        authorization codes with such a scope or a redirect URI no longer registered are
+        expired; tokens within the new scopes stay. Audited with the settings before and
+        after (nothing is written when nothing changes)."""
+        self._require_security_admin(principal, "update applications")
+        app = self.get(session, client_id)
+        before = _settings(app)
+        wanted, redirects, after_logout = _client_settings(
+            app.client_type,
+            before["scopes"] if scopes is None else scopes,
+            before["redirect_uris"] if redirect_uris is None else redirect_uris,
+            before["post_logout_redirect_uris"] if post_logout_redirect_uris is None else post_logout_redirect_uris,
+        )
+        after = {"scopes": wanted, "redirect_uris": redirects, "post_logout_redirect_uris": after_logout}
+        changed = tuple(key for key in after if after[key] != before[key])
+        if not changed:
+            return ApplicationUpdate(app, (), 0, 0)
+        app.scopes = " ".join(wanted)
+        app.redirect_uris = json.dumps(redirects)
+        app.post_logout_redirect_uris = json.dumps(after_logout)
+        allowed = frozenset(wanted)
+        revoked = self._revoke_tokens(session, app, allowed, "scope no longer registered")
+        expired = self._expire_codes(session, app, (allowed, frozenset(redirects)))
+        audit.record(
+            session,
+            principal,
+            AuthzEvent.APPLICATION_UPDATE.value,
+            object_type="application",
+            object_id=client_id,
+            details={
+                "name": app.name,
+                "changed": list(changed),
+                "before": {key: before[key] for key in changed},
+                "after": {key: after[key] for key in changed},
+                "tokens_revoked": revoked,
+                "codes_expired": expired,
+            },
+            clock=self._clock,
+        )
+        return ApplicationUpdate(app, changed, revoked, expired)
+
+    def _revoke_tokens(self, session: Session, app: Application, allowed: frozenset[str] | None, reason: str) -> int:
+        """Revoke the live OIDC token families of ``app`` (those with a scope outside ``allowed``;
+        every one when None). Returns the number of tokens revoked."""
+        rows = session.execute(
+            select(OidcToken.family_id, OidcToken.scope).where(
+                OidcToken.application_id == app.id, OidcToken.revoked_at.is_(None)
+            )
+        ).all()
+        families = {
+            family for family, scope in rows if family is not None and (allowed is None or set(scope.split()) - allowed)
+        }
+        if not families:
+            return 0
+        done = session.execute(
+            update(OidcToken)
+            .where(
+                OidcToken.application_id == app.id,
+                OidcToken.family_id.in_(sorted(families)),
+                OidcToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=self._clock.now(), revoked_reason=reason)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
+
+    def _expire_codes(
+        self, session: Session, app: Application, allowed: tuple[frozenset[str], frozenset[str]] | None
+    ) -> int:
+        """Expire the unused, unexpired authorization codes of ``app`` (those with a scope or
+        redirect URI outside ``allowed`` = (scopes, redirect URIs); every one when None)."""
+        now = self._clock.now()
+        rows = session.execute(
+            select(OidcCode.id, OidcCode.scope, OidcCode.redirect_uri).where(
+                OidcCode.application_id == app.id, OidcCode.used_at.is_(None), OidcCode.expires_at > now
+            )
+        ).all()
+        ids = [
+            code_id
+            for code_id, scope, redirect in rows
+            if allowed is None or set(scope.split()) - allowed[0] or redirect not in allowed[1]
+        ]
+        if ids:
+            session.execute(
+                update(OidcCode)
+                .where(OidcCode.id.in_(ids))
+                .values(expires_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        return len(ids)
 
     def bind_certificate(
         self, session: Session, principal: Principal, client_id: str, certificate: bytes | None

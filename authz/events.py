@@ -23,6 +23,9 @@ class AuthzEvent(enum.StrEnum):
     AUDIT_EXPORT = "authz:audit:export"
     APPLICATION_REGISTER = "authz:application:register"
     APPLICATION_DISABLE = "authz:application:disable"
+    APPLICATION_ENABLE = "authz:application:enable"  # a disabled application re-enabled (details.tokens_revoked)
+    APPLICATION_UPDATE = "authz:application:update"  # scopes / redirect URIs changed (details.before, .after)
+    APPLICATION_SECRET_ROTATE = "authz:application:secret_rotate"  # a new client secret (never in the details)
     # mutual TLS (authz/certlogin.py): a certificate bound to an application, or its binding removed
     APPLICATION_BIND_CERT = "authz:application:bind_certificate"
     APPLICATION_UNBIND_CERT = "authz:application:unbind_certificate"

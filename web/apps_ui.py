@@ -1,7 +1,8 @@
 """Registered applications (OAuth 2.0 / OpenID Connect clients) in the portal: a security
 administrator lists them, registers one (its client secret is shown once, on the page
-that answers the registration), disables one and binds or removes its TLS client
-certificate. Thin views over :class:`authz.applications.ApplicationService`, which checks
+that answers the registration), edits its scopes and URIs, gives a confidential one a new
+client secret (shown once, likewise), disables and enables one and binds or removes its TLS
+client certificate. Thin views over :class:`authz.applications.ApplicationService`, which checks
 every value, writes the audit record and refuses other roles; the views refuse them first
 (nothing is read for another role).
 
@@ -16,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Response, flash, g, redirect, render_template, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 from werkzeug.datastructures import FileStorage
@@ -24,7 +25,7 @@ from wtforms import Field
 
 from authz.models import Application
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError
-from web.forms import MAX_CERTIFICATE_TEXT, ActionForm, ApplicationForm, CertificateForm
+from web.forms import MAX_CERTIFICATE_TEXT, ActionForm, ApplicationEditForm, ApplicationForm, CertificateForm
 from web.problems import STATUS
 from web.ui import (
     PortalUser,
@@ -106,6 +107,14 @@ _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
         lambda m: _("Application %(name)s is already disabled.", name=_quoted(m[1])),
     ),
     (
+        re.compile(r"application (.+) is not disabled"),
+        lambda m: _("Application %(name)s is not disabled.", name=_quoted(m[1])),
+    ),
+    (
+        re.compile(r"application (.+) is a public client: it has no client secret"),
+        lambda m: _("Application %(name)s is a public client: it has no client secret.", name=_quoted(m[1])),
+    ),
+    (
         re.compile(r"no application with client_id (.+)"),
         lambda m: _("There is no application with client ID %(client_id)s.", client_id=_quoted(m[1])),
     ),
@@ -146,7 +155,9 @@ def message(reason: str) -> str:
     return known if known is not None else _("Not accepted: %(reason)s", reason=reason)
 
 
-def attach_error(form: ApplicationForm | CertificateForm, error: GovpkiError, fields: dict[str, Field]) -> None:
+def attach_error(
+    form: ApplicationForm | ApplicationEditForm | CertificateForm, error: GovpkiError, fields: dict[str, Field]
+) -> None:
     """Each problem next to the form field it names, else above the form."""
     for problem in error.problems:
         target = fields.get(problem.field or "")
@@ -233,6 +244,88 @@ def disable(client_id: str) -> ResponseReturnValue:
     user = _security_admin()
     app = services().applications.disable(g.db, user.principal, client_id)
     flash(_("Application %(name)s has been disabled; its credentials no longer work.", name=app.name), "success")
+    return redirect(url_for("apps_ui.applications"))
+
+
+@bp.post("/applications/<client_id>/enable")
+@login_required
+def enable(client_id: str) -> ResponseReturnValue:
+    user = _security_admin()
+    app, revoked = services().applications.enable(g.db, user.principal, client_id)
+    flash(_("Application %(name)s has been enabled; its credentials work again.", name=app.name), "success")
+    if revoked:
+        flash(
+            _("%(count)s OpenID Connect tokens granted before it was disabled have been revoked.", count=revoked),
+            "info",
+        )
+    return redirect(url_for("apps_ui.applications"))
+
+
+@bp.post("/applications/<client_id>/rotate-secret")
+@login_required
+def rotate_secret(client_id: str) -> ResponseReturnValue:
+    """A new client secret, shown once on the page that answers; the old one stops working."""
+    user = _security_admin()
+    app, secret = services().applications.rotate_secret(g.db, user.principal, client_id)
+    return render_template("apps/secret_rotated.html", row=Row.of(app), secret=secret)
+
+
+def _edit_page(app: Application, form: ApplicationEditForm, status: int = 200) -> ResponseReturnValue:
+    return render_template("apps/edit.html", row=Row.of(app), form=form, action=ActionForm()), status
+
+
+@bp.route("/applications/<client_id>/edit", methods=["GET", "POST"])
+@login_required
+def edit(client_id: str) -> ResponseReturnValue:
+    """Change the application's scopes and (post-logout) redirect URIs."""
+    user = _security_admin()
+    svc = services()
+    app = svc.applications.get(g.db, client_id)
+    if request.method == "GET":  # the form filled with what is registered
+        row = Row.of(app)
+        form = ApplicationEditForm(
+            data={
+                "scopes": app.scopes.split(),
+                "redirect_uris": "\n".join(row.redirect_uris),
+                "post_logout_redirect_uris": "\n".join(row.post_logout_redirect_uris),
+            }
+        )
+        return _edit_page(app, form)
+    form = ApplicationEditForm()
+    if not form.validate_on_submit():
+        return _edit_page(app, form, 422)
+    try:
+        done = svc.applications.update(
+            g.db,
+            user.principal,
+            client_id,
+            scopes=form.scopes.data or [],
+            redirect_uris=_lines(form.redirect_uris.data),
+            post_logout_redirect_uris=_lines(form.post_logout_redirect_uris.data),
+        )
+    except (InvalidError, ConflictError) as error:
+        attach_error(
+            form,
+            error,
+            {
+                "scope": form.scopes,
+                "redirect_uri": form.redirect_uris,
+                "post_logout_redirect_uri": form.post_logout_redirect_uris,
+            },
+        )
+        return _edit_page(app, form, 422)
+    if not done.changed:
+        flash(_("Nothing was changed in application %(name)s.", name=app.name), "info")
+    else:
+        flash(_("Application %(name)s has been updated.", name=app.name), "success")
+    if done.tokens_revoked:
+        flash(
+            _(
+                "%(count)s OpenID Connect tokens granted with a scope it no longer holds have been revoked.",
+                count=done.tokens_revoked,
+            ),
+            "info",
+        )
     return redirect(url_for("apps_ui.applications"))
 
 

@@ -1,4 +1,5 @@
-"""``govpki app register | list | disable | bind-cert``: registered applications (client credentials).
+"""``govpki app register | list | disable | enable | rotate-secret | update | bind-cert``:
+registered applications (client credentials).
 
 Registered at the end of web.cli with one ``main.add_command(app)``; helpers come from
 web.cli_common (never from web.cli), imported when a command runs."""
@@ -117,6 +118,105 @@ def disable(client_id: str) -> None:
             session.rollback()
             report_error(exc)
     click.echo(f"disabled application {name!r} ({client_id})")
+
+
+@app_group.command("enable")
+@click.argument("client_id")
+def enable(client_id: str) -> None:
+    """Re-enable the disabled application CLIENT_ID: its credentials work again. OIDC tokens
+    granted before it was disabled are revoked (its users sign in again)."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            application, revoked = services.applications.enable(session, cli_principal(), client_id)
+            name = application.name
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    click.echo(
+        f"enabled application {name!r} ({client_id})" + (f"; {revoked} old OIDC tokens revoked" if revoked else "")
+    )
+
+
+@app_group.command("rotate-secret")
+@click.argument("client_id")
+def rotate_secret(client_id: str) -> None:
+    """A new client secret for the confidential application CLIENT_ID, printed once; the old
+    secret stops working at once (no overlap: give the application the new one first thing)."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            application, secret = services.applications.rotate_secret(session, cli_principal(), client_id)
+            name = application.name
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    click.echo(f"new client secret for application {name!r}; the old one no longer works", err=True)
+    click.echo("the client secret is shown only now; store it safely", err=True)
+    click.echo(f"client_secret={secret}")
+
+
+@app_group.command("update")
+@click.argument("client_id")
+@click.option("--scope", "scopes", multiple=True, help="Replaces the scopes; repeat for several.")
+@click.option("--redirect-uri", "redirect_uris", multiple=True, help="Replaces the redirect URIs; repeatable.")
+@click.option(
+    "--post-logout-redirect-uri",
+    "post_logout_redirect_uris",
+    multiple=True,
+    help="Replaces the post-logout redirect URIs; repeatable.",
+)
+@click.option("--no-redirect-uris", is_flag=True, help="Remove every redirect URI (when dropping openid).")
+@click.option("--no-post-logout-redirect-uris", is_flag=True, help="Remove every post-logout redirect URI.")
+def update_app(
+    client_id: str,
+    scopes: tuple[str, ...],
+    redirect_uris: tuple[str, ...],
+    post_logout_redirect_uris: tuple[str, ...],
+    no_redirect_uris: bool,
+    no_post_logout_redirect_uris: bool,
+) -> None:
+    """Change the scopes and URIs of application CLIENT_ID: each option given replaces that
+    whole list (checked as at registration; the client type never changes). OIDC tokens
+    granted with a scope no longer registered are revoked."""
+    from web.cli_common import cli_principal, load_services, report_error
+
+    if no_redirect_uris and redirect_uris:
+        raise click.UsageError("give --redirect-uri or --no-redirect-uris, not both")
+    if no_post_logout_redirect_uris and post_logout_redirect_uris:
+        raise click.UsageError("give --post-logout-redirect-uri or --no-post-logout-redirect-uris, not both")
+    new_redirects = () if no_redirect_uris else (redirect_uris or None)
+    new_after_logout = () if no_post_logout_redirect_uris else (post_logout_redirect_uris or None)
+    if not scopes and new_redirects is None and new_after_logout is None:
+        raise click.UsageError("nothing to change: give --scope, --redirect-uri or --post-logout-redirect-uri")
+    services = load_services()
+    with services.sessions() as session:
+        try:
+            done = services.applications.update(
+                session,
+                cli_principal(),
+                client_id,
+                scopes=scopes or None,
+                redirect_uris=new_redirects,
+                post_logout_redirect_uris=new_after_logout,
+            )
+            name, changed, revoked = done.app.name, done.changed, done.tokens_revoked
+            session.commit()
+        except GovpkiError as exc:
+            session.rollback()
+            report_error(exc)
+    if not changed:
+        click.echo(f"application {name!r} ({client_id}): nothing changed")
+        return
+    click.echo(f"updated application {name!r}: {', '.join(changed)}")
+    if revoked:
+        click.echo(f"{revoked} OIDC tokens granted with a scope no longer registered were revoked")
 
 
 @app_group.command("bind-cert")

@@ -194,6 +194,15 @@ class ApplicationForm(FlaskForm):  # type: ignore[misc]
     )
 
 
+class ApplicationEditForm(FlaskForm):  # type: ignore[misc]
+    """An application's scopes and URIs (its name and type never change); the same fields
+    as registration, checked by the same service code."""
+
+    scopes = ApplicationForm.scopes
+    redirect_uris = ApplicationForm.redirect_uris
+    post_logout_redirect_uris = ApplicationForm.post_logout_redirect_uris
+
+
 class CertificateForm(FlaskForm):  # type: ignore[misc]
     """An application's TLS client certificate, as a file or pasted (PEM)."""
 

@@ -24,10 +24,13 @@ from werkzeug.test import TestResponse
 
 from authz.applications import KNOWN_SCOPES
 from authz.models import Application
+from authz.oidc_models import OidcToken
 from govpki.audit import AuditEntry
 from govpki.errors import UnauthenticatedError
 from govpki.principal import SYSTEM, Role
 from tests.helpers import enrol_totp, initialised_portal
+from tests.web.oidc_helpers import register_client, two_factor_client
+from tests.web.test_oidc import REDIRECT, authorize, basic, code_of, exchange, userinfo
 from tests.web.test_ui import (
     NEW_PASSWORD,
     Portal,
@@ -172,9 +175,13 @@ def test_other_roles_are_refused(portal: Portal, role: Role) -> None:
         (f"/applications/{client_id}/disable", {}),
         (f"/applications/{client_id}/certificate", {"certificate_text": "x"}),
         (f"/applications/{client_id}/certificate/remove", {}),
+        (f"/applications/{client_id}/edit", {"scopes": "authz:decide"}),
+        (f"/applications/{client_id}/rotate-secret", {}),
+        (f"/applications/{client_id}/enable", {}),
     ):
         assert client.post(path, data={"csrf_token": token, **data}).status_code == 403, path
     assert client.get(f"/applications/{client_id}/certificate").status_code == 403
+    assert client.get(f"/applications/{client_id}/edit").status_code == 403
     assert counts(portal) == before
     assert not application(portal, name).disabled
 
@@ -395,8 +402,11 @@ def test_a_stale_csrf_token_is_refused_and_changes_nothing(portal: Portal, admin
         assert page.status_code == 400
         assert "表单已过期或并非来自本站" in text(page)
         assert admin.post(f"/applications/{client_id}/disable", data=data).status_code == 400
+        for action in ("rotate-secret", "enable", "edit"):
+            assert admin.post(f"/applications/{client_id}/{action}", data=data).status_code == 400, action
     assert counts(portal) == before
-    assert not application(portal, name).disabled
+    row = application(portal, name)
+    assert not row.disabled and row.scopes == "audit:write"
 
 
 # ----- disabling -----------------------------------------------------------------------
@@ -513,3 +523,272 @@ def test_bad_certificates_are_shown_at_their_field_and_change_nothing(portal: Po
     assert counts(portal) == before
     assert application(portal, name).cert_sha256 is None
     assert admin.get("/applications/app_nosuch/certificate").status_code == 404
+
+
+# ----- rotating the secret ----------------------------------------------------------------
+
+
+def test_rotate_secret_shows_the_new_one_once_and_the_old_one_stops(portal: Portal) -> None:
+    client, username = signed_in_as(portal)
+    name = unique("rotated")
+    created = text(register(client, name=name, scopes=["audit:write"]))
+    client_id, old = _CLIENT_ID.search(created), _SECRET.search(created)
+    assert client_id and old
+    path = f"/applications/{client_id[1]}/rotate-secret"
+    listing = text(client.get("/applications"))
+    assert f'action="{path}"' in listing and "当前密钥将立即失效" in listing
+    before = counts(portal)
+    page = post_form(client, path, {}, form_page="/applications")
+    assert page.status_code == 200
+    body = text(page)
+    assert f"应用系统 {name} 的新客户端密钥" in body and "请立即复制客户端密钥：它只显示这一次。" in body
+    new = _SECRET.search(body)
+    assert new and new[1] != old[1]
+    assert counts(portal) == (before[0], before[1] + 1)
+    entry = last_audit(portal, client_id[1])
+    assert entry.action == "authz:application:secret_rotate" and entry.actor.endswith(username)
+    assert new[1] not in (entry.details or "") and old[1] not in (entry.details or "")
+    with portal.services.sessions() as db:
+        assert portal.services.applications.authenticate(db, client_id[1], new[1]).name == name
+        with pytest.raises(UnauthenticatedError):
+            portal.services.applications.authenticate(db, client_id[1], old[1])
+    assert new[1] not in text(client.get("/applications"))
+
+
+def test_a_public_client_has_no_rotate_button_and_rotating_it_is_refused(portal: Portal) -> None:
+    client = signed_in(portal)
+    name = unique("spa")
+    page = register(
+        client, name=name, client_type="public", scopes=["openid"], redirect_uris="https://spa.example.gov.cn/cb"
+    )
+    assert page.status_code == 200
+    client_id = application(portal, name).client_id
+    assert f'action="/applications/{client_id}/rotate-secret"' not in text(client.get("/applications"))
+    assert f'action="/applications/{client_id}/rotate-secret"' not in text(
+        client.get(f"/applications/{client_id}/edit")
+    )
+    before = counts(portal)
+    refused = post_form(client, f"/applications/{client_id}/rotate-secret", {}, form_page="/applications")
+    assert refused.status_code == 409
+    assert f"应用系统 {name} 是公开客户端，没有客户端密钥。" in text(refused)
+    assert _SECRET.search(text(refused)) is None
+    assert counts(portal) == before
+    client.get("/lang/en")
+    english = post_form(client, f"/applications/{client_id}/rotate-secret", {}, form_page="/applications")
+    assert f"Application {name} is a public client: it has no client secret." in text(english)
+
+
+def row_of(listing: str, client_id: str) -> str:
+    """The application's row in the list page."""
+    found = re.search(rf'<tr id="app-{client_id}">(.*?)</tr>', listing, re.S)
+    assert found, client_id
+    return found.group(1)
+
+
+# ----- enabling --------------------------------------------------------------------------
+
+
+def test_disable_then_enable_and_enabling_twice_is_a_clear_message(portal: Portal) -> None:
+    client, username = signed_in_as(portal)
+    name = unique("back")
+    created = text(register(client, name=name, scopes=["audit:write"]))
+    client_id, secret = _CLIENT_ID.search(created), _SECRET.search(created)
+    assert client_id and secret
+    enable = f"/applications/{client_id[1]}/enable"
+    assert f'action="{enable}"' not in text(client.get("/applications"))
+    assert post_form(client, f"/applications/{client_id[1]}/disable", {}, form_page="/applications").status_code == 302
+    listing = row_of(text(client.get("/applications")), client_id[1])
+    assert f'action="{enable}"' in listing and "之后可以重新启用" not in listing
+    with portal.services.sessions() as db, pytest.raises(UnauthenticatedError):
+        portal.services.applications.authenticate(db, client_id[1], secret[1])
+
+    page = post_form(client, enable, {}, form_page="/applications")
+    assert page.status_code == 302 and page.headers["Location"] == "/applications"
+    after = text(client.get("/applications"))
+    assert f"应用系统 {name} 已启用，其凭据重新生效。" in after
+    row_html = row_of(after, client_id[1])
+    assert f'action="/applications/{client_id[1]}/disable"' in row_html and "之后可以重新启用" in row_html
+    assert f'action="{enable}"' not in row_html
+    row = application(portal, name)
+    assert not row.disabled and row.disabled_at is None
+    entry = last_audit(portal, client_id[1])
+    assert entry.action == "authz:application:enable" and entry.actor.endswith(username)
+    with portal.services.sessions() as db:
+        assert portal.services.applications.authenticate(db, client_id[1], secret[1]).name == name
+
+    before = counts(portal)
+    again = post_form(client, enable, {}, form_page="/applications")
+    assert again.status_code == 409
+    assert f"应用系统 {name} 未处于停用状态。" in text(again)
+    missing = post_form(client, "/applications/app_nosuch/enable", {}, form_page="/applications")
+    assert missing.status_code == 404
+    assert counts(portal) == before
+
+
+# ----- editing ---------------------------------------------------------------------------
+
+
+def edit(client: FlaskClient, client_id: str, **fields: str | list[str]) -> TestResponse:
+    path = f"/applications/{client_id}/edit"
+    token = csrf(client.get(path))
+    return client.post(path, data={"csrf_token": token, **fields})
+
+
+def test_the_edit_page_shows_what_is_registered_and_saves_a_change(portal: Portal) -> None:
+    client, username = signed_in_as(portal)
+    client_id, _secret = register_client(portal, unique("rp"), redirect_uris=(REDIRECT, "https://rp.example.gov.cn/2"))
+    page = client.get(f"/applications/{client_id}/edit")
+    assert page.status_code == 200
+    body = text(page)
+    assert "（不可更改）" in body and "机密客户端" in body
+    for scope in ("openid", "profile", "offline_access"):
+        assert re.search(rf'<input checked id="scopes-\d" name="scopes" type="checkbox" value="{scope}">', body)
+    assert re.search(r'<input id="scopes-\d" name="scopes" type="checkbox" value="audit:write">', body)
+    assert f"{REDIRECT}\nhttps://rp.example.gov.cn/2</textarea>" in body
+    assert 'href="/applications/' + client_id + '/edit"' in text(client.get("/applications"))
+
+    before = counts(portal)
+    saved = edit(
+        client,
+        client_id,
+        scopes=["openid", "profile", "offline_access", "authz:decide"],
+        redirect_uris=f"{REDIRECT}\r\n",
+        post_logout_redirect_uris="",
+    )
+    assert saved.status_code == 302 and saved.headers["Location"] == "/applications"
+    assert counts(portal) == (before[0], before[1] + 1)
+    assert "已更新" in text(client.get("/applications"))
+    with portal.services.sessions() as db:
+        row = portal.services.applications.get(db, client_id)
+        assert row.scopes == "authz:decide offline_access openid profile"
+        assert json.loads(row.redirect_uris) == [REDIRECT] and json.loads(row.post_logout_redirect_uris) == []
+    entry = last_audit(portal, client_id)
+    assert entry.action == "authz:application:update" and entry.actor.endswith(username)
+    details = json.loads(entry.details or "{}")
+    assert details["before"]["redirect_uris"] == [REDIRECT, "https://rp.example.gov.cn/2"]
+    assert details["after"] == {
+        "scopes": ["authz:decide", "offline_access", "openid", "profile"],
+        "redirect_uris": [REDIRECT],
+        "post_logout_redirect_uris": [],
+    }
+
+    same = edit(
+        client, client_id, scopes=["openid", "profile", "offline_access", "authz:decide"], redirect_uris=REDIRECT
+    )
+    assert same.status_code == 302
+    assert "没有任何更改" in text(client.get("/applications"))
+    assert counts(portal) == (before[0], before[1] + 1)
+
+
+EDIT_ERRORS = [
+    pytest.param(
+        {"scopes": ["openid", "root:all"]}, "scopes", "root:all 不是本服务提供的授权范围。", id="unknown-scope"
+    ),
+    pytest.param(
+        {"scopes": ["audit:write"]},
+        "redirect_uris",
+        "只有 OpenID Connect 客户端（授权范围 openid）才能填写重定向地址。",
+        id="uris-without-openid",
+    ),
+    pytest.param(
+        {"redirect_uris": ""},
+        "redirect_uris",
+        "OpenID Connect 客户端（授权范围 openid）至少需要一个重定向地址。",
+        id="no-redirect",
+    ),
+    pytest.param(
+        {"redirect_uris": "https://rp.example.gov.cn/cb#x"},
+        "redirect_uris",
+        "https://rp.example.gov.cn/cb#x 不得带有片段标识（#…）。",
+        id="fragment",
+    ),
+    pytest.param(
+        {"redirect_uris": "http://rp.example.gov.cn/cb"},
+        "redirect_uris",
+        "http://rp.example.gov.cn/cb：仅 127.0.0.1 或 localhost 可使用 http，其他地址请使用 https。",
+        id="http",
+    ),
+    pytest.param(
+        {"post_logout_redirect_uris": "/bye"},
+        "post_logout_redirect_uris",
+        "/bye 不是完整的 https 地址。",
+        id="relative-post-logout",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "field", "message"), EDIT_ERRORS)
+def test_bad_edits_are_shown_at_their_field_and_change_nothing(
+    portal: Portal, admin: FlaskClient, fields: dict[str, str | list[str]], field: str, message: str
+) -> None:
+    client_id, _secret = register_client(portal, unique("rp"))
+    with portal.services.sessions() as db:
+        row = portal.services.applications.get(db, client_id)
+        registered = (row.scopes, row.redirect_uris, row.post_logout_redirect_uris)
+    before = counts(portal)
+    data: dict[str, str | list[str]] = {
+        "scopes": ["openid", "profile"],
+        "redirect_uris": REDIRECT,
+        "post_logout_redirect_uris": "",
+        **fields,
+    }
+    page = edit(admin, client_id, **data)
+    assert page.status_code == 422
+    assert field_errors(text(page), field) == [message]
+    assert counts(portal) == before
+    with portal.services.sessions() as db:
+        row = portal.services.applications.get(db, client_id)
+        assert (row.scopes, row.redirect_uris, row.post_logout_redirect_uris) == registered
+
+
+def test_a_bad_edit_in_english(portal: Portal) -> None:
+    client = signed_in(portal)
+    client.get("/lang/en")
+    client_id, _secret = register_client(portal, unique("rp"))
+    page = edit(client, client_id, scopes=["openid"], redirect_uris="https://rp.example.gov.cn/cb#x")
+    assert page.status_code == 422
+    assert field_errors(text(page), "redirect_uris") == [
+        "https://rp.example.gov.cn/cb#x must not have a fragment (#…)."
+    ]
+    assert "Edit application" in text(page)
+
+
+def test_a_removed_redirect_uri_and_scope_stop_at_once(portal: Portal) -> None:
+    """After an edit, the authorization endpoint refuses the removed redirect URI, and the
+    tokens granted with the removed scope (offline_access) are revoked: refresh and userinfo fail."""
+    user, _username = two_factor_client(portal)
+    other = "https://rp.example.gov.cn/other"
+    client_id, secret = register_client(portal, unique("rp"), redirect_uris=(REDIRECT, other))
+    tokens = exchange(portal, client_id, secret, code_of(authorize(user, client_id))).get_json()
+    assert userinfo(portal, tokens["access_token"]).status_code == 200
+    kept = exchange(portal, client_id, secret, code_of(authorize(user, client_id, scope="openid profile"))).get_json()
+    assert kept["scope"] == "openid profile"
+    pending = code_of(authorize(user, client_id))  # issued, not yet exchanged
+
+    admin = signed_in(portal)
+    saved = edit(admin, client_id, scopes=["openid", "profile"], redirect_uris=other, post_logout_redirect_uris="")
+    assert saved.status_code == 302
+    assert "1 个 OpenID Connect 令牌已被吊销" in text(admin.get("/applications"))
+
+    refused = authorize(user, client_id)
+    assert refused.status_code == 400 and "Location" not in refused.headers
+    assert "invalid_request" in text(refused)
+    assert authorize(user, client_id, redirect_uri=other, scope="openid").status_code == 302
+    late = exchange(portal, client_id, secret, pending)
+    assert late.status_code == 400 and late.get_json()["error"] == "invalid_grant"
+
+    def refresh(token: str) -> TestResponse:
+        return portal.app.test_client().post(
+            "/oauth/token",
+            data={"grant_type": "refresh_token", "refresh_token": token},
+            headers=basic(client_id, secret),
+        )
+
+    revoked = refresh(tokens["refresh_token"])
+    assert revoked.status_code == 400 and revoked.get_json()["error"] == "invalid_grant"
+    assert userinfo(portal, tokens["access_token"]).status_code == 401
+    assert userinfo(portal, kept["access_token"]).status_code == 200  # within the new scopes: kept
+    assert refresh(kept["refresh_token"]).status_code == 200
+    with portal.services.sessions() as db:
+        reasons = {t.revoked_reason for t in db.scalars(select(OidcToken).where(OidcToken.subject == _username)).all()}
+    assert reasons == {"scope no longer registered", None}
