@@ -178,17 +178,39 @@ def _uri_list(values: Sequence[str], field: str) -> list[str]:
     """Exact redirect URIs: absolute, https (http only on a loopback host), no fragment."""
     found: list[str] = []
     if len(values) > MAX_REDIRECT_URIS:
-        raise InvalidError(f"at most {MAX_REDIRECT_URIS} URIs", field=field)
+        raise InvalidError(
+            f"at most {MAX_REDIRECT_URIS} URIs",
+            field=field,
+            code="authz.too_many_uris",
+            params={"max": MAX_REDIRECT_URIS},
+        )
     for value in values:
         if not isinstance(value, str) or not 1 <= len(value) <= MAX_URI or _CONTROL.search(value) or " " in value:
-            raise InvalidError(f"must be a URI of 1-{MAX_URI} characters without spaces", field=field)
+            raise InvalidError(
+                f"must be a URI of 1-{MAX_URI} characters without spaces",
+                field=field,
+                code="authz.uri_form",
+                params={"max": MAX_URI},
+            )
         parts = urllib.parse.urlsplit(value)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise InvalidError(f"{value!r} is not an absolute http(s) URI", field=field)
+            raise InvalidError(
+                f"{value!r} is not an absolute http(s) URI",
+                field=field,
+                code="authz.uri_not_absolute",
+                params={"uri": value},
+            )
         if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
-            raise InvalidError(f"{value!r}: plain http only on a loopback host; use https", field=field)
+            raise InvalidError(
+                f"{value!r}: plain http only on a loopback host; use https",
+                field=field,
+                code="authz.uri_plain_http",
+                params={"uri": value},
+            )
         if parts.fragment or value.endswith("#"):
-            raise InvalidError(f"{value!r} must not have a fragment", field=field)
+            raise InvalidError(
+                f"{value!r} must not have a fragment", field=field, code="authz.uri_fragment", params={"uri": value}
+            )
         if value not in found:
             found.append(value)
     return found
@@ -200,28 +222,44 @@ def _client_settings(
     """The checks of a client's scopes and URIs (registration and update alike): the sorted
     scopes, the redirect URIs and the post-logout redirect URIs (duplicates dropped)."""
     if isinstance(scopes, str):
-        raise InvalidError("must be a list of scopes", field="scope")
+        raise InvalidError("must be a list of scopes", field="scope", code="authz.scope_list")
     wanted = sorted(set(scopes))
     for scope in wanted:
         if scope not in KNOWN_SCOPES:
             raise InvalidError(
-                f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})", field="scope"
+                f"{scope!r} is not a known scope (known: {', '.join(sorted(KNOWN_SCOPES))})",
+                field="scope",
+                code="authz.unknown_scope",
+                params={"scope": scope},
             )
     redirects = _uri_list(redirect_uris, "redirect_uri")
     after_logout = _uri_list(post_logout_redirect_uris, "post_logout_redirect_uri")
     oidc = "openid" in wanted
     if client_type == "public":
         if not oidc:
-            raise InvalidError("a public client signs users in: it needs the scope 'openid'", field="scope")
+            raise InvalidError(
+                "a public client signs users in: it needs the scope 'openid'", field="scope", code="authz.public_openid"
+            )
         others = [s for s in wanted if s not in OIDC_SCOPES]
         if others:
             raise InvalidError(
-                f"a public client has no secret and may hold only OIDC scopes, not {others[0]!r}", field="scope"
+                f"a public client has no secret and may hold only OIDC scopes, not {others[0]!r}",
+                field="scope",
+                code="authz.public_scope",
+                params={"scope": others[0]},
             )
     if oidc and not redirects:
-        raise InvalidError("an OIDC client (scope 'openid') needs at least one redirect URI", field="redirect_uri")
+        raise InvalidError(
+            "an OIDC client (scope 'openid') needs at least one redirect URI",
+            field="redirect_uri",
+            code="authz.redirect_uri_required",
+        )
     if not oidc and (redirects or after_logout):
-        raise InvalidError("redirect URIs are only for OIDC clients (scope 'openid')", field="redirect_uri")
+        raise InvalidError(
+            "redirect URIs are only for OIDC clients (scope 'openid')",
+            field="redirect_uri",
+            code="authz.redirect_uri_not_oidc",
+        )
     return wanted, redirects, after_logout
 
 
@@ -258,20 +296,28 @@ def _client_certificate(data: bytes) -> tuple[x509.Certificate, bytes]:
         der = cert.public_bytes(serialization.Encoding.DER)
         extensions = cert.extensions
     except ValueError:
-        raise InvalidError("is not an X.509 certificate (PEM or DER)", field="certificate") from None
+        raise InvalidError(
+            "is not an X.509 certificate (PEM or DER)", field="certificate", code="authz.not_a_certificate"
+        ) from None
     try:
         is_ca = extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
     if is_ca:
-        raise InvalidError("is a CA certificate; bind the application's own client certificate", field="certificate")
+        raise InvalidError(
+            "is a CA certificate; bind the application's own client certificate",
+            field="certificate",
+            code="authz.ca_certificate",
+        )
     try:
         eku = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         eku = None
     if eku is None or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise InvalidError(
-            "is not a TLS client certificate (its extended key usage lacks clientAuth)", field="certificate"
+            "is not a TLS client certificate (its extended key usage lacks clientAuth)",
+            field="certificate",
+            code="authz.not_client_auth",
         )
     return cert, der
 
@@ -283,7 +329,7 @@ class ApplicationService:
     @staticmethod
     def _require_security_admin(principal: Principal, what: str) -> None:
         if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
-            raise ForbiddenError(f"only a security administrator may {what}")
+            raise ForbiddenError(f"only a security administrator may {what}", code="authz.not_security_admin")
 
     def register(
         self,
@@ -302,16 +348,25 @@ class ApplicationService:
         self._require_security_admin(principal, "register applications")
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidError(
-                "must be 3-48 characters: lower-case letters, digits or '-', starting with a letter", field="name"
+                "must be 3-48 characters: lower-case letters, digits or '-', starting with a letter",
+                field="name",
+                code="authz.application_name",
             )
         if client_type not in CLIENT_TYPES:
-            raise InvalidError(f"must be one of {', '.join(CLIENT_TYPES)}", field="client_type")
+            raise InvalidError(
+                f"must be one of {', '.join(CLIENT_TYPES)}", field="client_type", code="authz.client_type"
+            )
         wanted, redirects, after_logout = _client_settings(
             client_type, scopes, redirect_uris, post_logout_redirect_uris
         )
         oidc = "openid" in wanted
         if session.scalar(select(Application.id).where(Application.name == name)) is not None:
-            raise ConflictError(f"an application named {name!r} is registered", field="name")
+            raise ConflictError(
+                f"an application named {name!r} is registered",
+                field="name",
+                code="authz.application_exists",
+                params={"name": name},
+            )
         client_id = f"{CLIENT_ID_PREFIX}{secrets.token_hex(12)}"
         secret = secrets.token_urlsafe(32) if client_type == "confidential" else None  # 256 bits
         app = Application(
@@ -349,16 +404,31 @@ class ApplicationService:
     def get(self, session: Session, client_id: str) -> Application:
         app = session.scalar(select(Application).where(Application.client_id == client_id))
         if app is None:
-            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+            raise NotFoundError(
+                f"no application with client_id {client_id!r}",
+                field="client_id",
+                code="authz.application_not_found",
+                params={"client_id": client_id},
+            )
         return app
 
     def disable(self, session: Session, principal: Principal, client_id: str) -> Application:
         self._require_security_admin(principal, "disable applications")
         app = session.scalar(select(Application).where(Application.client_id == client_id))
         if app is None:
-            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+            raise NotFoundError(
+                f"no application with client_id {client_id!r}",
+                field="client_id",
+                code="authz.application_not_found",
+                params={"client_id": client_id},
+            )
         if app.disabled:
-            raise ConflictError(f"application {app.name!r} is already disabled", field="client_id")
+            raise ConflictError(
+                f"application {app.name!r} is already disabled",
+                field="client_id",
+                code="authz.application_disabled",
+                params={"name": app.name},
+            )
         app.disabled = True
         app.disabled_at = self._clock.now()
         audit.record(
@@ -381,7 +451,10 @@ class ApplicationService:
         app = self.get(session, client_id)
         if not app.disabled:
             raise ConflictError(
-                f"application {app.name!r} is not disabled", field="client_id", code="authz.application_active"
+                f"application {app.name!r} is not disabled",
+                field="client_id",
+                code="authz.application_active",
+                params={"name": app.name},
             )
         disabled_at = app.disabled_at
         app.disabled = False
@@ -419,6 +492,7 @@ class ApplicationService:
                 f"application {app.name!r} is a public client: it has no client secret",
                 field="client_id",
                 code="authz.public_client",
+                params={"name": app.name},
             )
         secret = secrets.token_urlsafe(32)  # 256 bits
         app.secret_sha256 = hashlib.sha256(secret.encode("ascii")).hexdigest()
@@ -549,10 +623,20 @@ class ApplicationService:
         self._require_security_admin(principal, "bind certificates to applications")
         app = session.scalar(select(Application).where(Application.client_id == client_id))
         if app is None:
-            raise NotFoundError(f"no application with client_id {client_id!r}", field="client_id")
+            raise NotFoundError(
+                f"no application with client_id {client_id!r}",
+                field="client_id",
+                code="authz.application_not_found",
+                params={"client_id": client_id},
+            )
         if certificate is None:
             if app.cert_sha256 is None:
-                raise ConflictError(f"application {app.name!r} has no bound certificate", field="client_id")
+                raise ConflictError(
+                    f"application {app.name!r} has no bound certificate",
+                    field="client_id",
+                    code="authz.no_bound_certificate",
+                    params={"name": app.name},
+                )
             details = {"name": app.name, "sha256": app.cert_sha256, "serial": app.cert_serial}
             app.cert_sha256 = app.cert_issuer = app.cert_serial = None
             app.cert_bound_at = None
@@ -564,7 +648,12 @@ class ApplicationService:
                 select(Application.name).where(Application.cert_sha256 == fingerprint, Application.id != app.id)
             )
             if other is not None:
-                raise ConflictError(f"this certificate is bound to application {other!r}", field="certificate")
+                raise ConflictError(
+                    f"this certificate is bound to application {other!r}",
+                    field="certificate",
+                    code="authz.certificate_bound",
+                    params={"name": other},
+                )
             app.cert_sha256 = fingerprint
             app.cert_issuer = cert.issuer.rfc4514_string()
             app.cert_serial = format(cert.serial_number, "x")

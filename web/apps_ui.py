@@ -11,10 +11,8 @@ A service refusal is shown in the request's language: next to the form field it 
 
 from __future__ import annotations
 
-import ast
 import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, flash, g, redirect, render_template, request, url_for
@@ -24,7 +22,7 @@ from werkzeug.datastructures import FileStorage
 from wtforms import Field
 
 from authz.models import Application
-from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError
+from govpki.errors import ConflictError, FieldProblem, ForbiddenError, GovpkiError, InvalidError
 from web.forms import MAX_CERTIFICATE_TEXT, ActionForm, ApplicationEditForm, ApplicationForm, CertificateForm
 from web.problems import STATUS
 from web.ui import (
@@ -42,117 +40,71 @@ from web.ui import (
 bp = Blueprint("apps_ui", __name__)
 
 
-def _quoted(value: str) -> str:
-    """A value the service quoted with repr(): the value itself."""
+Params = Mapping[str, str | int]
+
+# the application service's refusals (authz/applications.py) by their stable code and values,
+# in the request's language; an error without an entry shows through the portal's general table
+_MESSAGES: dict[str, Callable[[Params], str]] = {
+    "authz.application_name": lambda p: _("Use 3 to 48 lower-case letters, digits or '-', starting with a letter."),
+    "authz.application_exists": lambda p: _("An application named %(name)s is already registered.", name=p["name"]),
+    "authz.client_type": lambda p: _("Choose confidential or public."),
+    "authz.scope_list": lambda p: _("Choose the scopes."),
+    "authz.unknown_scope": lambda p: _("%(scope)s is not a scope of this service.", scope=p["scope"]),
+    "authz.public_openid": lambda p: _("A public client signs users in: it needs the scope openid."),
+    "authz.public_scope": lambda p: _(
+        "A public client has no client secret and may hold only OpenID Connect scopes, not %(scope)s.",
+        scope=p["scope"],
+    ),
+    "authz.redirect_uri_required": lambda p: _(
+        "An OpenID Connect client (scope openid) needs at least one redirect URI."
+    ),
+    "authz.redirect_uri_not_oidc": lambda p: _("Redirect URIs are only for OpenID Connect clients (scope openid)."),
+    "authz.too_many_uris": lambda p: _("At most %(count)s URIs.", count=p["max"]),
+    "authz.uri_form": lambda p: _("Each URI must be 1 to %(count)s characters, without spaces.", count=p["max"]),
+    "authz.uri_not_absolute": lambda p: _("%(uri)s is not an absolute https URI.", uri=p["uri"]),
+    "authz.uri_plain_http": lambda p: _(
+        "%(uri)s: plain http is allowed only on 127.0.0.1 or localhost; use https.", uri=p["uri"]
+    ),
+    "authz.uri_fragment": lambda p: _("%(uri)s must not have a fragment (#…).", uri=p["uri"]),
+    "authz.application_disabled": lambda p: _("Application %(name)s is already disabled.", name=p["name"]),
+    "authz.application_active": lambda p: _("Application %(name)s is not disabled.", name=p["name"]),
+    "authz.public_client": lambda p: _(
+        "Application %(name)s is a public client: it has no client secret.", name=p["name"]
+    ),
+    "authz.application_not_found": lambda p: _(
+        "There is no application with client ID %(client_id)s.", client_id=p["client_id"]
+    ),
+    "authz.not_a_certificate": lambda p: _("This is not an X.509 certificate (PEM or DER)."),
+    "authz.ca_certificate": lambda p: _("This is a CA certificate; bind the application's own client certificate."),
+    "authz.not_client_auth": lambda p: _(
+        "This is not a TLS client certificate (its extended key usage lacks clientAuth)."
+    ),
+    "authz.certificate_bound": lambda p: _(
+        "This certificate is already bound to application %(name)s.", name=p["name"]
+    ),
+    "authz.no_bound_certificate": lambda p: _("Application %(name)s has no bound certificate.", name=p["name"]),
+    "authz.not_security_admin": lambda p: _("Only a security administrator may manage applications."),
+}
+
+
+def message(code: str | None, params: Params, reason: str) -> str | None:
+    """A refusal of the application service in the request's language; None for a code
+    this page does not know (or whose values are missing)."""
+    render = _MESSAGES.get(code or "")
+    if render is None:
+        return None
     try:
-        found = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-    return found if isinstance(found, str) else value
+        return render(params)
+    except KeyError:
+        return None
 
 
-# the service's reasons (authz/applications.py), in the request's language
-_REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
-    (
-        re.compile(r"must be 3-48 characters: lower-case letters, digits or '-', starting with a letter"),
-        lambda m: _("Use 3 to 48 lower-case letters, digits or '-', starting with a letter."),
-    ),
-    (
-        re.compile(r"an application named (.+) is registered"),
-        lambda m: _("An application named %(name)s is already registered.", name=_quoted(m[1])),
-    ),
-    (re.compile(r"must be one of confidential, public"), lambda m: _("Choose confidential or public.")),
-    (
-        re.compile(r"(.+) is not a known scope \(known: .*\)"),
-        lambda m: _("%(scope)s is not a scope of this service.", scope=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"a public client signs users in: it needs the scope 'openid'"),
-        lambda m: _("A public client signs users in: it needs the scope openid."),
-    ),
-    (
-        re.compile(r"a public client has no secret and may hold only OIDC scopes, not (.+)"),
-        lambda m: _(
-            "A public client has no client secret and may hold only OpenID Connect scopes, not %(scope)s.",
-            scope=_quoted(m[1]),
-        ),
-    ),
-    (
-        re.compile(r"an OIDC client \(scope 'openid'\) needs at least one redirect URI"),
-        lambda m: _("An OpenID Connect client (scope openid) needs at least one redirect URI."),
-    ),
-    (
-        re.compile(r"redirect URIs are only for OIDC clients \(scope 'openid'\)"),
-        lambda m: _("Redirect URIs are only for OpenID Connect clients (scope openid)."),
-    ),
-    (re.compile(r"at most (\d+) URIs"), lambda m: _("At most %(count)s URIs.", count=m[1])),
-    (
-        re.compile(r"must be a URI of 1-(\d+) characters without spaces"),
-        lambda m: _("Each URI must be 1 to %(count)s characters, without spaces.", count=m[1]),
-    ),
-    (
-        re.compile(r"(.+) is not an absolute http\(s\) URI"),
-        lambda m: _("%(uri)s is not an absolute https URI.", uri=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"(.+): plain http only on a loopback host; use https"),
-        lambda m: _("%(uri)s: plain http is allowed only on 127.0.0.1 or localhost; use https.", uri=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"(.+) must not have a fragment"),
-        lambda m: _("%(uri)s must not have a fragment (#…).", uri=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"application (.+) is already disabled"),
-        lambda m: _("Application %(name)s is already disabled.", name=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"application (.+) is not disabled"),
-        lambda m: _("Application %(name)s is not disabled.", name=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"application (.+) is a public client: it has no client secret"),
-        lambda m: _("Application %(name)s is a public client: it has no client secret.", name=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"no application with client_id (.+)"),
-        lambda m: _("There is no application with client ID %(client_id)s.", client_id=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"is not an X\.509 certificate \(PEM or DER\)"),
-        lambda m: _("This is not an X.509 certificate (PEM or DER)."),
-    ),
-    (
-        re.compile(r"is a CA certificate; bind the application's own client certificate"),
-        lambda m: _("This is a CA certificate; bind the application's own client certificate."),
-    ),
-    (
-        re.compile(r"is not a TLS client certificate \(its extended key usage lacks clientAuth\)"),
-        lambda m: _("This is not a TLS client certificate (its extended key usage lacks clientAuth)."),
-    ),
-    (
-        re.compile(r"this certificate is bound to application (.+)"),
-        lambda m: _("This certificate is already bound to application %(name)s.", name=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"application (.+) has no bound certificate"),
-        lambda m: _("Application %(name)s has no bound certificate.", name=_quoted(m[1])),
-    ),
-    (
-        re.compile(r"only a security administrator may .*applications"),
-        lambda m: _("Only a security administrator may manage applications."),
-    ),
-]
-
-
-def message(reason: str) -> str:
-    """A reason of the application service (or of the portal) in the request's language."""
-    for pattern, render in _REASONS:
-        match = pattern.fullmatch(reason)
-        if match:
-            return render(match)
-    known = translate_reason(reason)
-    return known if known is not None else _("Not accepted: %(reason)s", reason=reason)
+def problem_message(problem: FieldProblem) -> str:
+    known = message(problem.code, problem.params, problem.reason)
+    if known is not None:
+        return known
+    general = translate_reason(problem.reason)
+    return general if general is not None else _("Not accepted: %(reason)s", reason=problem.reason)
 
 
 def attach_error(
@@ -162,15 +114,16 @@ def attach_error(
     for problem in error.problems:
         target = fields.get(problem.field or "")
         if target is not None:
-            target.errors = [*target.errors, message(problem.reason)]
+            target.errors = [*target.errors, problem_message(problem)]
         else:
-            form.form_errors.append(message(problem.reason))
+            form.form_errors.append(problem_message(problem))
 
 
 @bp.errorhandler(GovpkiError)
 def _refused(error: GovpkiError) -> Response:
-    if any(pattern.fullmatch(error.reason) for pattern, _render in _REASONS):
-        return _error_page(STATUS[error.kind], message(error.reason))
+    known = message(error.code, error.params, error.reason)
+    if known is not None:
+        return _error_page(STATUS[error.kind], known)
     return render_error(error)
 
 
@@ -181,7 +134,9 @@ bp.register_error_handler(CSRFError, _csrf_error)
 def _security_admin() -> PortalUser:
     user = _user()
     if not user.is_security_admin:
-        raise ForbiddenError("only a security administrator may manage applications", field="role")
+        raise ForbiddenError(
+            "only a security administrator may manage applications", field="role", code="authz.not_security_admin"
+        )
     return user
 
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask.testing import FlaskClient
+from flask_babel import force_locale
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
@@ -26,7 +28,7 @@ from authz.applications import KNOWN_SCOPES
 from authz.models import Application
 from authz.oidc_models import OidcToken
 from govpki.audit import AuditEntry
-from govpki.errors import UnauthenticatedError
+from govpki.errors import ConflictError, UnauthenticatedError
 from govpki.principal import SYSTEM, Role
 from tests.helpers import enrol_totp, initialised_portal
 from tests.web.oidc_helpers import register_client, two_factor_client
@@ -42,6 +44,7 @@ from tests.web.test_ui import (
     signed_in_as,
     text,
 )
+from web.apps_ui import message as app_message
 from web.forms import SCOPE_CHOICES
 
 _numbers = itertools.count(1)
@@ -792,3 +795,33 @@ def test_a_removed_redirect_uri_and_scope_stop_at_once(portal: Portal) -> None:
     with portal.services.sessions() as db:
         reasons = {t.revoked_reason for t in db.scalars(select(OidcToken).where(OidcToken.subject == _username)).all()}
     assert reasons == {"scope no longer registered", None}
+
+
+# ----- refusals by code -------------------------------------------------------------------------
+
+_CODE = re.compile(r'\bcode="(authz\.[a-z0-9_]+)"')
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+class _Sample(dict[str, str | int]):
+    """Any value a message asks for."""
+
+    def __missing__(self, key: str) -> str:
+        return f"<{key}>"
+
+
+def test_every_refusal_of_the_application_service_has_a_message_in_both_languages(portal: Portal) -> None:
+    source = Path(__file__).resolve().parents[2] / "authz" / "applications.py"
+    codes = set(_CODE.findall(source.read_text(encoding="utf-8")))
+    assert len(codes) >= 20
+    for locale in ("zh_CN", "en"):
+        with portal.app.test_request_context(), force_locale(locale):
+            for code in sorted(codes):
+                shown = app_message(code, _Sample(), "FALLBACK")
+                assert shown is not None and "FALLBACK" not in shown, (code, locale)
+                assert bool(_CJK.search(shown)) == (locale == "zh_CN"), (code, locale, shown)
+    with portal.app.test_request_context(), force_locale("zh_CN"):
+        # the wording of the service's English text does not matter, the code does
+        reworded = ConflictError("reworded", code="authz.application_exists", params={"name": "oa"})
+        assert app_message(reworded.code, reworded.params, reworded.reason) == "名为 oa 的应用系统已经注册。"
+        assert app_message("authz.not_yet_translated", {}, "x") is None
