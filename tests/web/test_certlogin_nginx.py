@@ -70,11 +70,15 @@ class Front:
     folder: Path
     root_pem: Path
 
-    def curl(self, path: str, *args: str, cert: Path | None = None, key: Path | None = None) -> tuple[int, str, str]:
-        """(status, body, headers) of one request through nginx, in English."""
+    def curl(
+        self, path: str, *args: str, cert: Path | None = None, key: Path | None = None, interface: str = "127.0.0.1"
+    ) -> tuple[int, str, str]:
+        """(status, body, headers) of one request through nginx, in English, from ``interface``."""
         command = [
             "curl",
             "-sS",
+            "--interface",
+            interface,
             "--max-time",
             "30",
             "--cacert",
@@ -200,13 +204,24 @@ def audit_actions(services: Services) -> list[tuple[str, str, str]]:
         return [(e.action, e.actor, json.loads(e.details or "{}").get("code", "")) for e in entries]
 
 
+def audit_sources(services: Services, action: str) -> list[str]:
+    with services.sessions() as session:
+        entries = session.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq))
+        return [json.loads(e.details or "{}").get("source", "") for e in entries]
+
+
 def test_official_signs_in_through_nginx(services: Services, front: Front):
     prepare_ra(services)
     official = issue_official(services)
     cert, key = write_pair(front.folder, "official", official.cert_der, official.key)
     jar = str(front.folder / "cookies")
 
-    status, _body, headers = front.curl("/login/certificate", "-c", jar, cert=cert, key=key)
+    # from 127.0.0.2 (nginx connects to the app from 127.0.0.1, the trusted front), with a
+    # forged X-Real-IP that nginx replaces by the address it saw
+    forged = ("-H", "X-Real-IP: 198.51.100.1")
+    status, _body, headers = front.curl(
+        "/login/certificate", "-c", jar, *forged, cert=cert, key=key, interface="127.0.0.2"
+    )
     assert status == 302, headers
     assert "location: /me" in headers.lower()
     assert "govpki_session=" in headers
@@ -218,6 +233,7 @@ def test_official_signs_in_through_nginx(services: Services, front: Front):
     status, body, _ = front.curl("/dashboard", "-b", jar, cert=cert, key=key)
     assert status == 403 and "This page is for staff accounts" in body
     assert ("authz:session:sign_in", f"official:{official.official_id}", "") in audit_actions(services)
+    assert audit_sources(services, "authz:session:sign_in") == ["127.0.0.2"]
 
     # without a certificate (and a forged header, which nginx replaces): no session
     status, body, _ = front.curl("/login/certificate", "-H", f"X-Client-Cert: {header(official.cert_der)}")
