@@ -2,12 +2,15 @@
 of the app; curl presents client certificates. An official gets a session and their page; a
 revoked certificate and one from an unknown CA get the refusal page; a forged header sent
 straight to the app from an untrusted address is ignored; an application authenticates to
-POST /api/v1/audit/events with its bound certificate."""
+POST /api/v1/audit/events with its bound certificate; a certificate nginx cannot verify is
+answered by the app (the refusal page only at /login/certificate, problem JSON on the API);
+the audit records the client's address as nginx saw it."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -148,7 +151,7 @@ def front(services: Services, tmp_path: Path) -> Iterator[Front]:
     for marker, value in values.items():
         assert marker in shipped, marker
         shipped = shipped.replace(marker, value)
-    assert "@" not in "".join(line.split("#")[0] for line in shipped.splitlines())
+    assert not re.search(r"@[A-Z_]+@", "".join(line.split("#")[0] for line in shipped.splitlines()))
     (folder / "govpki.conf").write_text(shipped, encoding="utf-8")
     tmp = folder / "tmp"
     (folder / "nginx.conf").write_text(
@@ -366,3 +369,43 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
     assert status == 401 and "WWW-Authenticate: Basic" in headers
     status, body, headers = front.curl("/api/v1/authz/decide", *decide)
     assert status == 401 and "WWW-Authenticate: Basic" in headers
+
+
+def test_a_certificate_nginx_refuses_is_answered_by_the_application(services: Services, front: Front):
+    """Only the certificate sign-in shows the refusal page: staff sign-in with a foreign
+    certificate in the browser gets the sign-in page, the API a problem document."""
+    foreign_key = ec.generate_private_key(ec.SECP256R1())
+    cert, key = write_pair(front.folder, "foreign", foreign_certificate(foreign_key), foreign_key)
+    status, body, _ = front.curl("/login", cert=cert, key=key)
+    assert status == 200 and 'name="password"' in body and "certlogin" not in body
+    status, body, headers = front.curl(
+        "/api/v1/audit/events", "-H", "Content-Type: application/json", "--data", "{}", cert=cert, key=key
+    )
+    assert status == 401 and "content-type: application/problem+json" in headers.lower(), headers
+    problem = json.loads(body)
+    assert problem["status"] == 401
+    assert problem["detail"] == "authorization: the client certificate is not bound to an enabled application"
+    assert "WWW-Authenticate: Basic" in headers
+    # an application with client credentials whose TLS library offers a stray certificate: still served
+    with services.sessions() as session:
+        application, secret = services.applications.register(
+            session, SYSTEM, name="oa-system", scopes=("authz:decide",)
+        )
+        client_id = application.client_id
+        session.commit()
+    ask = {"subject": "u", "application": "oa-system", "action": "read", "resource": {"type": "doc", "id": "1"}}
+    status, body, _ = front.curl(
+        "/api/v1/authz/decide",
+        "-u",
+        f"{client_id}:{secret}",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        json.dumps(ask),
+        cert=cert,
+        key=key,
+    )
+    assert status == 200 and json.loads(body)["decision"] == "deny", body
+    # and the certificate sign-in says why
+    status, body, _ = front.curl("/login/certificate", cert=cert, key=key)
+    assert status == 401 and 'data-code="authz.certlogin.unknown_ca"' in body
