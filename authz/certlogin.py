@@ -531,6 +531,11 @@ class CertificateLoginService:
                 "client credentials are required: HTTP Basic, or a client certificate through the TLS front",
                 field="authorization",
             )
+        return self.application_of_certificate(session, cert_header, verify_header)
+
+    def application_of_certificate(self, session: Session, cert_header: str, verify_header: str | None) -> Principal:
+        """:meth:`authenticate_application` once the sender is known to be a trusted front
+        (the decision server checks its peer itself, and re-checks what it cached)."""
         try:
             presented = read_certificate_header(cert_header)
         except InvalidError as exc:
