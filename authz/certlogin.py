@@ -293,18 +293,27 @@ class CertificateLoginService:
     # ----- officials --------------------------------------------------------------------
 
     def sign_in(
-        self, session: Session, *, source: str, cert_header: str | None, verify_header: str | None
+        self,
+        session: Session,
+        *,
+        source: str,
+        cert_header: str | None,
+        verify_header: str | None,
+        peer: str | None = None,
     ) -> CertificateSignIn:
         """The official whose certificate the trusted front passed on, checked and mapped;
-        audited ``authz:session:sign_in``. Every refusal is audited
+        audited ``authz:session:sign_in``. ``peer`` is the address the request came from
+        (whether the headers are believed); ``source`` the client's address for the audit
+        record (what the trusted front reports; ``peer`` when not given). Every refusal is audited
         ``authz:session:sign_in_fail`` (method certificate, the code) and raised:
         UnauthenticatedError (no or unusable certificate, untrusted sender) or
         ForbiddenError (a good certificate of no official)."""
         presented: PresentedCertificate | None = None
         try:
-            if cert_header and not self.trusted(source):
+            sender = source if peer is None else peer
+            if cert_header and not self.trusted(sender):
                 raise UnauthenticatedError(
-                    f"a client certificate header came from {source}, which is not a trusted TLS front "
+                    f"a client certificate header came from {sender}, which is not a trusted TLS front "
                     "(GOVPKI_TRUSTED_PROXIES); it was ignored",
                     field="certificate",
                     code=UNTRUSTED_PROXY,
@@ -522,6 +531,11 @@ class CertificateLoginService:
                 "client credentials are required: HTTP Basic, or a client certificate through the TLS front",
                 field="authorization",
             )
+        return self.application_of_certificate(session, cert_header, verify_header)
+
+    def application_of_certificate(self, session: Session, cert_header: str, verify_header: str | None) -> Principal:
+        """:meth:`authenticate_application` once the sender is known to be a trusted front
+        (the decision server checks its peer itself, and re-checks what it cached)."""
         try:
             presented = read_certificate_header(cert_header)
         except InvalidError as exc:

@@ -23,6 +23,13 @@ Per worker process, the hot path touches no database:
   scopes: a change is in force within the interval, as for the policy. A wrong secret
   is never cached: it goes to the database like an unknown client (a thread-pool read
   and SHA-256, as on the app), so failing is not cheaper than before.
+* **Client certificates** (mutual TLS through the TLS front, as on the app): the
+  ``X-Client-Cert`` / ``X-Client-Verify`` headers are believed only from a peer in
+  ``GOVPKI_TRUSTED_PROXIES`` and only without an ``Authorization`` header.
+  :class:`CertificateCache` keeps the applications whose bound certificate
+  authenticated, by the SHA-256 of the two headers (no parsing on a hit); the refresh
+  thread re-checks each (binding, application enabled, certificate still valid and not
+  revoked) every interval. A failing certificate is never cached.
 * A request whose credentials are not cached (first use, a wrong secret), or when the
   last refresh is older than :data:`STALE_INTERVALS` intervals (the database is away:
   nothing is answered from what may be out of date), goes to a small thread pool; that
@@ -48,10 +55,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from authz.applications import ApplicationService, application_principal
+from authz.certlogin import CertificateLoginService
 from authz.decisions import Decision, DecisionService, Snapshot
 from authz.models import Application
 from authz.policy_schema import DecisionRequest
 from govpki.config import Config
+from govpki.errors import UnauthenticatedError
 from govpki.principal import Principal
 from web import decide_core, httpserver
 from web.decide_core import BATCH_PATH, DECIDE_PATH, ApiAnswer
@@ -142,6 +151,61 @@ class CredentialCache:
             self._entries = fresh
 
 
+def _certificate_key(cert_header: str, verify_header: str | None) -> bytes:
+    return hashlib.sha256(f"{cert_header}\n{verify_header}".encode("utf-8", "surrogatepass")).digest()
+
+
+class CertificateCache:
+    """Applications that authenticated by their bound client certificate in this process
+    (keyed by the headers the trusted front passed on), re-checked every refresh."""
+
+    def __init__(self, certlogin: CertificateLoginService) -> None:
+        self._certlogin = certlogin
+        # SHA-256 of the headers -> (certificate header, verify header, principal)
+        self._entries: dict[bytes, tuple[str, str | None, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, cert_header: str, verify_header: str | None) -> Principal | None:
+        entry = self._entries.get(_certificate_key(cert_header, verify_header))
+        return None if entry is None else entry[2]
+
+    def authenticate(self, session: Session, cert_header: str, verify_header: str | None) -> Principal:
+        """From the cache, or checked now (and then cached). Raises UnauthenticatedError.
+        The caller has checked that the headers came from a trusted front."""
+        key = _certificate_key(cert_header, verify_header)
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry[2]
+        principal = self._certlogin.application_of_certificate(session, cert_header, verify_header)
+        with self._lock:
+            self._entries = {**self._entries, key: (cert_header, verify_header, principal)}
+        return principal
+
+    def refresh(self, session: Session) -> None:
+        """Check every cached certificate again: drop those no longer bound to an enabled
+        application or no longer valid (revoked, expired), take over changed scopes."""
+        entries = self._entries
+        if not entries:
+            return
+        checked: dict[bytes, Principal] = {}
+        for key, (cert_header, verify_header, _principal) in entries.items():
+            try:
+                checked[key] = self._certlogin.application_of_certificate(session, cert_header, verify_header)
+            except UnauthenticatedError:
+                continue
+        with self._lock:
+            fresh: dict[bytes, tuple[str, str | None, Principal]] = {}
+            for key, (cert_header, verify_header, principal) in self._entries.items():
+                if key not in entries:  # authenticated since the checks above
+                    fresh[key] = (cert_header, verify_header, principal)
+                elif key in checked:
+                    fresh[key] = (cert_header, verify_header, checked[key])
+            self._entries = fresh
+
+
 class _Worker(httpserver.Worker):
     """One process's shared state: the services, the credential cache, the policy
     snapshot, and the thread that keeps both fresh."""
@@ -152,6 +216,8 @@ class _Worker(httpserver.Worker):
         self.applications: ApplicationService = services.applications
         self.sessions: sessionmaker[Session] = services.sessions
         self.credentials = CredentialCache(services.applications)
+        self.certlogin: CertificateLoginService = services.certlogin
+        self.certificates = CertificateCache(services.certlogin)
         self.interval = services.decisions.refresh_seconds
         self.stale_after = max(STALE_INTERVALS * self.interval, MIN_STALE_SECONDS)
         self.snapshot: Snapshot | None = None
@@ -165,6 +231,7 @@ class _Worker(httpserver.Worker):
         with self.sessions() as session:
             snapshot = self.decisions.refresh(session)
             self.credentials.refresh(session)
+            self.certificates.refresh(session)
             session.rollback()
         self.snapshot = snapshot
         self.refreshed = time.monotonic()
@@ -206,7 +273,7 @@ class _Worker(httpserver.Worker):
                 content_type=call.content_type,
                 content_length=call.content_length,
                 read_body=call.read_body,
-                decider=_DbDecider(self, session),
+                decider=_DbDecider(self, session, call.certificate),
             )
             session.rollback()
             return result
@@ -215,10 +282,11 @@ class _Worker(httpserver.Worker):
 class _CachedDecider:
     """The event loop's: cached credentials, the kept snapshot; NeedsDatabaseError otherwise."""
 
-    def __init__(self, worker: _Worker) -> None:
+    def __init__(self, worker: _Worker, certificate: tuple[str, str | None] | None = None) -> None:
         self._worker = worker
         self._decisions = worker.decisions
         self._credentials = worker.credentials
+        self._certificate = certificate  # from a trusted front: (X-Client-Cert, X-Client-Verify)
 
     def authenticate(self, client_id: str, secret: str) -> Principal:
         principal = self._credentials.lookup(client_id, secret)
@@ -227,7 +295,12 @@ class _CachedDecider:
         return principal
 
     def certificate_client(self) -> Principal | None:
-        return None  # no TLS here: mutual TLS is for the app behind the TLS front
+        if self._certificate is None:
+            return None
+        principal = self._worker.certificates.lookup(*self._certificate)
+        if principal is None:
+            raise NeedsDatabaseError
+        return principal
 
     def decide(self, principal: Principal, item: DecisionRequest) -> Decision:
         snapshot = self._worker.current()
@@ -245,9 +318,10 @@ class _CachedDecider:
 class _DbDecider:
     """The pool's: credentials through the cache or the database, decisions as the app makes them."""
 
-    def __init__(self, worker: _Worker, session: Session) -> None:
+    def __init__(self, worker: _Worker, session: Session, certificate: tuple[str, str | None] | None) -> None:
         self._worker = worker
         self._session = session
+        self._certificate = certificate
 
     def authenticate(self, client_id: str, secret: str) -> Principal:
         if self._worker.current() is None:  # no refresh keeps the cache honest: the database alone
@@ -255,7 +329,11 @@ class _DbDecider:
         return self._worker.credentials.authenticate(self._session, client_id, secret)
 
     def certificate_client(self) -> Principal | None:
-        return None  # no TLS here: mutual TLS is for the app behind the TLS front
+        if self._certificate is None:
+            return None
+        if self._worker.current() is None:  # as for client secrets: the database alone
+            return self._worker.certlogin.application_of_certificate(self._session, *self._certificate)
+        return self._worker.certificates.authenticate(self._session, *self._certificate)
 
     def decide(self, principal: Principal, item: DecisionRequest) -> Decision:
         return self._worker.decisions.decide(self._session, principal, item)
@@ -265,7 +343,17 @@ class _DbDecider:
 
 
 class _Call:
-    __slots__ = ("authorization", "body", "content_length", "content_type", "keep_alive", "method", "path", "url")
+    __slots__ = (
+        "authorization",
+        "body",
+        "certificate",
+        "content_length",
+        "content_type",
+        "keep_alive",
+        "method",
+        "path",
+        "url",
+    )
 
     def __init__(
         self,
@@ -276,8 +364,10 @@ class _Call:
         content_length: int | None,
         body: bytes,
         keep_alive: bool,
+        certificate: tuple[str, str | None] | None = None,
     ) -> None:
         self.method = method
+        self.certificate = certificate  # headers of a trusted front, without Authorization only
         self.url = url
         self.path = ""
         self.authorization = authorization
@@ -293,7 +383,14 @@ class _Call:
 class _Connection(httpserver.Connection):
     """One client connection: the two endpoints, answered in order."""
 
-    __slots__ = ("_authorization", "_content_type", "_expect_continue")
+    __slots__ = (
+        "_authorization",
+        "_client_cert",
+        "_client_verify",
+        "_content_type",
+        "_expect_continue",
+        "_peer_trusted",
+    )
     _worker: _Worker
     max_body = decide_core.MAX_BATCH_BODY
 
@@ -302,17 +399,28 @@ class _Connection(httpserver.Connection):
         self._authorization: bytes | None = None
         self._content_type: bytes | None = None
         self._expect_continue = False
+        self._client_cert: bytes | None = None
+        self._client_verify: bytes | None = None
+        self._peer_trusted: bool | None = None  # whether the peer is a trusted front (once asked)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._authorization = None
         self._content_type = None
         self._expect_continue = False
+        self._client_cert = None
+        self._client_verify = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name)
         if size == 13 and name.lower() == b"authorization":
             self._authorization = value
+        elif size == 13 and name.lower() == b"x-client-cert":
+            if self._client_cert is None:  # the first, as the app reads it
+                self._client_cert = value
+        elif size == 15 and name.lower() == b"x-client-verify":
+            if self._client_verify is None:
+                self._client_verify = value
         elif size == 12 and name.lower() == b"content-type":
             self._content_type = value
         elif size == 6 and name.lower() == b"expect":
@@ -329,6 +437,19 @@ class _Connection(httpserver.Connection):
         path = unquote(bytes(self._url).partition(b"?")[0].decode("latin-1"), encoding="latin-1")
         return _reply(decide_core.too_large(decide_core.limit_of(path != DECIDE_PATH), path), close=True)
 
+    def _certificate(self) -> tuple[str, str | None] | None:
+        """The client certificate headers, when there is no Authorization header and the
+        peer is a trusted front (as ``web.api_events.certificate_client`` decides)."""
+        cert = self._client_cert
+        if not cert or self._authorization is not None:
+            return None
+        if self._peer_trusted is None:
+            self._peer_trusted = self._worker.certlogin.trusted(self.peer)
+        if not self._peer_trusted:
+            return None
+        verify = self._client_verify
+        return cert.decode("latin-1"), None if verify is None else verify.decode("latin-1")
+
     def on_message_complete(self) -> None:
         keep_alive = self.message_done()
         parser = self._parser
@@ -341,6 +462,7 @@ class _Connection(httpserver.Connection):
                 self._content_length,
                 bytes(self._body),
                 keep_alive,
+                self._certificate(),
             )
         )
 
@@ -374,7 +496,7 @@ class _Connection(httpserver.Connection):
                     content_type=call.content_type,
                     content_length=call.content_length,
                     read_body=call.read_body,
-                    decider=worker.fast,
+                    decider=worker.fast if call.certificate is None else _CachedDecider(worker, call.certificate),
                 )
             except NeedsDatabaseError:
                 pass

@@ -20,6 +20,7 @@ from authz import certlogin as codes
 from authz.certlogin import CERT_HEADER, VERIFY_HEADER
 from govpki.clock import UTC
 from govpki.errors import ForbiddenError, UnauthenticatedError
+from web.client_address import client_address
 from web.problems import STATUS
 from web.ui import (
     OFFICIAL_USER,
@@ -128,7 +129,8 @@ def login_certificate() -> ResponseReturnValue:
     try:
         result = svc.certlogin.sign_in(
             g.db,
-            source=request.remote_addr or "unknown",
+            source=client_address(),
+            peer=request.remote_addr or "unknown",
             cert_header=request.headers.get(CERT_HEADER),
             verify_header=request.headers.get(VERIFY_HEADER),
         )

@@ -154,6 +154,7 @@ class Connection(asyncio.Protocol):
         "_worker",
         "_write_paused",
         "idle_since",
+        "peer",
     )
     max_body = MAX_BODY_BYTES
 
@@ -173,6 +174,8 @@ class Connection(asyncio.Protocol):
         # the worker's tick since when no request is pending (None: one is); sweep() closes
         # the connection IDLE_SECONDS later
         self.idle_since: int | None = worker.tick
+        # the client's address, set by the Acceptor from accept() (None: unknown, trusted by nobody)
+        self.peer: str | None = None
         # the request being parsed; _head_bytes: received while its head is incomplete (a
         # bound on what httptools buffers for a header still coming)
         self._in_head = True
@@ -450,7 +453,7 @@ class Acceptor:
         accept, family, kind = self._sock._accept, self._family, self._kind  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
-                fd, _address = accept()
+                fd, address = accept()
                 conn = socket.socket(family, kind, 0, fd)
             except (BlockingIOError, InterruptedError):
                 return
@@ -464,13 +467,15 @@ class Acceptor:
                     self._loop.call_later(1.0, self.start)
                 return
             try:
-                self._take(conn)
+                self._take(conn, address)
             except Exception:  # as a transport would: log, drop the connection
                 log.exception("a new connection failed")
                 conn.close()
 
-    def _take(self, conn: socket.socket) -> None:
+    def _take(self, conn: socket.socket, address: Any = None) -> None:
         protocol = self._factory()
+        if isinstance(address, tuple) and address:
+            protocol.peer = str(address[0])
         try:
             data: bytes | None = conn.recv(READ_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):

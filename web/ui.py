@@ -66,6 +66,7 @@ from govpki.clock import UTC
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
 from govpki.principal import Principal, Role
 from web import api, api_authz, api_events
+from web.client_address import client_address
 from web.container import Services
 from web.forms import ActionForm, LoginForm, PasswordForm, StaffForm, TokenForm, TotpForm
 from web.problems import STATUS
@@ -438,7 +439,7 @@ def login() -> ResponseReturnValue:
                 g.db,
                 username=form.username.data,
                 password=form.password.data,
-                source=request.remote_addr or "unknown",
+                source=client_address(),
             )
         except UnauthenticatedError as error:
             # 200 on purpose: the unit of work commits the failure's audit entry (and the lock).
@@ -489,9 +490,7 @@ def login_totp() -> ResponseReturnValue:
     form = TotpForm()
     if form.validate_on_submit():
         try:
-            account = services().accounts.sign_in_totp(
-                g.db, account_id, code=form.code.data, source=request.remote_addr or "unknown"
-            )
+            account = services().accounts.sign_in_totp(g.db, account_id, code=form.code.data, source=client_address())
         except InvalidError as error:
             attach_error(form, error, {"code": form.code})
             return render_template("login_totp.html", form=form), 422

@@ -17,18 +17,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from cryptography import x509
 from flask.testing import FlaskClient
 
 from authz.applications import AUDIT_WRITE
+from authz.certlogin import parse_trusted_proxies
 from authz.decisions import AUTHZ_DECIDE, AUTHZ_DECIDE_ANY
+from ca.models import RevocationReason
+from govpki.errors import UnauthenticatedError
 from govpki.principal import SYSTEM
+from tests.authz.certlogin_helpers import header, issue_direct, pem
 from tests.helpers import make_config
 from tests.web.servers import served
 from tests.web.test_decide_api import ITEM, POLICY
 from web.app import create_app
-from web.authz_server import CredentialCache
+from web.authz_server import CertificateCache, CredentialCache
 from web.container import Services, build_services
 from web.decide_core import BATCH_PATH, DECIDE_PATH, MAX_DECIDE_BODY
 
@@ -463,3 +469,126 @@ def test_refresh_zero_reads_the_database_for_every_request(tmp_path: Path, datab
         pool.shutdown()
         loop.close()
         services.dispose()
+
+
+# ----- mutual TLS: a bound client certificate passed on by the trusted front ----------------
+
+
+def bound_certificate(services: Services, name: str, scopes: tuple[str, ...] = (AUTHZ_DECIDE,)) -> str:
+    """A client certificate of our CA bound to a new application ``name``: its X-Client-Cert header."""
+    _key, der = issue_direct(services, "service-tls-client", f"{name}.example.gov.cn", dns=True)
+    with services.sessions() as s:
+        app, _secret = services.applications.register(s, SYSTEM, name=name, scopes=scopes)
+        services.applications.bind_certificate(s, SYSTEM, app.client_id, pem(der))
+        s.commit()
+    return header(der)
+
+
+@pytest.fixture
+def mtls(services: Services, tmp_path: Path) -> Iterator[tuple[Services, FlaskClient, int]]:
+    """An initialised instance (a CA issues the certificates), 127.0.0.1 the trusted front for
+    both the app and the decision server."""
+    services.certlogin.trusted_proxies = parse_trusted_proxies("127.0.0.1")
+    with services.sessions() as s:
+        services.policy.load(s, SYSTEM, POLICY)
+        s.commit()
+    env = {
+        "GOVPKI_AUTHZ_WORKERS": "2",
+        "GOVPKI_AUTHZ_POLICY_REFRESH_MS": str(REFRESH_MS),
+        "GOVPKI_TRUSTED_PROXIES": "127.0.0.1",
+    }
+    with served(
+        services.config, tmp_path, ["authz", "serve"], env, DECIDE_PATH, lambda p: post(p, DECIDE_PATH, b"{}")[0] == 401
+    ) as port:
+        yield services, create_app(services.config, services=services).test_client(), port
+
+
+def test_client_certificates_get_the_flask_answers_byte_for_byte(mtls: tuple[Services, FlaskClient, int]):
+    services, flask_client, port = mtls
+    bound = bound_certificate(services, "e-docs")
+    writer = bound_certificate(services, "e-mail", (AUDIT_WRITE,))
+    creds = register(services, "e-other")
+    _key, unbound_der = issue_direct(services, "service-tls-client", "stray.example.gov.cn", dns=True)
+    ok = {"X-Client-Cert": bound, "X-Client-Verify": "SUCCESS"}
+    cases: list[tuple[str, dict[str, str]]] = [
+        ("127.0.0.1", ok),  # permit (the first from the database, then from the cache)
+        ("127.0.0.1", ok),
+        ("127.0.0.1", ok),
+        (
+            "127.0.0.1",
+            {"X-Client-Cert": bound.replace("%0A", "%0a"), "X-Client-Verify": "SUCCESS"},
+        ),  # escaped otherwise
+        ("127.0.0.1", {**ok, **creds}),  # client credentials win: e-other may not ask about e-docs
+        ("127.0.0.1", {"X-Client-Cert": writer, "X-Client-Verify": "SUCCESS"}),  # 403: lacks the scope
+        ("127.0.0.1", {"X-Client-Cert": bound, "X-Client-Verify": "FAILED:certificate has expired"}),  # 401
+        ("127.0.0.1", {"X-Client-Cert": bound}),  # 401: no verdict of the front
+        ("127.0.0.1", {"X-Client-Cert": header(unbound_der), "X-Client-Verify": "SUCCESS"}),  # 401: not bound
+        ("127.0.0.1", {"X-Client-Cert": "garbage", "X-Client-Verify": "SUCCESS"}),  # 401: malformed
+        ("127.0.0.1", {"X-Client-Cert": "", "X-Client-Verify": "SUCCESS"}),  # 401: none
+        ("127.0.0.2", ok),  # 401: not from the trusted front, ignored
+    ]
+    data = json.dumps(ITEM).encode()
+    statuses = []
+    for source, headers in cases:
+        sent = {"Content-Type": "application/json", **headers}
+        expected = flask_client.post(DECIDE_PATH, data=data, headers=sent, environ_base={"REMOTE_ADDR": source})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("POST", DECIDE_PATH, data, sent)
+            got = conn.getresponse()
+            got_body = got.read()
+        finally:
+            conn.close()
+        assert got.status == expected.status_code, (source, headers, got_body)
+        assert got_body == expected.data, (got_body, expected.data)
+        assert got.getheader("WWW-Authenticate") == expected.headers.get("WWW-Authenticate")
+        statuses.append(got.status)
+    assert statuses == [200] * 4 + [403] * 2 + [401] * 6
+    assert (
+        json.loads(flask_client.post(DECIDE_PATH, data=data, headers={"Content-Type": "application/json", **ok}).data)[
+            "decision"
+        ]
+        == "permit"
+    )
+
+
+def test_a_revoked_bound_certificate_is_refused_after_the_refresh_interval(mtls: tuple[Services, FlaskClient, int]):
+    services, _flask_client, port = mtls
+    bound = bound_certificate(services, "e-docs")
+    ok = {"X-Client-Cert": bound, "X-Client-Verify": "SUCCESS"}
+    body = json.dumps(ITEM).encode()
+    for _ in range(4):  # both workers have it cached
+        assert post(port, DECIDE_PATH, body, ok)[0] == 200
+    serial = format(x509.load_pem_x509_certificate(unquote(bound).encode()).serial_number, "x")
+    with services.sessions() as s:
+        services.revocation.revoke(s, SYSTEM, serial, reason=RevocationReason.KEY_COMPROMISE)
+        s.commit()
+    deadline = time.monotonic() + 10
+    time.sleep(3 * REFRESH_MS / 1000)  # both workers refresh (see the disabled application's test)
+    refusals = 0
+    while refusals < 8:
+        refusals = refusals + 1 if post(port, DECIDE_PATH, body, ok)[0] == 401 else 0
+        assert time.monotonic() < deadline, "still permitted"
+    status, _headers, problem = post(port, DECIDE_PATH, body, ok)
+    assert status == 401 and "revoked" in json.loads(problem)["detail"]
+
+
+def test_certificate_cache_refresh(services: Services):
+    bound = bound_certificate(services, "e-docs")
+    cache = CertificateCache(services.certlogin)
+    with services.sessions() as s:
+        assert cache.lookup(bound, "SUCCESS") is None
+        principal = cache.authenticate(s, bound, "SUCCESS")
+        assert principal.name == "e-docs" and len(cache) == 1
+        assert cache.lookup(bound, "SUCCESS") == principal
+        assert cache.lookup(bound, "FAILED:x") is None
+        with pytest.raises(UnauthenticatedError, match="did not accept"):
+            cache.authenticate(s, bound, "FAILED:x")
+        assert len(cache) == 1  # a failure is not cached
+        cache.refresh(s)
+        assert cache.lookup(bound, "SUCCESS") == principal  # unchanged: kept
+        client_id = principal.id
+        services.applications.disable(s, SYSTEM, client_id)
+        s.flush()
+        cache.refresh(s)
+        assert cache.lookup(bound, "SUCCESS") is None and len(cache) == 0

@@ -2,12 +2,15 @@
 of the app; curl presents client certificates. An official gets a session and their page; a
 revoked certificate and one from an unknown CA get the refusal page; a forged header sent
 straight to the app from an untrusted address is ignored; an application authenticates to
-POST /api/v1/audit/events with its bound certificate."""
+POST /api/v1/audit/events with its bound certificate; a certificate nginx cannot verify is
+answered by the app (the refusal page only at /login/certificate, problem JSON on the API);
+the audit records the client's address as nginx saw it."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -70,11 +73,15 @@ class Front:
     folder: Path
     root_pem: Path
 
-    def curl(self, path: str, *args: str, cert: Path | None = None, key: Path | None = None) -> tuple[int, str, str]:
-        """(status, body, headers) of one request through nginx, in English."""
+    def curl(
+        self, path: str, *args: str, cert: Path | None = None, key: Path | None = None, interface: str = "127.0.0.1"
+    ) -> tuple[int, str, str]:
+        """(status, body, headers) of one request through nginx, in English, from ``interface``."""
         command = [
             "curl",
             "-sS",
+            "--interface",
+            interface,
             "--max-time",
             "30",
             "--cacert",
@@ -144,7 +151,7 @@ def front(services: Services, tmp_path: Path) -> Iterator[Front]:
     for marker, value in values.items():
         assert marker in shipped, marker
         shipped = shipped.replace(marker, value)
-    assert "@" not in "".join(line.split("#")[0] for line in shipped.splitlines())
+    assert not re.search(r"@[A-Z_]+@", "".join(line.split("#")[0] for line in shipped.splitlines()))
     (folder / "govpki.conf").write_text(shipped, encoding="utf-8")
     tmp = folder / "tmp"
     (folder / "nginx.conf").write_text(
@@ -200,13 +207,24 @@ def audit_actions(services: Services) -> list[tuple[str, str, str]]:
         return [(e.action, e.actor, json.loads(e.details or "{}").get("code", "")) for e in entries]
 
 
+def audit_sources(services: Services, action: str) -> list[str]:
+    with services.sessions() as session:
+        entries = session.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq))
+        return [json.loads(e.details or "{}").get("source", "") for e in entries]
+
+
 def test_official_signs_in_through_nginx(services: Services, front: Front):
     prepare_ra(services)
     official = issue_official(services)
     cert, key = write_pair(front.folder, "official", official.cert_der, official.key)
     jar = str(front.folder / "cookies")
 
-    status, _body, headers = front.curl("/login/certificate", "-c", jar, cert=cert, key=key)
+    # from 127.0.0.2 (nginx connects to the app from 127.0.0.1, the trusted front), with a
+    # forged X-Real-IP that nginx replaces by the address it saw
+    forged = ("-H", "X-Real-IP: 198.51.100.1")
+    status, _body, headers = front.curl(
+        "/login/certificate", "-c", jar, *forged, cert=cert, key=key, interface="127.0.0.2"
+    )
     assert status == 302, headers
     assert "location: /me" in headers.lower()
     assert "govpki_session=" in headers
@@ -218,6 +236,7 @@ def test_official_signs_in_through_nginx(services: Services, front: Front):
     status, body, _ = front.curl("/dashboard", "-b", jar, cert=cert, key=key)
     assert status == 403 and "This page is for staff accounts" in body
     assert ("authz:session:sign_in", f"official:{official.official_id}", "") in audit_actions(services)
+    assert audit_sources(services, "authz:session:sign_in") == ["127.0.0.2"]
 
     # without a certificate (and a forged header, which nginx replaces): no session
     status, body, _ = front.curl("/login/certificate", "-H", f"X-Client-Cert: {header(official.cert_der)}")
@@ -350,3 +369,43 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
     assert status == 401 and "WWW-Authenticate: Basic" in headers
     status, body, headers = front.curl("/api/v1/authz/decide", *decide)
     assert status == 401 and "WWW-Authenticate: Basic" in headers
+
+
+def test_a_certificate_nginx_refuses_is_answered_by_the_application(services: Services, front: Front):
+    """Only the certificate sign-in shows the refusal page: staff sign-in with a foreign
+    certificate in the browser gets the sign-in page, the API a problem document."""
+    foreign_key = ec.generate_private_key(ec.SECP256R1())
+    cert, key = write_pair(front.folder, "foreign", foreign_certificate(foreign_key), foreign_key)
+    status, body, _ = front.curl("/login", cert=cert, key=key)
+    assert status == 200 and 'name="password"' in body and "certlogin" not in body
+    status, body, headers = front.curl(
+        "/api/v1/audit/events", "-H", "Content-Type: application/json", "--data", "{}", cert=cert, key=key
+    )
+    assert status == 401 and "content-type: application/problem+json" in headers.lower(), headers
+    problem = json.loads(body)
+    assert problem["status"] == 401
+    assert problem["detail"] == "authorization: the client certificate is not bound to an enabled application"
+    assert "WWW-Authenticate: Basic" in headers
+    # an application with client credentials whose TLS library offers a stray certificate: still served
+    with services.sessions() as session:
+        application, secret = services.applications.register(
+            session, SYSTEM, name="oa-system", scopes=("authz:decide",)
+        )
+        client_id = application.client_id
+        session.commit()
+    ask = {"subject": "u", "application": "oa-system", "action": "read", "resource": {"type": "doc", "id": "1"}}
+    status, body, _ = front.curl(
+        "/api/v1/authz/decide",
+        "-u",
+        f"{client_id}:{secret}",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        json.dumps(ask),
+        cert=cert,
+        key=key,
+    )
+    assert status == 200 and json.loads(body)["decision"] == "deny", body
+    # and the certificate sign-in says why
+    status, body, _ = front.curl("/login/certificate", cert=cert, key=key)
+    assert status == 401 and 'data-code="authz.certlogin.unknown_ca"' in body
