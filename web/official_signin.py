@@ -54,7 +54,6 @@ from web.ui import (
 )
 
 bp = Blueprint("official_signin", __name__)
-bp.register_error_handler(CSRFError, _csrf_error)  # a stale form: the portal's message (or "session expired")
 
 # session keys: the official half signed in (password given, code not yet), and when the
 # password session began (service clock, ISO) — a sign-in set up anew after it ends it
@@ -98,6 +97,14 @@ SESSION_ENDED_RESET = _l(
     "Your session has ended: your password sign-in has been turned off or reset. "
     "Sign in with your certificate, or set it up again."
 )
+
+
+@bp.errorhandler(CSRFError)
+def _stale_form(error: CSRFError) -> ResponseReturnValue:
+    """A stale or foreign form: the portal's message (or "your session expired")."""
+    if signed_in_official() is not None:
+        return _error_page(400, _("The form was out of date. Please try again."))
+    return _csrf_error(error)
 
 
 def _certificate_serial() -> str | None:
