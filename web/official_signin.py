@@ -33,6 +33,7 @@ from authz import certlogin as codes
 from authz.official_signin import AMR_PASSWORD_TOTP, SET_UP_AGAIN
 from authz.services import LOCKED, MIN_PASSWORD
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
+from web.certlogin import SESSION_CERT_SERIAL
 from web.forms import MAX_PASSWORD, ActionForm, LoginForm, PasswordForm, TotpForm
 from web.problems import STATUS
 from web.ui import (
@@ -59,7 +60,6 @@ bp = Blueprint("official_signin", __name__)
 # password session began (service clock, ISO) — a sign-in set up anew after it ends it
 PENDING_OFFICIAL = "pending_official_sign_in"
 SESSION_PASSWORD_SIGNED_IN = "official_password_signed_in_at"
-SESSION_CERT_SERIAL = "cert_serial"  # web/certlogin.py: the certificate of a certificate session
 
 
 class OfficialSetUpForm(FlaskForm):  # type: ignore[misc]
