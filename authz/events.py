@@ -15,6 +15,14 @@ class AuthzEvent(enum.StrEnum):
     SESSION_END = "authz:session:end"
     ACCOUNT_LOCK = "authz:account:lock"
     ACCOUNT_UNLOCK = "authz:account:unlock"
+    # an official's password + TOTP sign-in (authz/official_signin.py): set up (name, password,
+    # a new TOTP secret), enabled by a confirmed code, password changed, turned off by the
+    # official, reset by an RA officer of the official's prefecture
+    OFFICIAL_SIGNIN_SET_UP = "authz:official:signin_set_up"
+    OFFICIAL_SIGNIN_ENABLE = "authz:official:signin_enable"
+    OFFICIAL_PASSWORD_CHANGE = "authz:official:change_password"
+    OFFICIAL_SIGNIN_DISABLE = "authz:official:signin_disable"
+    OFFICIAL_SIGNIN_RESET = "authz:official:signin_reset"
     TOTP_ENROL = "authz:account:totp_enrol"
     TOTP_RESET = "authz:account:totp_reset"
     PASSWORD_CHANGE = "authz:account:change_password"

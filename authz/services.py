@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from authz import totp
 from authz.events import AuthzEvent
 from authz.models import Account, ApiToken, SignInFailure, SignInLock, TotpKey
+from authz.official_models import OfficialCredential
 from govpki import audit
 from govpki.clock import Clock
 from govpki.errors import (
@@ -53,6 +54,12 @@ def _check_prefecture(session: Session, role: Role, prefecture: str | None) -> N
             raise InvalidError(f"there is no prefecture with area code {prefecture[:12]!r}", field="prefecture")
     elif prefecture:
         raise InvalidError("only RA staff (ra_clerk, ra_officer) belong to a prefecture", field="prefecture")
+
+
+def _official_name(session: Session, username: str) -> bool:
+    """Whether an official's password sign-in (authz/official_signin.py) uses ``username``:
+    staff user names and officials' sign-in names are one namespace."""
+    return session.scalar(select(OfficialCredential.id).where(OfficialCredential.login_name == username)) is not None
 
 
 WRONG_CREDENTIALS = "authz.wrong_credentials"
@@ -141,7 +148,9 @@ class AccountService:
                 "must be 3-64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter",
                 field="username",
             )
-        if session.scalar(select(Account.id).where(Account.username == username)) is not None:
+        if session.scalar(select(Account.id).where(Account.username == username)) is not None or _official_name(
+            session, username
+        ):
             raise ConflictError(f"user name {username!r} is taken", field="username")
         now = self._clock.now()
         account = Account(

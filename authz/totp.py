@@ -38,6 +38,7 @@ STEP_SECONDS = 30
 WINDOW_STEPS = 1  # accept the previous and the next step too (clock drift)
 ISSUER = "govpki"
 _AAD_PURPOSE = "govpki-totp-secret-v1"
+_AAD_OFFICIAL = "govpki-official-totp-secret-v1"  # an official's secret (authz/official_signin.py)
 KEY_ALGORITHM = "aes-256"
 KEY_DESCRIPTION = "TOTP sealing key (staff TOTP secrets)"
 
@@ -151,3 +152,22 @@ class TotpSealer:
         if key is None:  # pragma: no cover - a foreign key
             raise InvalidError("the TOTP key of this account is missing", field="code")
         return self._store(key.key_store).decrypt(key.key_handle, account.totp_secret, self._aad(account, key)).decode()
+
+    # ----- officials' secrets (authz/official_signin.py): bound to the official's id -------------
+
+    @staticmethod
+    def _official_aad(official_id: int, key: TotpKey) -> bytes:
+        return canonical_json(
+            {"purpose": _AAD_OFFICIAL, "official_id": official_id, "key": f"{key.key_store}/{key.key_handle}"}
+        ).encode()
+
+    def seal_official(self, official_id: int, key: TotpKey, secret: str) -> bytes:
+        return self._store(key.key_store).encrypt(
+            key.key_handle, secret.encode("ascii"), self._official_aad(official_id, key)
+        )
+
+    def open_official(self, session: Session, official_id: int, key_id: int, sealed: bytes) -> str:
+        key = session.get(TotpKey, key_id)
+        if key is None:  # pragma: no cover - a foreign key
+            raise InvalidError("the TOTP key of this sign-in is missing", field="code")
+        return self._store(key.key_store).decrypt(key.key_handle, sealed, self._official_aad(official_id, key)).decode()

@@ -11,7 +11,21 @@ from werkzeug.routing import IntegerConverter, Map
 
 from govpki.config import Config
 from govpki.errors import GovpkiError
-from web import api, api_authz, api_events, apps_ui, audit_console, authz_ui, certlogin, crl, oidc, pki, ra_portal, ui
+from web import (
+    api,
+    api_authz,
+    api_events,
+    apps_ui,
+    audit_console,
+    authz_ui,
+    certlogin,
+    crl,
+    official_signin,
+    oidc,
+    pki,
+    ra_portal,
+    ui,
+)
 from web.container import Services, build_services
 from web.ocsp import OcspDispatcher
 from web.problems import from_error, problem
@@ -125,6 +139,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     app.register_blueprint(apps_ui.bp)
     oidc.init_app(app, services.oidc)
     app.register_blueprint(certlogin.bp)
+    app.register_blueprint(official_signin.bp)
     ra_portal.init_app(app, services)
     # /ocsp is answered in front of Flask (see web.ocsp): one look-up, the stored bytes
     app.wsgi_app = OcspDispatcher(app.wsgi_app, services.ocsp, MAX_REQUEST_BYTES)  # type: ignore[method-assign]

@@ -27,6 +27,7 @@ from authz.console import AuditConsoleService
 from authz.decisions import DecisionService
 from authz.directory import RoleDirectory
 from authz.evidence import EvidenceService
+from authz.official_signin import OfficialSignInService
 from authz.oidc import OidcProvider, OidcSettings
 from authz.oidc_keys import TokenSigner
 from authz.policy import PolicyService
@@ -101,6 +102,7 @@ class Services:
     certlogin: CertificateLoginService  # certificate sign-in through the trusted TLS front; application mTLS
     ra_portal: RaPortalService  # the RA clerk portal: certificate pages, dashboard, key hand-over
     ra_imports: ImportService  # bulk enrollment of officials (CSV)
+    official_signin: OfficialSignInService  # officials' second way in: password + TOTP (authz/official_signin.py)
 
     def dispose(self) -> None:
         self.ocsp.close()
@@ -273,6 +275,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         ledger=RequestLedger(engine, clock, gate),
         clock=clock,
     )
+    sealer = TotpSealer(keystores, keys=keys)
+    accounts = AccountService(clock, signin_settings(config), sealer)
+    certlogin = certificate_login(config, clock, validation, profiles)
     return Services(
         config=config,
         clock=clock,
@@ -285,7 +290,7 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
         revocation=revocation,
         crl=CrlService(crl_settings(config), keystores, clock, keys),
         ocsp=ocsp,
-        accounts=AccountService(clock, signin_settings(config), TotpSealer(keystores, keys=keys)),
+        accounts=accounts,
         tokens=TokenService(clock),
         regions=RegionService(clock),
         validation=validation,
@@ -317,8 +322,9 @@ def build_services(config: Config, *, clock: Clock | None = None, run_migrations
             subscribers=subscribers, requests=requests, clock=clock, pickup_dir=config.instance_dir / "ra-pickup"
         ),
         oidc=OidcProvider(oidc_settings(config), TokenSigner(keystores, keys, clock), keys, clock),
-        certlogin=certificate_login(config, clock, validation, profiles),
+        certlogin=certlogin,
         ra_imports=ImportService(subscribers, clock),
+        official_signin=OfficialSignInService(clock, accounts, certlogin, sealer),
     )
 
 

@@ -199,6 +199,12 @@ _MESSAGES: dict[str, Callable[[Params], str]] = {
         "You submitted this request yourself: another officer of the prefecture must decide it."
     ),
     "ra.may_not_reveal": lambda p: _("Only an RA officer of the official's prefecture may see the full ID number."),
+    # officials' password sign-in (authz/official_signin.py), reset by an RA officer
+    "authz.official.not_found": _official_not_found,
+    "authz.official.not_set_up": lambda p: _("This official has no password sign-in to reset."),
+    "authz.official.reset_forbidden": lambda p: _(
+        "Only an RA officer of the official's prefecture may reset their password sign-in."
+    ),
     "ra.may_not_read": lambda p: _("Your role may not see the registered subscribers."),
     "ra.may_not_request": lambda p: _("Your role may not request certificates."),
     "ra.no_prefecture": lambda p: _("Your account belongs to no prefecture; RA staff act for one prefecture."),
@@ -574,6 +580,7 @@ def _official_page(official_id: int, *, revealed: str | None = None) -> str:
         certificates=svc.ra_portal.certificates_of(g.db, principal, official_id=official.id),
         requests=svc.ra_portal.requests_of(g.db, principal, official_id=official.id),
         action=ActionForm(),
+        password_sign_in=svc.official_signin.is_set_up(g.db, principal, official.id),
         **_names(),
     )
 
@@ -593,6 +600,20 @@ def reveal(official_id: int) -> ResponseReturnValue:
         return _error_page(400, _("The form was out of date. Please try again."))
     number = _svc().subscribers.reveal_id_number(g.db, _principal(), official_id)
     return _official_page(official_id, revealed=number)
+
+
+@bp.post("/officials/<int:official_id>/password-sign-in/reset")
+@login_required
+def reset_password_sign_in(official_id: int) -> ResponseReturnValue:
+    """An RA officer of the official's prefecture clears the official's password sign-in
+    (e.g. a lost phone); audited by the service. The official sets it up again with their
+    certificate."""
+    form = ActionForm()
+    if not form.validate_on_submit():
+        return _error_page(400, _("The form was out of date. Please try again."))
+    _svc().official_signin.reset(g.db, _principal(), official_id)
+    flash(_("The official's password sign-in has been reset."), "success")
+    return redirect(url_for("ra_portal.official", official_id=official_id), code=303)
 
 
 def _csr_from(form: CsrForm | ChangeForm) -> str | bytes | None:

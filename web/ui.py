@@ -434,6 +434,10 @@ def login() -> ResponseReturnValue:
         return redirect(url_for("ui.dashboard"))
     form = LoginForm()
     if form.validate_on_submit():
+        if services().official_signin.has_name(g.db, form.username.data):  # an official's password sign-in
+            from web.official_signin import password_step  # it imports this module
+
+            return password_step(form, _local_path(request.args.get("next")))
         try:
             account = services().accounts.sign_in_password(
                 g.db,
