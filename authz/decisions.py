@@ -58,13 +58,20 @@ class SubjectAttrs:
     title: str | None
 
 
+Params = Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class Check:
-    """One condition's outcome: what was checked, whether it held and why."""
+    """One condition's outcome: what was checked, whether it held and why. ``code`` and
+    ``params`` say the same as ``why`` as data (the portal shows it in the reader's
+    language); ``why`` is the English text of the API and the CLI."""
 
     what: str
     ok: bool
     why: str
+    code: str = ""
+    params: Params = field(default_factory=dict, compare=False)
 
 
 class _Cond:
@@ -82,13 +89,22 @@ class _SameAttr(_Cond):
     def check(self, subject: SubjectAttrs, attributes: Attributes, now: _dt.datetime) -> Check:
         mine = getattr(subject, self._attr)
         theirs = attributes.get(self._attr)
+        attr = self._attr
         if mine is None:
-            return Check(self.kind, False, f"the subject has no {self._attr}")
+            return Check(self.kind, False, f"the subject has no {attr}", "subject_lacks", {"attribute": attr})
         if theirs is None:
-            return Check(self.kind, False, f"the resource has no attribute {self._attr!r}")
+            return Check(
+                self.kind, False, f"the resource has no attribute {attr!r}", "resource_lacks", {"attribute": attr}
+            )
         if str(theirs) != mine:
-            return Check(self.kind, False, f"the subject's {self._attr} {mine!r} is not the resource's {theirs!r}")
-        return Check(self.kind, True, f"{self._attr} {mine!r} is the resource's")
+            return Check(
+                self.kind,
+                False,
+                f"the subject's {attr} {mine!r} is not the resource's {theirs!r}",
+                "differs",
+                {"attribute": attr, "mine": mine, "theirs": str(theirs)},
+            )
+        return Check(self.kind, True, f"{attr} {mine!r} is the resource's", "same", {"attribute": attr, "mine": mine})
 
 
 class _TitleIn(_Cond):
@@ -99,11 +115,24 @@ class _TitleIn(_Cond):
         self._shown = ", ".join(repr(t) for t in titles)
 
     def check(self, subject: SubjectAttrs, attributes: Attributes, now: _dt.datetime) -> Check:
+        titles = {"titles": self._shown}
         if subject.title is None:
-            return Check(self.kind, False, f"the subject has no title (needs one of {self._shown})")
+            return Check(self.kind, False, f"the subject has no title (needs one of {self._shown})", "no_title", titles)
         if subject.title not in self._titles:
-            return Check(self.kind, False, f"the subject's title {subject.title!r} is not one of {self._shown}")
-        return Check(self.kind, True, f"title {subject.title!r} is one of {self._shown}")
+            return Check(
+                self.kind,
+                False,
+                f"the subject's title {subject.title!r} is not one of {self._shown}",
+                "title_not_in",
+                {**titles, "title": subject.title},
+            )
+        return Check(
+            self.kind,
+            True,
+            f"title {subject.title!r} is one of {self._shown}",
+            "title_in",
+            {**titles, "title": subject.title},
+        )
 
 
 class _TimeWindow(_Cond):
@@ -127,9 +156,10 @@ class _TimeWindow(_Cond):
             if t < self._end:
                 day = (day - 1) % 7
         at = f"{DAYS[local.weekday()]} {local:%H:%M}"
+        params = {"at": at, "window": self._shown}
         if day not in self._days or not inside:
-            return Check(self.kind, False, f"{at} is outside {self._shown}")
-        return Check(self.kind, True, f"{at} is within {self._shown}")
+            return Check(self.kind, False, f"{at} is outside {self._shown}", "outside", params)
+        return Check(self.kind, True, f"{at} is within {self._shown}", "within", params)
 
 
 class _AttrEquals(_Cond):
@@ -140,13 +170,19 @@ class _AttrEquals(_Cond):
         self._value = value
 
     def check(self, subject: SubjectAttrs, attributes: Attributes, now: _dt.datetime) -> Check:
-        if self._attr not in attributes:
-            return Check(self.kind, False, f"the resource has no attribute {self._attr!r}")
-        got = attributes[self._attr]
+        attr = self._attr
+        if attr not in attributes:
+            return Check(
+                self.kind, False, f"the resource has no attribute {attr!r}", "resource_lacks", {"attribute": attr}
+            )
+        got = attributes[attr]
+        params = {"attribute": attr, "got": repr(got), "want": repr(self._value)}
         # bool is an int in Python: compare types too, so true never equals 1
         if type(got) is not type(self._value) or got != self._value:
-            return Check(self.kind, False, f"the resource's {self._attr} is {got!r}, not {self._value!r}")
-        return Check(self.kind, True, f"the resource's {self._attr} is {got!r}")
+            return Check(
+                self.kind, False, f"the resource's {attr} is {got!r}, not {self._value!r}", "value_differs", params
+            )
+        return Check(self.kind, True, f"the resource's {attr} is {got!r}", "value_equals", params)
 
 
 def compile_condition(data: Mapping[str, Any]) -> _Cond:
@@ -197,13 +233,31 @@ class Grant:
                 continue
             got = attributes.get(attr)
             if got is None:
-                return Check("scope", False, f"the assignment is for {attr} {want!r}; the resource has no {attr}")
+                return Check(
+                    "scope",
+                    False,
+                    f"the assignment is for {attr} {want!r}; the resource has no {attr}",
+                    "scope_resource_lacks",
+                    {"attribute": attr, "want": want},
+                )
             if str(got) != want:
-                return Check("scope", False, f"the assignment is for {attr} {want!r}, the resource's is {got!r}")
+                return Check(
+                    "scope",
+                    False,
+                    f"the assignment is for {attr} {want!r}, the resource's is {got!r}",
+                    "scope_differs",
+                    {"attribute": attr, "want": want, "got": str(got)},
+                )
         shown = ", ".join(
             f"{a} {w!r}" for a, w in (("prefecture", self.prefecture), ("department", self.department)) if w
         )
-        return Check("scope", True, f"the assignment covers the resource ({shown or 'no scope limit'})")
+        return Check(
+            "scope",
+            True,
+            f"the assignment covers the resource ({shown or 'no scope limit'})",
+            "scope_covers",
+            {"prefecture": self.prefecture or "", "department": self.department or ""},
+        )
 
 
 @dataclass(frozen=True)
@@ -294,6 +348,11 @@ class Decision:
     rule: str | None = None  # application/role/rule name
     assignment_id: int | None = None
     policy_version: int = 0
+    code: str = field(default="", compare=False)
+    """What ``reason`` says, as data (the portal shows it in the reader's language):
+    ``no_application``, ``no_rule``, ``unknown_subject``, ``permit``, ``conditions_fail``
+    or ``no_role``, with its values in ``params``."""
+    params: Params = field(default_factory=dict, compare=False)
 
     @property
     def permitted(self) -> bool:
@@ -320,6 +379,8 @@ class Candidate:
     scope: str
     matched: bool
     checks: tuple[Check, ...]
+    scope_prefecture: str | None = field(default=None, compare=False)
+    scope_department: str | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -391,8 +452,9 @@ class DecisionService:
     @staticmethod
     def check_asker(principal: Principal, application: str, field: str = "application") -> None:
         """An application with ``authz:decide`` asks about itself; with ``authz:decide:any``
-        about any application. Security administrators, auditors and the system may ask
-        about any (the admin UI's explain view, the CLI)."""
+        about any application. Security administrators and the system may ask about any
+        (the CLI). Security auditors read the audit only: a decision's reason names
+        subjects' attributes and assignments."""
         if principal.kind is PrincipalKind.APPLICATION:
             if AUTHZ_DECIDE_ANY in principal.scopes:
                 return
@@ -407,9 +469,22 @@ class DecisionService:
             return
         if principal.kind is PrincipalKind.SYSTEM:
             return
-        if principal.has(Role.SECURITY_ADMIN) or principal.has(Role.SECURITY_AUDITOR):
+        if principal.has(Role.SECURITY_ADMIN):
             return
-        raise ForbiddenError("only security administrators, security auditors and registered applications may ask")
+        raise ForbiddenError(
+            "only security administrators and registered applications may ask", code="authz.decide_forbidden"
+        )
+
+    @staticmethod
+    def check_explainer(principal: Principal) -> None:
+        """Explain shows policy subjects' attributes and assignments: security
+        administrators (the portal's explain page) and the system (``govpki policy
+        explain``) only — not auditors, who read the audit only, nor applications."""
+        if principal.kind is PrincipalKind.SYSTEM or (
+            principal.kind is not PrincipalKind.APPLICATION and principal.has(Role.SECURITY_ADMIN)
+        ):
+            return
+        raise ForbiddenError("only security administrators may explain decisions", code="authz.explain_forbidden")
 
     # -- the snapshot ----------------------------------------------------------------
 
@@ -485,16 +560,33 @@ class DecisionService:
     def evaluate(snap: Snapshot, request: DecisionRequest, now: _dt.datetime) -> Decision:
         app, action, rtype = request.application, request.action, request.resource.type
         v = snap.version
+        asked = {"application": app, "action": action, "type": rtype, "subject": request.subject}
         if app not in snap.applications:
-            return Decision(DENY, f"application {app!r} has no roles in the policy", policy_version=v)
+            return Decision(
+                DENY,
+                f"application {app!r} has no roles in the policy",
+                policy_version=v,
+                code="no_application",
+                params=asked,
+            )
         rules = snap.rules.get((app, action, rtype))
         if not rules:
             return Decision(
-                DENY, f"no role of application {app!r} grants action {action!r} on type {rtype!r}", policy_version=v
+                DENY,
+                f"no role of application {app!r} grants action {action!r} on type {rtype!r}",
+                policy_version=v,
+                code="no_rule",
+                params=asked,
             )
         subject = snap.subjects.get(request.subject)
         if subject is None:
-            return Decision(DENY, f"subject {request.subject!r} is not known to the policy", policy_version=v)
+            return Decision(
+                DENY,
+                f"subject {request.subject!r} is not known to the policy",
+                policy_version=v,
+                code="unknown_subject",
+                params=asked,
+            )
         attributes = request.resource.attributes
         failures: list[tuple[Rule, Grant, Check]] = []
         for rule in rules:
@@ -519,6 +611,15 @@ class DecisionService:
                     rule.label,
                     grant.id,
                     v,
+                    code=PERMIT,
+                    params={
+                        **asked,
+                        "role": rule.role,
+                        "rule": rule.name,
+                        "assignment": str(grant.id),
+                        "prefecture": grant.prefecture or "",
+                        "department": grant.department or "",
+                    },
                 )
         if failures:
             rule, grant, _check = failures[0]
@@ -528,7 +629,14 @@ class DecisionService:
             )
             more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
             return Decision(
-                DENY, f"no rule granting {action!r} on {rtype!r} holds: {why}{more}", rule.id, rule.label, grant.id, v
+                DENY,
+                f"no rule granting {action!r} on {rtype!r} holds: {why}{more}",
+                rule.id,
+                rule.label,
+                grant.id,
+                v,
+                code="conditions_fail",
+                params={**asked, "count": str(len(failures))},
             )
         roles = sorted({r.role for r in rules})
         return Decision(
@@ -536,11 +644,13 @@ class DecisionService:
             f"subject {request.subject!r} holds no role of application {app!r} that grants {action!r} on {rtype!r} "
             f"(roles that do: {', '.join(roles)})",
             policy_version=v,
+            code="no_role",
+            params={**asked, "roles": ", ".join(roles)},
         )
 
     def explain(self, session: Session, principal: Principal, request: DecisionRequest) -> Explanation:
         """The decision, and every candidate (rule, assignment) with each check and its outcome."""
-        self.check_asker(principal, request.application)
+        self.check_explainer(principal)
         snap = self.snapshot(session)
         now = self._clock.now()
         decision = self.evaluate(snap, request, now)
@@ -558,7 +668,15 @@ class DecisionService:
                         None,
                         "-",
                         False,
-                        (Check("assignment", False, f"the subject does not hold role {rule.role!r}"),),
+                        (
+                            Check(
+                                "assignment",
+                                False,
+                                f"the subject does not hold role {rule.role!r}",
+                                "no_assignment",
+                                {"role": rule.role},
+                            ),
+                        ),
                     )
                 )
                 continue
@@ -575,6 +693,8 @@ class DecisionService:
                         _scope_text(grant),
                         all(c.ok for c in checks),
                         tuple(checks),
+                        grant.prefecture,
+                        grant.department,
                     )
                 )
         return Explanation(decision, subject, tuple(candidates), now)

@@ -3,7 +3,9 @@
 ``govpki policy load`` and the decision request of ``POST /api/v1/authz/decide``.
 
 A validation error becomes one :class:`InvalidError` naming every bad field as a dotted
-path with list indexes (``applications[0].roles[2].permissions[0].conditions[1].to``)."""
+path with list indexes (``applications[0].roles[2].permissions[0].conditions[1].to``);
+each problem has a stable code (``authz.field.pattern``, ``authz.field.type``…, see
+:func:`problem_code`) and its values besides the English reason the API answers with."""
 
 from __future__ import annotations
 
@@ -211,8 +213,58 @@ def _reason(error: Any) -> str:
     return message.removeprefix("Value error, ")
 
 
+# what a pattern asks for, by name (the portal words it in the reader's language)
+PATTERN_NAMES: dict[str, str] = {
+    APP_NAME: "application",
+    ROLE_NAME: "name",  # also RESOURCE_TYPE: the same pattern
+    ACTION: "action",
+    ATTRIBUTE: "attribute",
+    SUBJECT_ID: "text",  # also TEXT_128
+    HHMM: "hhmm",
+    r"^[0-9A-Za-z_-]{1,32}$": "code",
+}
+_TYPES = {"dict": "object", "string": "text", "int": "integer", "bool": "boolean", "list": "list", "float": "number"}
+_UNION_MEMBERS = frozenset({"str", "constrained-str", "int", "bool"})
+
+
+def problem_code(error: Any) -> tuple[str, dict[str, str | int]]:
+    """A stable code (``authz.field.*``) and its values for one pydantic error: what the
+    problem is, independent of pydantic's English wording (the API keeps the reason text)."""
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    loc = tuple(error.get("loc", ()))
+    if len(loc) >= 3 and loc[-3:-2] == ("attributes",) and str(loc[-1]) in _UNION_MEMBERS:
+        return "authz.field.attribute_value", {"key": str(loc[-2]), "max_length": MAX_ATTRIBUTE_TEXT}
+    if kind == "extra_forbidden":
+        return "authz.field.unknown", {}
+    if kind == "missing":
+        return "authz.field.required", {}
+    if kind == "union_tag_invalid":
+        return "authz.field.condition_kind", {"kinds": ", ".join(CONDITION_KINDS)}
+    if kind == "string_pattern_mismatch":
+        params: dict[str, str | int] = {"format": PATTERN_NAMES.get(str(ctx.get("pattern", "")), "other")}
+        if loc and loc[-1] == "[key]" and len(loc) >= 2:
+            params["key"] = str(loc[-2])
+        return "authz.field.pattern", params
+    if kind == "string_too_short":
+        return "authz.field.too_short", {"min_length": int(ctx.get("min_length", 1))}
+    if kind == "string_too_long":
+        return "authz.field.too_long", {"max_length": int(ctx.get("max_length", 0))}
+    if kind == "too_short":
+        return "authz.field.too_few", {"min_length": int(ctx.get("min_length", 1))}
+    if kind == "too_long":
+        return "authz.field.too_many", {"max_length": int(ctx.get("max_length", 0))}
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return "authz.field.type", {"expected": _TYPES.get(kind.split("_", maxsplit=1)[0], "other")}
+    if kind == "literal_error":
+        return "authz.field.choice", {"expected": str(ctx.get("expected", ""))}
+    return "authz.field.invalid", {}
+
+
 def invalid_from(exc: ValidationError, prefix: str = "", code: str = "authz.invalid") -> InvalidError:
-    problems = [FieldProblem(field_path(tuple(e["loc"]), prefix), _reason(e)) for e in exc.errors()[:20]]
+    problems = [
+        FieldProblem(field_path(tuple(e["loc"]), prefix), _reason(e), *problem_code(e)) for e in exc.errors()[:20]
+    ]
     first = problems[0]
     more = f" (and {len(problems) - 1} more: see errors)" if len(problems) > 1 else ""
     return InvalidError(first.reason + more, field=first.field, problems=problems, code=code)

@@ -7,11 +7,14 @@ screen), ``/oauth/token``, ``/oauth/userinfo``, ``/oauth/introspect``,
 ``/oauth/revoke`` and ``/oauth/logout``. Protocol errors are RFC 6749/6750/7009/7662
 JSON (``invalid_request``, ``invalid_client``, ``invalid_grant``, ``invalid_token``…);
 at the authorization endpoint an unknown client or a redirect URI that is not
-registered exactly gets an error page and never a redirect.
+registered exactly gets an error page and never a redirect — in the reader's language,
+with the OAuth error code shown as data (the JSON errors stay as OAuth has them).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,7 +30,6 @@ from flask import (
     flash,
     g,
     jsonify,
-    make_response,
     redirect,
     render_template,
     request,
@@ -71,10 +73,119 @@ def _acting_user() -> Principal | None:
     return user.principal if user is not None else None
 
 
+# The error page (when the client cannot be told by a redirect) in the reader's language:
+# by the OAuth error code and, where authlib's English description tells situations apart,
+# by that description. The code stays on the page as data, e.g. "(invalid_client)".
+_SITUATIONS: list[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (
+        "invalid_client",
+        re.compile(r"Missing 'client_id' parameter\.?"),
+        lambda m: _("The application's request does not say which application it is (client_id is missing)."),
+    ),
+    (
+        "invalid_client",
+        re.compile(r".*"),
+        lambda m: _("This application is not registered here, or it has been disabled."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"Redirect URI (.*) is not supported by client\.", re.S),
+        lambda m: _(
+            "The return address %(uri)s is not registered for this application, so you cannot be sent back to it.",
+            uri=m[1],
+        ),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"Missing 'redirect_uri' in request\.?"),
+        lambda m: _("The application's request has no return address (redirect_uri)."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"Multiple '(.+)' in request\.?"),
+        lambda m: _("The application's request gives the parameter %(name)s more than once.", name=m[1]),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"PKCE is required for public clients.*", re.S),
+        lambda m: _(
+            "This application must protect its sign-in with PKCE: its request lacks code_challenge "
+            "(with code_challenge_method S256)."
+        ),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"code_challenge_method must be S256"),
+        lambda m: _("The application's request must use code_challenge_method S256."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"max_age must be .*"),
+        lambda m: _("The application's request has a max_age that is not a whole number of seconds."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"post_logout_redirect_uri needs an id_token_hint"),
+        lambda m: _("The sign-out request names a return address but not the ID token (id_token_hint) it is for."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"post_logout_redirect_uri is not registered for this client"),
+        lambda m: _("The sign-out request's return address is not registered for this application."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"id_token_hint: .*", re.S),
+        lambda m: _("The sign-out request's ID token (id_token_hint) is not valid here."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r"the sign-out form was out of date; reload it"),
+        lambda m: _("The sign-out form was out of date; reload the page and sign out again."),
+    ),
+    (
+        "invalid_request",
+        re.compile(r".*", re.S),
+        lambda m: _("The application's request is missing a parameter or has one that is not valid."),
+    ),
+    (
+        "unsupported_response_type",
+        re.compile(r".*", re.S),
+        lambda m: _(
+            "The application asked for a kind of response this service does not give (use response_type=code)."
+        ),
+    ),
+    (
+        "unauthorized_client",
+        re.compile(r".*", re.S),
+        lambda m: _("This application may not use this kind of request."),
+    ),
+    (
+        "invalid_scope",
+        re.compile(r".*", re.S),
+        lambda m: _("The application asked for a permission (scope) it is not registered for, or one that is unknown."),
+    ),
+    (
+        "access_denied",
+        re.compile(r".*", re.S),
+        lambda m: _("The request was refused."),
+    ),
+]
+
+
+def page_message(error: str, description: str | None) -> str:
+    """An OAuth error shown as a page, in the reader's language, with its code as data."""
+    for code, pattern, render in _SITUATIONS:
+        if code == error:
+            match = pattern.fullmatch(description or "")
+            if match:
+                return f"{render(match)} ({error})"
+    fallback = _("The application's request could not be handled.")
+    return f"{fallback} ({error})"
+
+
 def _error_page(status: int, error: str, description: str | None) -> Response:
-    reason = f"{error}: {description}" if description else error
-    title = ui.STATUS_TITLES.get(status, "Error")
-    return make_response(render_template("error.html", status=status, title=title, reason=reason), status)
+    return ui._error_page(status, page_message(error, description))
 
 
 def _no_store(response: Response) -> Response:

@@ -281,7 +281,9 @@ def test_refresh_interval_keeps_the_snapshot(tmp_path: Any, database_url: str, c
 
 def test_explain_lists_every_candidate(loaded: Services):
     with loaded.sessions() as s:
-        out = loaded.decisions.explain(s, AUDITOR, req("zhang.san", "read", classification="secret", prefecture="6502"))
+        out = loaded.decisions.explain(
+            s, SECADMIN, req("zhang.san", "read", classification="secret", prefecture="6502")
+        )
     assert out.decision.effect == DENY
     body = out.as_dict()
     assert body["subject"] == {"id": "zhang.san", "prefecture": "6501", "department": "finance", "title": "科长"}
@@ -292,9 +294,45 @@ def test_explain_lists_every_candidate(loaded: Services):
     assert public["checks"][0]["ok"] and not public["checks"][1]["ok"] and not public["matched"]
     assert not own["checks"][1]["ok"] and "'6501' is not the resource's '6502'" in own["checks"][1]["why"]
     with loaded.sessions() as s:
-        out = loaded.decisions.explain(s, AUDITOR, req("wang.wu", "read"))
+        out = loaded.decisions.explain(s, SECADMIN, req("wang.wu", "read"))
     assert all(c.assignment_id is None and not c.matched for c in out.candidates)
     assert out.candidates[0].checks[0].why == "the subject does not hold role 'reader'"
+    assert out.candidates[0].checks[0].code == "no_assignment" and out.candidates[0].checks[0].params == {
+        "role": "reader"
+    }
+
+
+def test_decisions_and_checks_say_what_they_say_as_data(loaded: Services):
+    """The code and values behind each reason (the portal words them in the reader's language)."""
+    d = decide(loaded, req("zhang.san", "read", classification="secret", prefecture="6502"))
+    assert d.code == "conditions_fail" and d.params["action"] == "read" and d.params["type"] == "document"
+    d = decide(loaded, req("zhang.san", "read", classification="public"))
+    assert d.code == "permit" and d.params["rule"] == "read-public" and d.params["role"] == "reader"
+    assert decide(loaded, req("nobody", "read")).code == "unknown_subject"
+    assert decide(loaded, req("zhang.san", "delete")).code == "no_rule"
+    with loaded.sessions() as s:
+        out = loaded.decisions.explain(s, SYSTEM, req("zhang.san", "read", classification="secret", prefecture="6502"))
+    checks = {c.what: c for cand in out.candidates for c in cand.checks}
+    assert checks["same_prefecture_as_resource"].code == "differs"
+    assert checks["same_prefecture_as_resource"].params == {"attribute": "prefecture", "mine": "6501", "theirs": "6502"}
+    assert checks["resource_attribute_equals"].code == "value_differs"
+    assert checks["resource_attribute_equals"].params["got"] == "'secret'"
+
+
+@pytest.mark.parametrize("role", [Role.SECURITY_AUDITOR, Role.SYSTEM_ADMIN, Role.CA_OPERATOR])
+def test_only_security_admins_explain_and_ask(loaded: Services, role: Role):
+    """Auditors read the audit only: explain (subjects' attributes, assignments) and decisions are refused."""
+    who = Principal(PrincipalKind.ACCOUNT, "9", "someone", frozenset({role}))
+    with loaded.sessions() as s, pytest.raises(ForbiddenError) as err:
+        loaded.decisions.explain(s, who, req("zhang.san", "read"))
+    assert err.value.code == "authz.explain_forbidden"
+    with pytest.raises(ForbiddenError):
+        decide(loaded, req("zhang.san", "read"), who)
+    gateway = Principal(
+        PrincipalKind.APPLICATION, "app_g", "gateway", frozenset(), scopes=frozenset({AUTHZ_DECIDE_ANY})
+    )
+    with loaded.sessions() as s, pytest.raises(ForbiddenError):
+        loaded.decisions.explain(s, gateway, req("zhang.san", "read"))
 
 
 def test_who_may_ask(loaded: Services):

@@ -5,6 +5,7 @@ endpoint) and nothing granted."""
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import json
 import time
@@ -27,6 +28,7 @@ from govpki.principal import SYSTEM, Principal, PrincipalKind, Role
 from tests.helpers import initialised_portal
 from tests.web.oidc_helpers import pkce, register_client, two_factor_client
 from tests.web.test_ui import Portal
+from web.oidc import page_message
 
 REDIRECT = "https://rp.example.gov.cn/callback"
 BYE = "https://rp.example.gov.cn/bye"
@@ -193,6 +195,53 @@ def test_wrong_redirect_uri_is_an_error_page_not_a_redirect(portal: Portal, user
         response = authorize(user[0], client_id, redirect_uri=uri)
         assert response.status_code == 400 and "Location" not in response.headers
         assert "invalid_request" in response.get_data(as_text=True)
+
+
+def test_error_pages_are_in_the_readers_language(portal: Portal) -> None:
+    """The page names the situation in zh (default) or en, never authlib's English text;
+    the OAuth error code stays on it as data."""
+    client_id, _secret = register_client(portal, _name())
+    browser = portal.app.test_client()
+    english = ("does not exist on this server", "is not supported by client", "Missing '")
+
+    def page(response: TestResponse) -> str:
+        assert response.status_code == 400 and "Location" not in response.headers
+        body = html.unescape(response.get_data(as_text=True))
+        assert not any(words in body for words in english), body
+        return body
+
+    body = page(authorize(browser, "app_doesnotexist"))
+    assert "此应用未在本系统注册，或已被停用。" in body and "(invalid_client)" in body
+    body = page(authorize(browser, client_id, redirect_uri="https://evil.example.com/callback"))
+    assert "返回地址 https://evil.example.com/callback 未为此应用注册" in body and "(invalid_request)" in body
+    body = page(browser.get("/oauth/authorize?response_type=code&scope=openid"))
+    assert "未说明是哪个应用（缺少 client_id）" in body and "(invalid_client)" in body
+    body = page(
+        browser.get(f"/oauth/authorize?response_type=token&client_id={client_id}&redirect_uri=https://x.example")
+    )
+    assert "(unsupported_response_type)" in body
+    browser.get("/lang/en")
+    body = page(authorize(browser, "app_doesnotexist"))
+    assert "This application is not registered here, or it has been disabled. (invalid_client)" in body
+    body = page(authorize(browser, client_id, redirect_uri="https://evil.example.com/callback"))
+    assert "The return address https://evil.example.com/callback is not registered for this application" in body
+    assert "(invalid_request)" in body and "请求" not in body
+
+
+def test_error_page_messages_by_situation(portal: Portal) -> None:
+    """Each situation authlib and the provider report has its own message; an unknown one a general message."""
+    with portal.app.test_request_context("/oauth/authorize"):
+        seen = {
+            page_message("invalid_request", "PKCE is required for public clients: send code_challenge ..."),
+            page_message("invalid_request", "Missing 'redirect_uri' in request."),
+            page_message("invalid_request", "Multiple 'scope' in request."),
+            page_message("invalid_scope", None),
+            page_message("invalid_request", "something new"),
+            page_message("server_error", "boom"),
+        }
+    assert len(seen) == 6
+    assert all(m.endswith(("(invalid_request)", "(invalid_scope)", "(server_error)")) for m in seen)
+    assert not any("boom" in m or "something new" in m for m in seen)
 
 
 def test_not_signed_in_goes_to_the_sign_in_page(portal: Portal) -> None:
