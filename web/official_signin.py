@@ -19,7 +19,7 @@ import datetime as _dt
 import io
 
 import segno
-from flask import Blueprint, Response, flash, g, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, flash, g, make_response, redirect, render_template, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import login_user, logout_user  # type: ignore[import-untyped, unused-ignore]
@@ -34,6 +34,7 @@ from authz.official_signin import AMR_PASSWORD_TOTP, SET_UP_AGAIN
 from authz.services import LOCKED, MIN_PASSWORD
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
 from web.certlogin import SESSION_CERT_SERIAL
+from web.client_address import client_address
 from web.forms import MAX_PASSWORD, ActionForm, LoginForm, PasswordForm, TotpForm
 from web.problems import STATUS
 from web.ui import (
@@ -50,6 +51,7 @@ from web.ui import (
     _unauthorized,
     attach_error,
     field_message,
+    pending_step,
     services,
     signed_in_official,
 )
@@ -159,7 +161,7 @@ def password_step(form: LoginForm, target: str | None) -> ResponseReturnValue:
     to the code page. Refusals read and count as the staff sign-in's."""
     try:
         credential_id = services().official_signin.sign_in_password(
-            g.db, username=form.username.data, password=form.password.data, source=request.remote_addr or "unknown"
+            g.db, username=form.username.data, password=form.password.data, source=client_address()
         )
     except UnauthenticatedError as error:
         # 200 on purpose: the unit of work commits the failure's audit entry (and the lock)
@@ -174,17 +176,7 @@ def password_step(form: LoginForm, target: str | None) -> ResponseReturnValue:
 
 
 def _pending() -> tuple[int, str | None] | None:
-    pending = session.get(PENDING_OFFICIAL)
-    if not isinstance(pending, dict) or not isinstance(pending.get("credential"), int):
-        return None
-    try:
-        started = _dt.datetime.fromisoformat(str(pending.get("at")))
-    except ValueError:
-        return None
-    if started.tzinfo is None or services().clock.now() - started > PENDING_TIMEOUT:
-        return None
-    target = pending.get("next")
-    return pending["credential"], target if isinstance(target, str) else None
+    return pending_step(PENDING_OFFICIAL, "credential")
 
 
 @bp.route("/login/official-code", methods=["GET", "POST"])
@@ -204,7 +196,7 @@ def login_code() -> ResponseReturnValue:
     if form.validate_on_submit():
         try:
             official = services().official_signin.sign_in_totp(
-                g.db, credential_id, code=form.code.data, source=request.remote_addr or "unknown"
+                g.db, credential_id, code=form.code.data, source=client_address()
             )
         except InvalidError as error:
             attach_error(form, error, {"code": form.code})

@@ -463,10 +463,11 @@ def login() -> ResponseReturnValue:
     return render_template("login.html", form=form), 422 if form.is_submitted() else 200
 
 
-def _pending_sign_in() -> tuple[int, str | None] | None:
-    """The half-signed-in account (password given, code not yet) and where to go after, if still fresh."""
-    pending = session.get(PENDING_SIGN_IN)
-    if not isinstance(pending, dict) or not isinstance(pending.get("account"), int):
+def pending_step(key: str, id_field: str) -> tuple[int, str | None] | None:
+    """A half-finished sign-in kept under ``key`` (password given, code not yet): the id kept
+    in ``id_field`` and where to go after, if still fresh (``PENDING_TIMEOUT``)."""
+    pending = session.get(key)
+    if not isinstance(pending, dict) or not isinstance(pending.get(id_field), int):
         return None
     try:
         started = _dt.datetime.fromisoformat(str(pending.get("at")))
@@ -475,7 +476,12 @@ def _pending_sign_in() -> tuple[int, str | None] | None:
     if started.tzinfo is None or services().clock.now() - started > PENDING_TIMEOUT:
         return None
     target = pending.get("next")
-    return pending["account"], target if isinstance(target, str) else None
+    return pending[id_field], target if isinstance(target, str) else None
+
+
+def _pending_sign_in() -> tuple[int, str | None] | None:
+    """The half-signed-in account (password given, code not yet) and where to go after, if still fresh."""
+    return pending_step(PENDING_SIGN_IN, "account")
 
 
 @bp.route("/login/totp", methods=["GET", "POST"])
