@@ -189,7 +189,13 @@ def test_a_security_admin_creates_no_account_but_ra_staff(svc: Services, role: R
 def test_a_system_admin_creates_no_ra_staff(svc: Services) -> None:
     with svc.sessions() as s, pytest.raises(ForbiddenError) as caught:
         svc.accounts.create(
-            s, SYSADMIN, username="clerk.x", display_name="N", role=Role.RA_CLERK, password=PASSWORD, prefecture="650100"
+            s,
+            SYSADMIN,
+            username="clerk.x",
+            display_name="N",
+            role=Role.RA_CLERK,
+            password=PASSWORD,
+            prefecture="650100",
         )
     assert caught.value.code == "authz.not_account_admin"
 
