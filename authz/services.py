@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -39,6 +40,36 @@ TOKEN_ROLES = frozenset({Role.CA_OPERATOR})
 
 RA_ROLES = frozenset({Role.RA_CLERK, Role.RA_OFFICER})  # each in exactly one prefecture
 SEPARATED_ROLES = frozenset({Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR})  # 三员分立
+NOT_ACCOUNT_ADMIN = "authz.not_account_admin"
+OWN_ACCOUNT = "authz.own_account"
+SEPARATED = "authz.separated_roles"
+
+
+def account_administrator(role: Role) -> Role:
+    """三员分立: who administers accounts of ``role`` (creates them, unlocks them, resets
+    their authenticator, changes their role). RA staff: a security administrator (issue 5);
+    every other account, the three administrators' own among them: a system administrator.
+    SYSTEM (the operator at the machine: ``govpki staff``, start-up) may do all."""
+    return Role.SECURITY_ADMIN if role in RA_ROLES else Role.SYSTEM_ADMIN
+
+
+def _require_account_admin(principal: Principal, role: Role, verb: str) -> None:
+    """Refuse unless ``principal`` administers accounts of ``role`` (:func:`account_administrator`)."""
+    if principal.kind is PrincipalKind.SYSTEM:
+        return
+    admin = account_administrator(role)
+    if principal.kind is PrincipalKind.ACCOUNT and principal.has(admin):
+        return
+    if admin is Role.SECURITY_ADMIN:
+        reason = f"only a security administrator may {verb} RA staff accounts"
+    else:
+        reason = f"only a system administrator may {verb} {role.value} accounts"
+    raise ForbiddenError(reason, field="username", code=NOT_ACCOUNT_ADMIN, params={"role": role.value})
+
+
+def _refuse_own_account(principal: Principal, account: Account, verb: str) -> None:
+    if principal.kind is PrincipalKind.ACCOUNT and principal.id == str(account.id):
+        raise ForbiddenError(f"you may not {verb} your own account", field="username", code=OWN_ACCOUNT)
 
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -137,9 +168,9 @@ class AccountService:
     ) -> Account:
         """Create a staff account that must change its (one-time) password at first sign-in.
         RA staff (``ra_clerk``, ``ra_officer``) name the one prefecture (area code) they work
-        in, which must exist; other roles name none."""
-        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
-            raise ForbiddenError("only a security administrator may create accounts")
+        in, which must exist; other roles name none. 三员分立: a security administrator
+        creates RA staff, a system administrator every other account (:func:`account_administrator`)."""
+        _require_account_admin(principal, role, "create")
         _check_prefecture(session, role, prefecture)
         if not display_name.strip() or len(display_name) > 128:
             raise InvalidError("must be 1-128 characters", field="display_name")
@@ -183,24 +214,39 @@ class AccountService:
     ) -> Account:
         """Give an account another role (an account holds exactly one). 三员分立: an account
         that is system administrator, security administrator or security auditor never
-        becomes another of the three (whoever administered must not audit their own
-        actions, and the other way round): that takes a new account. Nobody changes their
-        own role. Audited with the roles before and after."""
-        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
-            raise ForbiddenError("only a security administrator may change roles")
+        changes role at all — not even by way of another role (administrator → operator →
+        auditor would let one person audit their own administration): that takes a new
+        account. An account may become one of the three only if it never was one (its
+        creation and role changes in the audit trail). The administrator of both the
+        account's role and the new one acts (RA staff: a security administrator; others: a
+        system administrator; both: SYSTEM). Nobody changes their own role. Audited with the
+        roles before and after."""
         account = session.scalar(select(Account).where(Account.username == username))
         if account is None:
+            _require_account_admin(principal, role, "change the role of")
             raise NotFoundError(f"there is no account {username[:64]!r}", field="username")
-        if principal.kind is PrincipalKind.ACCOUNT and principal.id == str(account.id):
-            raise ForbiddenError("you may not change your own role", field="username")
         before = Role(account.role)
-        if before in SEPARATED_ROLES and role in SEPARATED_ROLES and role is not before:
+        _require_account_admin(principal, before, "change the role of")
+        _require_account_admin(principal, role, "change the role of")
+        _refuse_own_account(principal, account, "change the role of")
+        if before in SEPARATED_ROLES:
             raise ConflictError(
                 f"{username} is {before.value}; 三员分立 keeps system administrator, security administrator "
-                f"and security auditor apart, so it may not become {role.value} (create another account)",
+                f"and security auditor apart, so its role never changes (create another account)",
                 field="role",
-                code="authz.separated_roles",
+                code=SEPARATED,
+                params={"username": username, "role": before.value},
             )
+        if role in SEPARATED_ROLES:
+            held = self._separated_roles_held(session, username)
+            if held:
+                raise ConflictError(
+                    f"{username} was {held[0]}; 三员分立 keeps system administrator, security administrator "
+                    f"and security auditor apart, so it may not become {role.value} (create another account)",
+                    field="role",
+                    code=SEPARATED,
+                    params={"username": username, "role": held[0]},
+                )
         _check_prefecture(session, role, prefecture)
         changes = {"role": {"before": before.value, "after": role.value}}
         if (account.prefecture_code or None) != (prefecture or None):
@@ -217,6 +263,29 @@ class AccountService:
             clock=self._clock,
         )
         return account
+
+    def _separated_roles_held(self, session: Session, username: str) -> list[str]:
+        """The separated roles the account ever held, by its audit trail (account creation
+        and role changes). Since an account holding one never changes role, this only
+        matters for role changes made before that rule."""
+        rows = session.execute(
+            select(audit.AuditEntry.action, audit.AuditEntry.details).where(
+                audit.AuditEntry.object_type == "account",
+                audit.AuditEntry.object_id == username,
+                audit.AuditEntry.action.in_([AuthzEvent.ACCOUNT_CREATE.value, AuthzEvent.ACCOUNT_ROLE_CHANGE.value]),
+            )
+        )
+        held: list[str] = []
+        for action, details in rows:
+            try:
+                data = json.loads(details or "{}")
+            except ValueError:
+                continue
+            roles = [data.get("role")] if action == AuthzEvent.ACCOUNT_CREATE.value else []
+            if isinstance(data.get("role"), dict):
+                roles = [data["role"].get("before"), data["role"].get("after")]
+            held += [r for r in roles if r in SEPARATED_ROLES and r not in held]
+        return held
 
     def list_staff(self, session: Session) -> list[Account]:
         return list(session.scalars(select(Account).order_by(Account.username)))
@@ -321,10 +390,32 @@ class AccountService:
         )
         return True
 
+    def locks(self, session: Session) -> dict[str, _dt.datetime]:
+        """The user names locked now, and when each lock ends."""
+        now = self._clock.now()
+        rows = session.execute(
+            select(SignInLock.username, func.max(SignInLock.locked_until))
+            .where(SignInLock.locked_until > now)
+            .group_by(SignInLock.username)
+        )
+        return {name: until for name, until in rows}
+
     def unlock(self, session: Session, principal: Principal, username: str) -> int:
-        """End the user name's lock now (security administrator); returns how many locks ended."""
-        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
-            raise ForbiddenError("only a security administrator may unlock accounts")
+        """End the user name's lock now; returns how many locks ended. The account's
+        administrator acts (RA staff: a security administrator; others: a system
+        administrator); a locked name with no account, either of them. Not one's own."""
+        account = session.scalar(select(Account).where(Account.username == username))
+        if account is not None:
+            _require_account_admin(principal, Role(account.role), "unlock")
+            _refuse_own_account(principal, account, "unlock")
+        elif principal.kind is not PrincipalKind.SYSTEM and not (
+            principal.has(Role.SECURITY_ADMIN) or principal.has(Role.SYSTEM_ADMIN)
+        ):
+            raise ForbiddenError(
+                "only a security or system administrator may unlock a user name",
+                field="username",
+                code=NOT_ACCOUNT_ADMIN,
+            )
         now = self._clock.now()
         locks = list(
             session.scalars(select(SignInLock).where(SignInLock.username == username, SignInLock.locked_until > now))
@@ -495,12 +586,22 @@ class AccountService:
         return account
 
     def reset_totp(self, session: Session, principal: Principal, username: str) -> Account:
-        """Forget an account's TOTP secret (a lost phone): it enrols again at its next sign-in."""
-        if principal.kind is not PrincipalKind.SYSTEM and not principal.has(Role.SECURITY_ADMIN):
-            raise ForbiddenError("only a security administrator may reset a second factor")
+        """Forget an account's TOTP secret (a lost phone): it enrols again at its next sign-in.
+        The account's administrator acts (RA staff: a security administrator; others: a
+        system administrator); nobody resets their own."""
         account = session.scalar(select(Account).where(Account.username == username))
         if account is None:
+            if principal.kind is not PrincipalKind.SYSTEM and not (
+                principal.has(Role.SECURITY_ADMIN) or principal.has(Role.SYSTEM_ADMIN)
+            ):
+                raise ForbiddenError(
+                    "only a security or system administrator may reset an authenticator",
+                    field="username",
+                    code=NOT_ACCOUNT_ADMIN,
+                )
             raise NotFoundError(f"no account {username[:64]!r}", field="username")
+        _require_account_admin(principal, Role(account.role), "reset the authenticator of")
+        _refuse_own_account(principal, account, "reset the authenticator of")
         account.totp_enrolled_at = None
         account.totp_secret = None
         account.totp_key_id = None

@@ -11,6 +11,12 @@ from govpki.principal import SYSTEM, Principal, Role
 from web.container import Services
 
 FIRST_ADMIN = "secadmin"
+# 三员分立: the three administrators of a new instance, each with its own one-time password
+FIRST_ACCOUNTS = (
+    ("sysadmin", "系统管理员 (system administrator)", Role.SYSTEM_ADMIN),
+    (FIRST_ADMIN, "安全管理员 (security administrator)", Role.SECURITY_ADMIN),
+    ("auditor", "安全审计员 (security auditor)", Role.SECURITY_AUDITOR),
+)
 
 
 @dataclass
@@ -18,7 +24,9 @@ class InitReport:
     created: list[str] = field(default_factory=list)
     root: CertificateAuthority | None = None
     issuing: CertificateAuthority | None = None
-    admin_password: str | None = None
+    admin_password: str | None = None  # the security administrator's (``secadmin``)
+    # user name -> one-time password of each first account made by this run (shown once)
+    passwords: dict[str, str] = field(default_factory=dict)
 
 
 def initialize(
@@ -77,18 +85,21 @@ def initialize(
     if first_admin:
         with services.sessions() as session:
             if services.accounts.count(session) == 0:
-                password = one_time_password()
-                services.accounts.create(
-                    session,
-                    principal,
-                    username=FIRST_ADMIN,
-                    display_name="安全管理员 (security administrator)",
-                    role=Role.SECURITY_ADMIN,
-                    password=password,
-                )
+                for username, display_name, role in FIRST_ACCOUNTS:
+                    password = one_time_password()
+                    services.accounts.create(
+                        session,
+                        principal,
+                        username=username,
+                        display_name=display_name,
+                        role=role,
+                        password=password,
+                    )
+                    report.passwords[username] = password
                 session.commit()
-                report.admin_password = password
-                report.created.append(f"security administrator account '{FIRST_ADMIN}'")
+                report.admin_password = report.passwords[FIRST_ADMIN]
+                for username, _name, role in FIRST_ACCOUNTS:
+                    report.created.append(f"{role.value.replace('_', ' ')} account '{username}'")
     return report
 
 

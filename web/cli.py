@@ -55,11 +55,16 @@ def _print_init(services: Services, report: Any) -> None:
         click.echo(f"root CA:         {report.root.subject} sha256:{report.root.fingerprint_sha256}")
     if report.issuing is not None:
         click.echo(f"issuing CA:      {report.issuing.subject} sha256:{report.issuing.fingerprint_sha256}")
-    if report.admin_password:
+    if report.passwords:
+        from web.bootstrap import FIRST_ACCOUNTS
+
         click.echo("")
-        click.echo("First security administrator (shown once; you must change it at first sign-in):")
-        click.echo("  user name: secadmin")
-        click.echo(f"  password:  {report.admin_password}")
+        click.echo(
+            "三员分立: the first administrators (one-time passwords shown once; each is changed at first sign-in):"
+        )
+        for username, _name, role in FIRST_ACCOUNTS:
+            if username in report.passwords:
+                click.echo(f"  {role.value:<17} user name: {username:<9} password: {report.passwords[username]}")
 
 
 def _safe_url(url: str) -> str:

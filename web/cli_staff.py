@@ -1,9 +1,11 @@
 """``govpki staff create | set-role | list | unlock | reset-totp``: staff accounts from the command line.
 
-A security administrator's work at the console (the CLI acts as the local operator, like
-``govpki init``). RA staff (``ra_clerk``, ``ra_officer``) need ``--prefecture``; other roles
-take none. Registered at the end of web.cli with one ``main.add_command(staff)``; helpers
-come from web.cli_common, imported when a command runs."""
+The operator at the machine (the CLI acts as SYSTEM, like ``govpki init``) may administer
+any account; in the portal 三员分立 splits the work: a security administrator administers RA
+staff (``/staff``), a system administrator every other account (``/accounts``). RA staff
+(``ra_clerk``, ``ra_officer``) need ``--prefecture``; other roles take none. Registered at
+the end of web.cli with one ``main.add_command(staff)``; helpers come from web.cli_common,
+imported when a command runs."""
 
 from __future__ import annotations
 
@@ -60,8 +62,9 @@ def create(username: str, role: str, prefecture: str | None, display_name: str |
 @click.option("--role", required=True, type=click.Choice(ACCOUNT_ROLES), help="The account's new (one) role.")
 @click.option("--prefecture", default=None, help="Area code of the prefecture (RA staff only), e.g. 650100.")
 def set_role(username: str, role: str, prefecture: str | None) -> None:
-    """Give USERNAME another role. 三员分立: system administrator, security administrator and
-    security auditor never become one another (that takes a new account)."""
+    """Give USERNAME another role. 三员分立: a system administrator, security administrator or
+    security auditor never changes role, and an account that ever was one never becomes one
+    again (that takes a new account)."""
     from web.cli_common import cli_principal, load_services, report_error
 
     services = load_services()

@@ -133,6 +133,33 @@ class StaffForm(FlaskForm):  # type: ignore[misc]
     prefecture = SelectField(_l("Prefecture"), validators=[DataRequired(_l("Choose a prefecture."))])
 
 
+class AccountForm(FlaskForm):  # type: ignore[misc]
+    """A new account of a role other than RA staff (a system administrator fills it in)."""
+
+    username = StringField(
+        _l("User name"),
+        validators=[DataRequired(_l("Enter your user name.")), Length(max=64, message=_l("At most 64 characters."))],
+        description=_l("3 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter."),
+        render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"},
+    )
+    display_name = StringField(
+        _l("Full name"),
+        validators=[DataRequired(_l("Enter the full name.")), Length(max=128, message=_l("At most 128 characters."))],
+        render_kw={"autocomplete": "off"},
+    )
+    role = SelectField(
+        _l("Role"),
+        choices=[
+            SelectChoice("system_admin", _l("System administrator (accounts and configuration)")),
+            SelectChoice("security_admin", _l("Security administrator (CAs, RAs, keys, policies, applications)")),
+            SelectChoice("security_auditor", _l("Security auditor (reads the audit log)")),
+            SelectChoice("ca_operator", _l("CA operator")),
+            SelectChoice("key_recovery_officer", _l("Key-recovery officer")),
+        ],
+        validators=[DataRequired(_l("Choose a role."))],
+    )
+
+
 # what each scope lets an application do (the service's KNOWN_SCOPES, authz/applications.py)
 SCOPE_CHOICES = [
     SelectChoice("audit:write", _l("audit:write — append its own events to the audit log")),

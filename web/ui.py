@@ -68,7 +68,7 @@ from govpki.principal import Principal, Role
 from web import api, api_authz, api_events
 from web.client_address import client_address
 from web.container import Services
-from web.forms import ActionForm, LoginForm, PasswordForm, StaffForm, TokenForm, TotpForm
+from web.forms import AccountForm, ActionForm, LoginForm, PasswordForm, StaffForm, TokenForm, TotpForm
 from web.problems import STATUS
 
 bp = Blueprint("ui", __name__)
@@ -149,6 +149,10 @@ class PortalUser(UserMixin):  # type: ignore[misc]
     @property
     def is_security_admin(self) -> bool:
         return self.principal.has(Role.SECURITY_ADMIN)
+
+    @property
+    def is_system_admin(self) -> bool:
+        return self.principal.has(Role.SYSTEM_ADMIN)
 
 
 class OfficialUser(UserMixin):  # type: ignore[misc]
@@ -283,6 +287,39 @@ def _require_security_admin(user: PortalUser, what: str = "manage API tokens") -
         raise ForbiddenError(f"only a security administrator may {what}", field="role")
 
 
+def _require_system_admin(user: PortalUser) -> None:
+    if not user.is_system_admin:
+        raise ForbiddenError(
+            "only a system administrator may manage accounts", field="role", code="authz.not_account_admin"
+        )
+
+
+# 三员分立 refusals of the account service (authz.services): the action, then the role's name
+_ACCOUNT_ACTIONS_SYSADMIN: dict[str, Callable[[str], str]] = {
+    "create": lambda role: _("Only a system administrator may create %(role)s accounts.", role=role),
+    "unlock": lambda role: _("Only a system administrator may unlock %(role)s accounts.", role=role),
+    "reset the authenticator of": lambda role: _(
+        "Only a system administrator may reset the authenticator of %(role)s accounts.", role=role
+    ),
+    "change the role of": lambda role: _(
+        "Only a system administrator may change the role of %(role)s accounts.", role=role
+    ),
+}
+_ACCOUNT_ACTIONS_SECADMIN: dict[str, Callable[[], str]] = {
+    "create": lambda: _("Only a security administrator may create RA staff accounts."),
+    "unlock": lambda: _("Only a security administrator may unlock RA staff accounts."),
+    "reset the authenticator of": lambda: _(
+        "Only a security administrator may reset the authenticator of RA staff accounts."
+    ),
+    "change the role of": lambda: _("Only a security administrator may change the role of RA staff accounts."),
+}
+_ACCOUNT_VERBS = "create|unlock|reset the authenticator of|change the role of"
+
+
+def _role_name(value: str) -> str:
+    return str(ROLE_NAMES.get(value, value))
+
+
 # ----- messages of the services, in the request's language ----------------------------
 
 _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
@@ -323,6 +360,46 @@ _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
         re.compile(r"only a security administrator may create accounts"),
         lambda m: _("Only a security administrator may create accounts."),
     ),
+    (
+        re.compile(r"only a system administrator may manage accounts"),
+        lambda m: _("Only a system administrator may manage these accounts."),
+    ),
+    (
+        re.compile(rf"only a system administrator may ({_ACCOUNT_VERBS}) (\w+) accounts"),
+        lambda m: _ACCOUNT_ACTIONS_SYSADMIN[m[1]](_role_name(m[2])),
+    ),
+    (
+        re.compile(rf"only a security administrator may ({_ACCOUNT_VERBS}) RA staff accounts"),
+        lambda m: _ACCOUNT_ACTIONS_SECADMIN[m[1]](),
+    ),
+    (
+        re.compile(r"only a security or system administrator may (?:unlock a user name|reset an authenticator)"),
+        lambda m: _("Only a security or system administrator may do this."),
+    ),
+    (
+        re.compile(rf"you may not (?:{_ACCOUNT_VERBS}) your own account"),
+        lambda m: _("You may not do this to your own account: another administrator must."),
+    ),
+    (
+        re.compile(r"(\S+) is (\w+); 三员分立 .* so its role never changes \(create another account\)"),
+        lambda m: _(
+            "%(name)s is %(role)s: the separation of duties (三员分立) never changes the role of a system "
+            "administrator, security administrator or security auditor. Create another account.",
+            name=m[1],
+            role=_role_name(m[2]),
+        ),
+    ),
+    (
+        re.compile(r"(\S+) was (\w+); 三员分立 .* so it may not become (\w+) \(create another account\)"),
+        lambda m: _(
+            "%(name)s was %(role)s once: the separation of duties (三员分立) does not let it become %(new)s. "
+            "Create another account.",
+            name=m[1],
+            role=_role_name(m[2]),
+            new=_role_name(m[3]),
+        ),
+    ),
+    (re.compile(r"'(.+)' is not locked"), lambda m: _("%(name)s is not locked.", name=m[1])),
     (re.compile(r"is not your current password"), lambda m: _("This is not your current password.")),
     (
         re.compile(r"must be at least (\d+) characters"),
@@ -684,7 +761,103 @@ def staff() -> ResponseReturnValue:
         status = 422
     ra_roles = {r.value for r in RA_ROLES}
     accounts = [a for a in svc.accounts.list_staff(g.db) if a.role in ra_roles]
-    return render_template("staff.html", form=form, accounts=accounts), status
+    return render_template(
+        "staff.html", form=form, accounts=accounts, locks=svc.accounts.locks(g.db), action=ActionForm()
+    ), status
+
+
+def _account_action(account_id: int, ra_staff: bool, act: Callable[[Services, Account], str]) -> BaseResponse:
+    """An unlock or authenticator reset from /staff (RA staff) or /accounts (the others):
+    the service checks who may; a refusal it explains (not locked…) is flashed."""
+    back = "ui.staff" if ra_staff else "ui.accounts"
+    svc = services()
+    account = svc.accounts.get(g.db, account_id)
+    if account is None or (Role(account.role) in RA_ROLES) is not ra_staff:
+        raise NotFoundError(f"there is no account {account_id} on this page", field="account")
+    try:
+        message = act(svc, account)
+    except ConflictError as error:
+        flash(field_message(error.reason), "warning")
+    else:
+        flash(message, "success")
+    return redirect(url_for(back))
+
+
+def _unlock(svc: Services, account: Account) -> str:
+    svc.accounts.unlock(g.db, _user().principal, account.username)
+    return _("%(name)s may sign in again.", name=account.username)
+
+
+def _reset_totp(svc: Services, account: Account) -> str:
+    svc.accounts.reset_totp(g.db, _user().principal, account.username)
+    return _("The authenticator of %(name)s was reset: a new one is set up at the next sign-in.", name=account.username)
+
+
+@bp.post("/staff/<int:account_id>/unlock")
+@login_required
+def staff_unlock(account_id: int) -> ResponseReturnValue:
+    _require_security_admin(_user(), "create accounts")
+    return _account_action(account_id, True, _unlock)
+
+
+@bp.post("/staff/<int:account_id>/reset-totp")
+@login_required
+def staff_reset_totp(account_id: int) -> ResponseReturnValue:
+    _require_security_admin(_user(), "create accounts")
+    return _account_action(account_id, True, _reset_totp)
+
+
+@bp.route("/accounts", methods=["GET", "POST"])
+@login_required
+def accounts() -> ResponseReturnValue:
+    """Accounts other than RA staff (三员分立): a system administrator creates them, unlocks
+    them and resets their authenticator."""
+    user = _user()
+    _require_system_admin(user)
+    svc = services()
+    form = AccountForm()
+    status = 200
+    if form.validate_on_submit():
+        password = one_time_password()
+        try:
+            account = svc.accounts.create(
+                g.db,
+                user.principal,
+                username=form.username.data.strip(),
+                display_name=form.display_name.data.strip(),
+                role=Role(form.role.data),
+                password=password,
+            )
+        except (InvalidError, ConflictError, ForbiddenError) as error:
+            attach_error(form, error, {"username": form.username, "display_name": form.display_name, "role": form.role})
+        else:
+            return render_template("staff_created.html", account=account, password=password)
+    if form.is_submitted():
+        status = 422
+    ra_roles = {r.value for r in RA_ROLES}
+    listed = [a for a in svc.accounts.list_staff(g.db) if a.role not in ra_roles]
+    return render_template(
+        "accounts.html",
+        form=form,
+        accounts=listed,
+        locks=svc.accounts.locks(g.db),
+        action=ActionForm(),
+        me=user.account.id,
+    ), status
+
+
+@bp.post("/accounts/<int:account_id>/unlock")
+@login_required
+def account_unlock(account_id: int) -> ResponseReturnValue:
+    _require_system_admin(_user())
+    return _account_action(account_id, False, _unlock)
+
+
+@bp.post("/accounts/<int:account_id>/reset-totp")
+@login_required
+def account_reset_totp(account_id: int) -> ResponseReturnValue:
+    _require_system_admin(_user())
+    return _account_action(account_id, False, _reset_totp)
 
 
 # ----- errors -----------------------------------------------------------------------

@@ -25,6 +25,8 @@ from web.container import Services, build_services
 START = dt.datetime(2026, 3, 2, 9, 0, 7, tzinfo=dt.UTC)
 PASSWORD = "one-time-password-Xq7"
 SECADMIN = Principal(PrincipalKind.ACCOUNT, "900", "secadmin", frozenset({Role.SECURITY_ADMIN}))
+SYSADMIN = Principal(PrincipalKind.ACCOUNT, "902", "sysadmin", frozenset({Role.SYSTEM_ADMIN}))
+RA_ROLES = (Role.RA_CLERK, Role.RA_OFFICER)
 
 
 class MovableClock:
@@ -56,9 +58,11 @@ def svc(config: Config, clock: MovableClock) -> Iterator[Services]:
 
 
 def _create(svc: Services, username: str, role: Role = Role.RA_CLERK, prefecture: str | None = "650100") -> Account:
+    """As 三员分立 has it: a security administrator creates RA staff, a system administrator the others."""
+    admin = SECADMIN if role in RA_ROLES else SYSADMIN
     with svc.sessions() as s:
         account = svc.accounts.create(
-            s, SECADMIN, username=username, display_name=f"Name {username}", role=role, password=PASSWORD,
+            s, admin, username=username, display_name=f"Name {username}", role=role, password=PASSWORD,
             prefecture=prefecture,
         )  # fmt: skip
         s.commit()
@@ -146,10 +150,179 @@ def test_the_prefecture_is_checked_and_nothing_is_written(
 @pytest.mark.parametrize("role", [Role.CA_OPERATOR, Role.SECURITY_AUDITOR, Role.RA_OFFICER, Role.SYSTEM_ADMIN])
 def test_only_a_security_admin_creates_staff(svc: Services, role: Role) -> None:
     other = Principal(PrincipalKind.ACCOUNT, "901", "someone-else", frozenset({role}), prefecture=None)
-    with svc.sessions() as s, pytest.raises(ForbiddenError):
+    with svc.sessions() as s, pytest.raises(ForbiddenError) as caught:
         svc.accounts.create(
             s, other, username="newclerk", display_name="N", role=Role.RA_CLERK, password=PASSWORD, prefecture="650100"
         )
+    assert caught.value.code == "authz.not_account_admin"
+    assert caught.value.reason == "only a security administrator may create RA staff accounts"
+    assert _audit(svc, "authz:account:create", "newclerk") == []
+
+
+# ----- 三员分立: who administers which accounts ----------------------------------------------
+
+
+def test_a_system_admin_creates_an_auditor_and_it_is_audited(svc: Services) -> None:
+    auditor = _create(svc, "auditor.two", Role.SECURITY_AUDITOR, None)
+    assert (auditor.role, auditor.prefecture_code, auditor.must_change_password) == ("security_auditor", None, True)
+    [entry] = _audit(svc, "authz:account:create", "auditor.two")
+    assert entry.actor == "account:sysadmin"
+    assert json.loads(entry.details) == {"role": "security_auditor", "display_name": "Name auditor.two"}
+
+
+@pytest.mark.parametrize(
+    "role",
+    [Role.SECURITY_AUDITOR, Role.SYSTEM_ADMIN, Role.SECURITY_ADMIN, Role.CA_OPERATOR, Role.KEY_RECOVERY_OFFICER],
+)
+def test_a_security_admin_creates_no_account_but_ra_staff(svc: Services, role: Role) -> None:
+    with svc.sessions() as s:
+        with pytest.raises(ForbiddenError) as caught:
+            svc.accounts.create(s, SECADMIN, username="not.made", display_name="N", role=role, password=PASSWORD)
+        s.commit()
+    assert caught.value.code == "authz.not_account_admin" and caught.value.field == "username"
+    assert caught.value.reason == f"only a system administrator may create {role.value} accounts"
+    with svc.sessions() as s:
+        assert s.scalar(select(Account).where(Account.username == "not.made")) is None
+    assert _audit(svc, "authz:account:create", "not.made") == []
+
+
+def test_a_system_admin_creates_no_ra_staff(svc: Services) -> None:
+    with svc.sessions() as s, pytest.raises(ForbiddenError) as caught:
+        svc.accounts.create(
+            s,
+            SYSADMIN,
+            username="clerk.x",
+            display_name="N",
+            role=Role.RA_CLERK,
+            password=PASSWORD,
+            prefecture="650100",
+        )
+    assert caught.value.code == "authz.not_account_admin"
+
+
+def _lock(svc: Services, username: str) -> None:
+    for _ in range(5):
+        with pytest.raises(UnauthenticatedError):
+            _password(svc, username, "wrong-password")
+    with svc.sessions() as s:
+        assert svc.accounts.locked_until(s, username) is not None
+
+
+def test_a_system_admin_unlocks_a_security_admin_and_a_security_admin_not_the_auditor(svc: Services) -> None:
+    _create(svc, "secadmin.locked", Role.SECURITY_ADMIN, None)
+    _create(svc, "auditor.locked", Role.SECURITY_AUDITOR, None)
+    _lock(svc, "secadmin.locked")
+    _lock(svc, "auditor.locked")
+    with svc.sessions() as s:
+        with pytest.raises(ForbiddenError) as caught:
+            svc.accounts.unlock(s, SECADMIN, "auditor.locked")
+        assert caught.value.code == "authz.not_account_admin"
+        assert caught.value.reason == "only a system administrator may unlock security_auditor accounts"
+        with pytest.raises(ForbiddenError):
+            svc.accounts.reset_totp(s, SECADMIN, "auditor.locked")
+        assert svc.accounts.unlock(s, SYSADMIN, "secadmin.locked") == 1
+        s.commit()
+    with svc.sessions() as s:
+        assert svc.accounts.locked_until(s, "secadmin.locked") is None
+        assert svc.accounts.locked_until(s, "auditor.locked") is not None
+        assert set(svc.accounts.locks(s)) == {"auditor.locked"}
+    [entry] = _audit(svc, "authz:account:unlock", "secadmin.locked")
+    assert entry.actor == "account:sysadmin"
+    assert _audit(svc, "authz:account:unlock", "auditor.locked") == []
+    assert _audit(svc, "authz:account:totp_reset", "auditor.locked") == []
+
+
+def test_nobody_unlocks_resets_or_changes_their_own_account(svc: Services, clock: MovableClock) -> None:
+    admin = _create(svc, "sysadmin.self", Role.SYSTEM_ADMIN, None)
+    _enrol(svc, clock, admin)
+    operator = _create(svc, "operator.other", Role.CA_OPERATOR, None)
+    _lock(svc, "sysadmin.self")
+    me = account_principal(admin)
+    with svc.sessions() as s:
+        for act in (
+            lambda: svc.accounts.reset_totp(s, me, "sysadmin.self"),
+            lambda: svc.accounts.unlock(s, me, "sysadmin.self"),
+            lambda: svc.accounts.change_role(s, me, username="sysadmin.self", role=Role.CA_OPERATOR),
+        ):
+            with pytest.raises(ForbiddenError) as caught:
+                act()
+            assert caught.value.code == "authz.own_account" and caught.value.field == "username"
+        # another account of the same kind is theirs to administer
+        svc.accounts.reset_totp(s, me, operator.username)
+        s.commit()
+    with svc.sessions() as s:
+        stored = s.get(Account, admin.id)
+        assert stored is not None and stored.totp_enrolled and stored.role == "system_admin"
+        assert svc.accounts.locked_until(s, "sysadmin.self") is not None
+    assert _audit(svc, "authz:account:totp_reset", "sysadmin.self") == []
+    assert len(_audit(svc, "authz:account:totp_reset", "operator.other")) == 1
+
+
+def test_the_role_hop_through_an_operator_is_refused(svc: Services) -> None:
+    """secadmin → ca_operator → security_auditor would let one person audit their own
+    administration: an account of the three never changes role."""
+    hopper = _create(svc, "hopper", Role.SECURITY_ADMIN, None)
+    for principal in (SYSADMIN, SYSTEM):
+        with svc.sessions() as s:
+            with pytest.raises(ConflictError) as caught:
+                svc.accounts.change_role(s, principal, username="hopper", role=Role.CA_OPERATOR)
+            s.commit()
+        assert (caught.value.code, caught.value.field) == ("authz.separated_roles", "role")
+        assert "create another account" in caught.value.reason
+    with svc.sessions() as s:
+        stored = s.get(Account, hopper.id)
+        assert stored is not None and stored.role == "security_admin"
+    assert _audit(svc, "authz:account:role_change", "hopper") == []
+
+
+def test_an_account_that_was_one_of_the_three_never_becomes_one_again(svc: Services) -> None:
+    """A role change made before the rule (security admin → operator) is in the audit
+    trail: the second step of the hop is refused all the same."""
+    from govpki import audit
+
+    _create(svc, "old.hopper", Role.CA_OPERATOR, None)
+    with svc.sessions() as s:
+        audit.record(
+            s,
+            SYSTEM,
+            "authz:account:role_change",
+            object_type="account",
+            object_id="old.hopper",
+            details={"role": {"before": "security_admin", "after": "ca_operator"}},
+        )
+        s.commit()
+    with svc.sessions() as s:
+        with pytest.raises(ConflictError) as caught:
+            svc.accounts.change_role(s, SYSTEM, username="old.hopper", role=Role.SECURITY_AUDITOR)
+        s.commit()
+    assert caught.value.code == "authz.separated_roles"
+    assert caught.value.reason.startswith("old.hopper was security_admin; 三员分立")
+    assert len(_audit(svc, "authz:account:role_change", "old.hopper")) == 1  # only the old one
+    # an operator that never was one of the three may become one (by its administrator)
+    _create(svc, "new.auditor", Role.CA_OPERATOR, None)
+    with svc.sessions() as s:
+        with pytest.raises(ForbiddenError):  # not by a security administrator
+            svc.accounts.change_role(s, SECADMIN, username="new.auditor", role=Role.SECURITY_AUDITOR)
+        svc.accounts.change_role(s, SYSADMIN, username="new.auditor", role=Role.SECURITY_AUDITOR)
+        s.commit()
+    [entry] = _audit(svc, "authz:account:role_change", "new.auditor")
+    assert entry.actor == "account:sysadmin"
+
+
+def test_a_security_admin_moves_ra_staff_between_roles_and_prefectures_only(svc: Services) -> None:
+    _create(svc, "clerk.moves", Role.RA_CLERK, "650100")
+    with svc.sessions() as s:
+        svc.accounts.change_role(s, SECADMIN, username="clerk.moves", role=Role.RA_OFFICER, prefecture="650200")
+        for target in (Role.CA_OPERATOR, Role.SECURITY_AUDITOR):
+            with pytest.raises(ForbiddenError) as caught:
+                svc.accounts.change_role(s, SECADMIN, username="clerk.moves", role=target)
+            assert caught.value.reason == f"only a system administrator may change the role of {target.value} accounts"
+        with pytest.raises(ForbiddenError):  # RA staff are not the system administrator's
+            svc.accounts.change_role(s, SYSADMIN, username="clerk.moves", role=Role.RA_CLERK, prefecture="650100")
+        s.commit()
+    [entry] = _audit(svc, "authz:account:role_change", "clerk.moves")
+    assert entry.actor == "account:secadmin"
+    assert json.loads(entry.details)["prefecture"] == {"before": "650100", "after": "650200"}
 
 
 def test_the_database_keeps_one_role_and_the_prefecture_rule(svc: Services) -> None:

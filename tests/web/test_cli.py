@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
 from cryptography import x509
 from sqlalchemy import func, select
 
+from authz.models import Account
 from ra.models import RegistrationAuthority
 from tests.helpers import csr_pem
 from web.cli import main
@@ -43,9 +45,19 @@ def test_first_init_prints_the_one_time_password(bare_services: Services):
     assert result.exit_code == 0, result.output
     assert "created root CA" in result.output and "created issuing CA" in result.output
     assert "14 prefecture RAs" in result.output and "created KMC storage key" in result.output
-    assert "user name: secadmin" in result.output and "password:" in result.output
+    # 三员分立: the three administrators, each with its own one-time password, printed once
+    passwords = {}
+    for role, name in (("system_admin", "sysadmin"), ("security_admin", "secadmin"), ("security_auditor", "auditor")):
+        found = re.search(rf"{role} +user name: {name} +password: (\S+)", result.output)
+        assert found, result.output
+        passwords[name] = found[1]
+    assert len(set(passwords.values())) == 3
     with bare_services.sessions() as s:
         assert s.scalar(select(func.count()).select_from(RegistrationAuthority)) == 14
+        roles = {name: role for name, role in s.execute(select(Account.username, Account.role))}
+        assert roles == {"sysadmin": "system_admin", "secadmin": "security_admin", "auditor": "security_auditor"}
+        for name, password in passwords.items():
+            assert bare_services.accounts.sign_in_password(s, username=name, password=password, source="t")
 
 
 def test_issue_show_list(services: Services, tmp_path: Path):

@@ -127,33 +127,40 @@ def test_set_role_keeps_the_three_administrators_apart_and_is_audited(services: 
         ("auditor2", "security_auditor"),
         ("sys.admin2", "system_admin"),
     ):
-        assert run(services, "staff", "create", name, "--role", role).exit_code == 0
-    # 三员分立: none of the three becomes another of them, by the CLI or the service; nothing changes
-    refused = CliRunner().invoke(
-        main,
-        ["staff", "set-role", "sec.admin2", "--role", "security_auditor"],
-        env={
-            "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
-            "GOVPKI_DATABASE_URL": services.config.database_url,
-        },
-    )
+        assert run(services, "staff", "create", name, "--role", role).exit_code == 0  # the CLI (SYSTEM) makes any
+    # 三员分立: none of the three changes role at all, by the CLI or the service; nothing changes
+    env = {
+        "GOVPKI_INSTANCE_DIR": str(services.config.instance_dir),
+        "GOVPKI_DATABASE_URL": services.config.database_url,
+    }
+    refused = CliRunner().invoke(main, ["staff", "set-role", "sec.admin2", "--role", "security_auditor"], env=env)
     assert refused.exit_code != 0 and "role: sec.admin2 is security_admin; 三员分立" in refused.output
+    hop = CliRunner().invoke(main, ["staff", "set-role", "sec.admin2", "--role", "ca_operator"], env=env)
+    assert hop.exit_code != 0 and "its role never changes (create another account)" in hop.output
     with services.sessions() as db:
-        for name, role in (("auditor2", Role.SYSTEM_ADMIN), ("sys.admin2", Role.SECURITY_ADMIN)):
+        for name, role in (
+            ("auditor2", Role.SYSTEM_ADMIN),
+            ("sys.admin2", Role.SECURITY_ADMIN),
+            ("auditor2", Role.CA_OPERATOR),
+            ("sys.admin2", Role.KEY_RECOVERY_OFFICER),
+        ):
             with pytest.raises(ConflictError) as caught:
                 services.accounts.change_role(db, SYSTEM, username=name, role=role)
             assert caught.value.code == "authz.separated_roles" and caught.value.field == "role"
-        admin = account_principal(db.scalars(select(Account).where(Account.username == "sec.admin2")).one())
-        with pytest.raises(ForbiddenError):  # nobody changes their own role
-            services.accounts.change_role(db, admin, username="sec.admin2", role=Role.CA_OPERATOR)
+        admin = account_principal(db.scalars(select(Account).where(Account.username == "sys.admin2")).one())
+        with pytest.raises(ForbiddenError) as own:  # nobody changes their own role
+            services.accounts.change_role(db, admin, username="sys.admin2", role=Role.CA_OPERATOR)
+        assert own.value.code == "authz.own_account"
         auditor = account_principal(db.scalars(select(Account).where(Account.username == "auditor2")).one())
-        with pytest.raises(ForbiddenError):  # only a security administrator changes roles
-            services.accounts.change_role(db, auditor, username="sys.admin2", role=Role.CA_OPERATOR)
+        with pytest.raises(ForbiddenError):  # only the account's administrator changes roles
+            services.accounts.change_role(db, auditor, username="sec.admin2", role=Role.CA_OPERATOR)
     assert {getattr(_account(services, n), "role", None) for n in ("sec.admin2", "auditor2", "sys.admin2")} == {
         "security_admin",
         "security_auditor",
         "system_admin",
     }
+    with services.sessions() as db:
+        assert db.scalars(select(AuditEntry).where(AuditEntry.action == "authz:account:role_change")).all() == []
     # other changes are allowed: an operator becomes an RA officer of one prefecture, and back
     assert run(services, "staff", "create", "op2", "--role", "ca_operator").exit_code == 0
     moved = run(services, "staff", "set-role", "op2", "--role", "ra_officer", "--prefecture", "650200")
@@ -167,3 +174,4 @@ def test_set_role_keeps_the_three_administrators_apart_and_is_audited(services: 
         "role": {"before": "ca_operator", "after": "ra_officer"},
         "prefecture": {"before": "", "after": "650200"},
     }
+    assert entry.actor.startswith("system:")  # the operator at the machine

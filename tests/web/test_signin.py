@@ -386,3 +386,39 @@ def test_the_session_records_how_the_user_signed_in(portal: Portal) -> None:
     later.post("/login/totp", data={"csrf_token": csrf(later.get("/login/totp")), "code": code(portal, secret)})
     with later.session_transaction() as state:
         assert state[SESSION_AMR] == ["pwd", "otp"]
+
+
+def test_the_security_admin_unlocks_and_resets_ra_staff_on_the_staff_page(portal: Portal) -> None:
+    username, one_time = new_clerk(portal)
+    first_sign_in(portal, portal.app.test_client(), username, one_time)
+    _fail_five_times(portal, portal.app.test_client(), username)
+    listing = text(portal.admin.get("/staff"))
+    assert "锁定至" in listing and "确定立即解锁" in listing and "重置身份验证器" in listing
+    with portal.services.sessions() as db:
+        clerk = db.scalars(select(Account).where(Account.username == username)).one()
+        clerk_id = clerk.id
+
+    stale = portal.admin.post(f"/staff/{clerk_id}/unlock", data={"csrf_token": "stale"})
+    assert stale.status_code == 400 and "表单已过期或并非来自本站" in text(stale)
+    unlocked = post_form(portal.admin, f"/staff/{clerk_id}/unlock", {}, form_page="/staff")
+    assert unlocked.headers["Location"] == "/staff"
+    assert f"{username} 已解锁，可以重新登录。" in text(portal.admin.get("/staff"))
+    [entry] = audit_entries(portal, "authz:account:unlock", username)
+    assert entry.actor == f"account:{FIRST_ADMIN}"
+    signed = post_form(portal.app.test_client(), "/login", {"username": username, "password": NEW_PASSWORD})
+    assert signed.headers["Location"] == "/login/totp"
+
+    reset = post_form(portal.admin, f"/staff/{clerk_id}/reset-totp", {}, form_page="/staff")
+    assert reset.headers["Location"] == "/staff"
+    assert "已重置" in text(portal.admin.get("/staff"))
+    [entry] = audit_entries(portal, "authz:account:totp_reset", username)
+    assert entry.actor == f"account:{FIRST_ADMIN}"
+    again = portal.app.test_client()
+    signed = post_form(again, "/login", {"username": username, "password": NEW_PASSWORD})
+    assert signed.headers["Location"] == "/totp/enrol"  # a new authenticator first
+
+    # the staff page acts on RA staff only; the first administrators are the system administrator's
+    with portal.services.sessions() as db:
+        auditor = db.scalars(select(Account).where(Account.username == "auditor")).one()
+    assert post_form(portal.admin, f"/staff/{auditor.id}/reset-totp", {}, form_page="/staff").status_code == 404
+    assert post_form(portal.admin, f"/accounts/{auditor.id}/unlock", {}, form_page="/staff").status_code == 403

@@ -63,7 +63,9 @@ def sign_in(client: FlaskClient, username: str, password: str) -> TestResponse:
     return post_form(client, "/login", {"username": username, "password": password})
 
 
-def new_account(portal: Portal, role: Role = Role.SECURITY_ADMIN, display_name: str | None = None) -> tuple[str, str]:
+def new_account(
+    portal: Portal, role: Role = Role.SECURITY_ADMIN, display_name: str | None = None, prefecture: str | None = None
+) -> tuple[str, str]:
     username = f"user{next(_numbers)}"
     password = f"one-time-{username}-Xq7"
     with portal.services.sessions() as db:
@@ -74,6 +76,7 @@ def new_account(portal: Portal, role: Role = Role.SECURITY_ADMIN, display_name: 
             display_name=display_name or f"Tester {username}",
             role=role,
             password=password,
+            prefecture=prefecture or ("650100" if role in (Role.RA_CLERK, Role.RA_OFFICER) else None),
         )
         db.commit()
     return username, password
@@ -512,3 +515,131 @@ def test_a_post_without_csrf_token_is_refused_and_changes_nothing(portal: Portal
 def test_the_api_needs_no_csrf_token(portal: Portal) -> None:
     response = portal.app.test_client().post("/api/v1/certificates", json={"profile": "x", "csr": "y"})
     assert response.status_code == 401  # refused for want of a bearer token, not for CSRF
+
+
+# ----- /accounts: the system administrator's accounts page (三员分立) ------------------------------
+
+_OTP = re.compile(r'<textarea id="one-time-password"[^>]*>([^<]+)</textarea>')
+
+
+def _fail_five_times(portal: Portal, username: str) -> None:
+    client = portal.app.test_client()
+    for _ in range(5):
+        assert sign_in(client, username, "not-the-password-1").status_code == 200
+    with portal.services.sessions() as db:
+        assert portal.services.accounts.locked_until(db, username) is not None
+
+
+def _audit(portal: Portal, action: str, object_id: str) -> list[AuditEntry]:
+    with portal.services.sessions() as db:
+        return list(
+            db.scalars(select(AuditEntry).where(AuditEntry.action == action, AuditEntry.object_id == object_id))
+        )
+
+
+def test_a_system_admin_creates_an_auditor_at_accounts_and_sees_the_password_once(portal: Portal) -> None:
+    client, admin = signed_in_as(portal, Role.SYSTEM_ADMIN)
+    assert 'href="/accounts"' in text(client.get("/dashboard")) and "账户管理" in text(client.get("/dashboard"))
+    page = client.get("/accounts")
+    assert page.status_code == 200 and "RA 工作人员以外的账号" in text(page)
+    username = f"auditor{next(_numbers)}"
+    made = post_form(
+        client,
+        "/accounts",
+        {"username": username, "display_name": "<b>审计员</b>", "role": "security_auditor"},
+    )
+    assert made.status_code == 200, text(made)
+    password = _OTP.search(text(made))
+    assert password and "返回账号列表" in text(made)
+    listing = text(client.get("/accounts"))
+    assert username in listing and password[1] not in listing  # shown once
+    assert "&lt;b&gt;审计员&lt;/b&gt;" in listing and "<b>审计员</b>" not in listing
+    assert "一次性密码" in listing
+    created = account(portal, username)
+    assert created.role == "security_auditor" and created.must_change_password
+    [entry] = _audit(portal, "authz:account:create", username)
+    assert entry.actor == f"account:{admin}"
+    assert sign_in(portal.app.test_client(), username, password[1]).headers["Location"] == "/password"
+
+
+def test_the_accounts_form_refuses_bad_input_in_chinese_and_changes_nothing(portal: Portal) -> None:
+    client = signed_in(portal, Role.SYSTEM_ADMIN)
+    taken = post_form(client, "/accounts", {"username": FIRST_ADMIN, "display_name": "甲", "role": "ca_operator"})
+    assert taken.status_code == 422 and f"用户名 {FIRST_ADMIN} 已被占用" in text(taken)
+    ra = post_form(client, "/accounts", {"username": "ra.sneaky", "display_name": "甲", "role": "ra_clerk"})
+    assert ra.status_code == 422  # RA staff are not on this page's list of roles
+    stale = client.post(
+        "/accounts", data={"csrf_token": "stale", "username": "stale.one", "display_name": "甲", "role": "ca_operator"}
+    )
+    assert stale.status_code == 400 and "表单已过期或并非来自本站" in text(stale)
+    with portal.services.sessions() as db:
+        assert db.scalar(select(Account).where(Account.username.in_(["ra.sneaky", "stale.one"]))) is None
+
+
+@pytest.mark.parametrize("role", [Role.SECURITY_ADMIN, Role.SECURITY_AUDITOR, Role.RA_CLERK, Role.CA_OPERATOR])
+def test_accounts_is_for_system_admins_only(portal: Portal, role: Role) -> None:
+    client = signed_in(portal, role)
+    page = client.get("/accounts")
+    assert page.status_code == 403 and "只有系统管理员可以管理这些账号。" in text(page)
+    assert 'href="/accounts"' not in text(client.get("/dashboard"))
+    name = f"nope{next(_numbers)}"
+    refused = client.post(
+        "/accounts",
+        data={
+            "csrf_token": csrf(client.get("/dashboard")),
+            "username": name,
+            "display_name": "甲",
+            "role": "ca_operator",
+        },
+    )
+    assert refused.status_code == 403
+    with portal.services.sessions() as db:
+        assert db.scalar(select(Account).where(Account.username == name)) is None
+
+
+def test_a_system_admin_unlocks_and_resets_at_accounts_but_not_their_own(portal: Portal) -> None:
+    client, admin = signed_in_as(portal, Role.SYSTEM_ADMIN)
+    locked_admin, _password = new_account(portal, Role.SECURITY_ADMIN)
+    _fail_five_times(portal, locked_admin)
+    _other, enrolled = signed_in_as(portal, Role.SECURITY_AUDITOR)
+    listing = text(client.get("/accounts"))
+    assert "锁定至" in listing and "解锁" in listing and "重置身份验证器" in listing
+    me = account(portal, admin)
+    assert f"/accounts/{me.id}/reset-totp" not in listing  # no buttons on one's own row
+
+    target = account(portal, locked_admin)
+    unlocked = post_form(client, f"/accounts/{target.id}/unlock", {}, form_page="/accounts")
+    assert unlocked.headers["Location"] == "/accounts"
+    assert f"{locked_admin} 已解锁，可以重新登录。" in text(client.get("/accounts"))
+    [entry] = _audit(portal, "authz:account:unlock", locked_admin)
+    assert entry.actor == f"account:{admin}"
+    again = post_form(client, f"/accounts/{target.id}/unlock", {}, form_page="/accounts")
+    assert again.status_code == 302 and f"{locked_admin} 未被锁定。" in text(client.get("/accounts"))
+
+    auditor = account(portal, enrolled)
+    reset = post_form(client, f"/accounts/{auditor.id}/reset-totp", {}, form_page="/accounts")
+    assert reset.headers["Location"] == "/accounts"
+    assert not account(portal, enrolled).totp_enrolled
+    assert [e.actor for e in _audit(portal, "authz:account:totp_reset", enrolled)] == [f"account:{admin}"]
+
+    own = post_form(client, f"/accounts/{me.id}/reset-totp", {}, form_page="/accounts")
+    assert own.status_code == 403 and "不能对自己的账号执行此操作" in text(own)
+    assert account(portal, admin).totp_enrolled
+    assert _audit(portal, "authz:account:totp_reset", admin) == []
+    stale = client.post(f"/accounts/{auditor.id}/unlock", data={"csrf_token": "stale"})
+    assert stale.status_code == 400
+
+
+def test_a_security_admin_cannot_unlock_or_reset_the_auditor(portal: Portal) -> None:
+    client = signed_in(portal, Role.SECURITY_ADMIN)
+    _auditor_client, auditor_name = signed_in_as(portal, Role.SECURITY_AUDITOR)
+    _fail_five_times(portal, auditor_name)
+    auditor = account(portal, auditor_name)
+    for path in (f"/accounts/{auditor.id}/unlock", f"/accounts/{auditor.id}/reset-totp"):
+        assert post_form(client, path, {}, form_page="/dashboard").status_code == 403
+    for path in (f"/staff/{auditor.id}/unlock", f"/staff/{auditor.id}/reset-totp"):
+        assert post_form(client, path, {}, form_page="/staff").status_code == 404  # not RA staff
+    with portal.services.sessions() as db:
+        assert portal.services.accounts.locked_until(db, auditor_name) is not None
+    assert account(portal, auditor_name).totp_enrolled
+    assert _audit(portal, "authz:account:unlock", auditor_name) == []
