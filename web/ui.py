@@ -328,7 +328,7 @@ _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
         re.compile(r"sign-in is locked for (\d+) minutes after too many failed attempts"),
         lambda m: _(
             "Too many failed sign-ins: signing in with this user name is locked for %(minutes)s minutes. "
-            "Try again later or ask a security administrator.",
+            "Try again later or ask your administrator to unlock it.",
             minutes=m[1],
         ),
     ),

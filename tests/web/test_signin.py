@@ -239,7 +239,7 @@ def test_lockout_says_so_in_chinese_and_english_and_the_same_for_unknown_names(p
 
     zh = portal.app.test_client()
     locked = _fail_five_times(portal, zh, username)
-    message = "登录失败次数过多：此用户名已被锁定 15 分钟。请稍后再试，或联系安全管理员。"
+    message = "登录失败次数过多：此用户名已被锁定 15 分钟。请稍后再试，或请管理员解锁。"
     assert alert(locked) == message
     right = post_form(zh, "/login", {"username": username, "password": NEW_PASSWORD})
     assert right.status_code == 200 and alert(right) == message  # the right password does not help
@@ -253,7 +253,7 @@ def test_lockout_says_so_in_chinese_and_english_and_the_same_for_unknown_names(p
     page = post_form(en, "/login", {"username": username, "password": NEW_PASSWORD})
     assert alert(page) == (
         "Too many failed sign-ins: signing in with this user name is locked for 15 minutes. "
-        "Try again later or ask a security administrator."
+        "Try again later or ask your administrator to unlock it."
     )
 
     portal.clock.advance(minutes=15, seconds=1)
