@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from ca.revocation import REVOKE_REASONS
 from govpki.config import Config
 from govpki.errors import ConfigError, GovpkiError
-from web.cli_common import cli_principal, fail, load_services, report_error
+from web.cli_common import ROW_ID, cli_principal, fail, load_services, report_error
 from web.container import Services, keystore_summary
 
 
@@ -301,7 +301,7 @@ def _status_line(record: Any) -> str:
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"]),
     help="When the key was (suspected) compromised; UTC if no zone is given.",
 )
-@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+@click.option("--ca", "ca_id", type=ROW_ID, help="Refuse unless this CA issued the certificate.")
 def revoke(serial: str, reason: str, invalidity_date: Any, ca_id: int | None) -> None:
     """Revoke a certificate for good."""
     from govpki.clock import UTC
@@ -323,7 +323,7 @@ def revoke(serial: str, reason: str, invalidity_date: Any, ca_id: int | None) ->
 
 @main.command()
 @click.argument("serial")
-@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+@click.option("--ca", "ca_id", type=ROW_ID, help="Refuse unless this CA issued the certificate.")
 def hold(serial: str, ca_id: int | None) -> None:
     """Suspend a certificate (certificateHold)."""
     services = load_services()
@@ -339,7 +339,7 @@ def hold(serial: str, ca_id: int | None) -> None:
 
 @main.command()
 @click.argument("serial")
-@click.option("--ca", "ca_id", type=int, help="Refuse unless this CA issued the certificate.")
+@click.option("--ca", "ca_id", type=ROW_ID, help="Refuse unless this CA issued the certificate.")
 def release(serial: str, ca_id: int | None) -> None:
     """Resume a suspended certificate."""
     services = load_services()
@@ -413,7 +413,7 @@ def _crl_summary(record: Any, ca: Any) -> list[tuple[str, str]]:
 
 
 @crl.command(name="generate")
-@click.option("--ca", "ca_id", type=int, help="CA id (default: the active issuing CA).")
+@click.option("--ca", "ca_id", type=ROW_ID, help="CA id (default: the active issuing CA).")
 @click.option("--root", is_flag=True, help="The root's ARL: needs the root key store (a ceremony).")
 @click.option("--delta", is_flag=True, help="A delta CRL on the newest full CRL.")
 @click.option(
@@ -449,7 +449,7 @@ def crl_generate(ca_id: int | None, root: bool, delta: bool, out_file: Path | No
 
 
 @crl.command(name="show")
-@click.option("--ca", "ca_id", type=int, help="CA id (default: the active issuing CA).")
+@click.option("--ca", "ca_id", type=ROW_ID, help="CA id (default: the active issuing CA).")
 @click.option("--root", is_flag=True, help="The root's ARL.")
 @click.option("--delta", is_flag=True, help="The newest delta CRL instead of the full one.")
 def crl_show(ca_id: int | None, root: bool, delta: bool) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from keymgmt.backup import Custodian, ShareInput, inspect_backup
+from web.cli_common import ROW_ID
 
 
 def _split(value: str, option: str, left: str) -> tuple[str, Path]:
@@ -43,7 +44,7 @@ def backup() -> None:
 
 
 @backup.command(name="create")
-@click.option("--ca", "ca_id", type=int, help="Back up this CA's key (default: the active issuing CA).")
+@click.option("--ca", "ca_id", type=ROW_ID, help="Back up this CA's key (default: the active issuing CA).")
 @click.option("--root", is_flag=True, help="Back up the active root CA's key (opens the root key store).")
 @click.option(
     "--kmc-storage",

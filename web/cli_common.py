@@ -16,6 +16,10 @@ from govpki.errors import ConfigError, GovpkiError
 from govpki.principal import Principal, PrincipalKind, Role
 from web.container import Services, build_services
 
+# a row id given on the command line: integer primary keys are 32-bit on PostgreSQL, so a
+# larger number is a usage error (exit 2, the option named), never a database error
+ROW_ID = click.IntRange(1, 2**31 - 1)
+
 
 def cli_principal() -> Principal:
     """A local operator with access to the instance folder (and so to the keys)."""

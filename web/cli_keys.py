@@ -13,6 +13,7 @@ import click
 
 from keymgmt.models import KeyRecord, KeyState
 from keymgmt.policy import ROTATING, KeyPurpose
+from web.cli_common import ROW_ID
 
 
 def _when(value: Any) -> str:
@@ -73,7 +74,7 @@ def keys_list(purpose: str | None, state: str | None, as_json: bool) -> None:
 
 
 @keys.command(name="show")
-@click.argument("record_id", metavar="ID", type=int)
+@click.argument("record_id", metavar="ID", type=ROW_ID)
 def keys_show(record_id: int) -> None:
     """Show one key record."""
     from govpki.errors import GovpkiError
@@ -109,7 +110,7 @@ def keys_rotate(purpose: str) -> None:
 
 
 @keys.command(name="retire")
-@click.argument("record_id", metavar="ID", type=int)
+@click.argument("record_id", metavar="ID", type=ROW_ID)
 @click.option("--reason", default="", help="Why (written to the audit log).")
 def keys_retire(record_id: int, reason: str) -> None:
     """Retire a key: it signs nothing more; what it signed stays verifiable."""
@@ -128,7 +129,7 @@ def keys_retire(record_id: int, reason: str) -> None:
 
 
 @keys.command(name="destroy")
-@click.argument("record_id", metavar="ID", type=int)
+@click.argument("record_id", metavar="ID", type=ROW_ID)
 @click.option("--yes", is_flag=True, help="Confirm: the key is destroyed in its store for good.")
 def keys_destroy(record_id: int, yes: bool) -> None:
     """Destroy a retired (or pre-active) key in its store (key file, or the token's objects)."""

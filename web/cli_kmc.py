@@ -18,7 +18,7 @@ import click
 from authz.services import account_principal
 from govpki.errors import GovpkiError
 from govpki.principal import Principal, Role
-from web.cli_common import cli_principal, fail, load_services, report_error
+from web.cli_common import ROW_ID, cli_principal, fail, load_services, report_error
 from web.container import Services
 
 
@@ -172,7 +172,7 @@ def _as_option(f: Any) -> Any:
 
 @recovery.command(name="request")
 @_as_option
-@click.option("--escrow", "escrow_id", required=True, type=int, help="Escrowed key id (govpki kmc escrows).")
+@click.option("--escrow", "escrow_id", required=True, type=ROW_ID, help="Escrowed key id (govpki kmc escrows).")
 @click.option("--kind", required=True, help="subscriber (lost key) or judicial (legal request).")
 @click.option("--case-reference", default=None, help="Case reference of the legal request (judicial).")
 @click.option("--reason", required=True, help="Why the key is to be recovered.")
@@ -197,7 +197,7 @@ def recovery_request(username: str, escrow_id: int, kind: str, case_reference: s
 
 @recovery.command(name="approve")
 @_as_option
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option("--comment", default=None)
 def recovery_approve(username: str, request_id: int, comment: str | None) -> None:
     """Approve a recovery request (key-recovery officer, not the requester)."""
@@ -217,7 +217,7 @@ def recovery_approve(username: str, request_id: int, comment: str | None) -> Non
 
 @recovery.command(name="reject")
 @_as_option
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option("--reason", required=True)
 def recovery_reject(username: str, request_id: int, reason: str) -> None:
     """Reject a recovery request; nothing will be released for it."""
@@ -235,7 +235,7 @@ def recovery_reject(username: str, request_id: int, reason: str) -> None:
 
 @recovery.command(name="release")
 @_as_option
-@click.argument("request_id", type=int)
+@click.argument("request_id", type=ROW_ID)
 @click.option(
     "--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path), help="New PKCS#12 file."
 )

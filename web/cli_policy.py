@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from govpki.errors import GovpkiError, InvalidError
+from web.cli_common import ROW_ID
 
 
 @click.group("policy")
@@ -117,7 +118,7 @@ def rule(application: str, role_name: str, name: str, action: str, resource_type
 
 
 @policy.command("unrule")
-@click.argument("rule_id", type=int)
+@click.argument("rule_id", type=ROW_ID)
 def unrule(rule_id: int) -> None:
     """Remove the rule RULE_ID."""
     _commit(lambda svc, s, who: svc.policy.remove_permission(s, who, rule_id))
@@ -141,7 +142,7 @@ def assign(subject_id: str, application: str, role_name: str, prefecture: str | 
 
 
 @policy.command("unassign")
-@click.argument("assignment_id", type=int)
+@click.argument("assignment_id", type=ROW_ID)
 def unassign(assignment_id: int) -> None:
     """Remove the assignment ASSIGNMENT_ID."""
     _commit(lambda svc, s, who: svc.policy.unassign(s, who, assignment_id))
