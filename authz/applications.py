@@ -192,8 +192,12 @@ def _uri_list(values: Sequence[str], field: str) -> list[str]:
                 code="authz.uri_form",
                 params={"max": MAX_URI},
             )
-        parts = urllib.parse.urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
+        try:
+            parts = urllib.parse.urlsplit(value)
+            _port = parts.port  # a port out of range or not a number raises ValueError
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts = None
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
             raise InvalidError(
                 f"{value!r} is not an absolute http(s) URI",
                 field=field,
@@ -295,7 +299,7 @@ def _client_certificate(data: bytes) -> tuple[x509.Certificate, bytes]:
             cert = x509.load_der_x509_certificate(data)
         der = cert.public_bytes(serialization.Encoding.DER)
         extensions = cert.extensions
-    except ValueError:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType):
         raise InvalidError(
             "is not an X.509 certificate (PEM or DER)", field="certificate", code="authz.not_a_certificate"
         ) from None

@@ -552,6 +552,10 @@ class RequestService:
                 params={"id": request.id},
             )
         session.refresh(request)
+        # while this approval is being carried out, its row stays locked (PostgreSQL): the
+        # crash sweep skips locked rows, so a slow approval is never settled under it (on
+        # SQLite the CA's first write serialises the two; the sweep's update is conditional)
+        session.execute(select(RaRequest.id).where(RaRequest.id == request.id).with_for_update())
         try:
             serials, bundle = self._carry_out(session, principal, request)
         except _CarryOutError as failed:
@@ -736,6 +740,7 @@ class RequestService:
                 .where(RaRequest.state == RequestState.APPROVED.value, RaRequest.decided_at <= cutoff)
                 .order_by(RaRequest.id)
                 .limit(SWEEP_BATCH)
+                .with_for_update(skip_locked=True)  # an approval still being carried out holds its row
             )
         )
         settled = []

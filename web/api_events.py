@@ -18,7 +18,6 @@ from authz.applications import MAX_ACTOR, MAX_BATCH, MAX_DETAILS_BYTES, MAX_OBJE
 from authz.certlogin import CERT_HEADER, VERIFY_HEADER
 from govpki.errors import InvalidError, UnauthenticatedError
 from govpki.principal import Principal
-from web.client_address import client_address
 from web.container import Services
 from web.openapi import Response as Doc
 from web.openapi import operation
@@ -84,7 +83,7 @@ def certificate_client() -> Principal | None:
         return None
     return certlogin.authenticate_application(
         g.db,
-        source=client_address(),
+        source=request.remote_addr or "unknown",  # the peer: whether the front's headers are believed
         cert_header=certificate,
         verify_header=request.headers.get(VERIFY_HEADER),
     )

@@ -268,7 +268,7 @@ def explain() -> ResponseReturnValue:
         try:
             try:
                 attributes = json.loads(values["attributes"]) if values["attributes"] else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply
                 raise InvalidError(
                     "is not a JSON object", field="resource.attributes", code="authz.field.json"
                 ) from None

@@ -8,7 +8,12 @@ import itertools
 import json
 
 import pytest
+from asn1crypto import x509 as asn1_x509
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
 from authz.applications import AUDIT_WRITE
@@ -438,6 +443,13 @@ def test_update_replaces_the_given_lists_and_audits_before_and_after(bare_servic
         ({"redirect_uris": ["https://rp.example.gov.cn/cb#x"]}, "redirect_uri", "must not have a fragment"),
         ({"redirect_uris": ["http://rp.example.gov.cn/cb"]}, "redirect_uri", "plain http only on a loopback"),
         ({"redirect_uris": ["/relative"]}, "redirect_uri", "not an absolute"),
+        ({"redirect_uris": ["https://[::1/cb"]}, "redirect_uri", "not an absolute"),  # unclosed IPv6 bracket
+        ({"redirect_uris": ["https://rp.example.gov.cn:99999/cb"]}, "redirect_uri", "not an absolute"),  # port
+        (
+            {"post_logout_redirect_uris": ["https://rp.example.gov.cn:x/"]},
+            "post_logout_redirect_uri",
+            "not an absolute",
+        ),
         ({"post_logout_redirect_uris": ["https://rp.example.gov.cn/bye#x"]}, "post_logout_redirect_uri", "fragment"),
         ({"scopes": "openid"}, "scope", "must be a list"),
     ],
@@ -587,3 +599,40 @@ def test_cli_rotate_enable_update(bare_services: Services):
     public_id = dict(line.split("=", 1) for line in public.stdout.splitlines())["client_id"]
     refused = _cli(bare_services, "app", "rotate-secret", public_id)
     assert refused.exit_code == 2 and "public client" in refused.output and "client_secret=" not in refused.output
+
+
+def _duplicate_extension_certificate() -> bytes:
+    """A client certificate whose BasicConstraints extension is there twice (RFC 5280 4.2:
+    each extension at most once), as a careless tool might make it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "twice.example.gov.cn")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    parsed = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    tbs = parsed["tbs_certificate"]
+    extensions = tbs["extensions"]
+    tbs["extensions"] = asn1_x509.Extensions([*extensions, extensions[1]])
+    parsed["tbs_certificate"] = tbs
+    return bytes(parsed.dump(force=True))
+
+
+def test_a_certificate_with_a_duplicate_extension_is_refused_at_the_field(bare_services: Services):
+    with bare_services.sessions() as s:
+        app, _secret = bare_services.applications.register(s, SECADMIN, name="dup-extension")
+        s.commit()
+    before = _head(bare_services)
+    with bare_services.sessions() as s, pytest.raises(InvalidError) as refused:
+        bare_services.applications.bind_certificate(s, SECADMIN, app.client_id, _duplicate_extension_certificate())
+    assert refused.value.field == "certificate" and refused.value.code == "authz.not_a_certificate"
+    assert _head(bare_services) == before

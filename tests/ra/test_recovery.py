@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -245,3 +247,33 @@ def test_only_the_system_or_a_system_admin_sweeps(ra: Services):
         with pytest.raises(InvalidError) as negative:
             ra.requests.sweep_approved(session, SYSTEM, grace=-RECOVERY_GRACE)
         assert negative.value.field == "grace"
+
+
+def test_an_approval_still_being_carried_out_is_not_swept(ra: Services, monkeypatch: pytest.MonkeyPatch):
+    """PostgreSQL: the approval holds its request's row while the CA works, and the sweep
+    skips locked rows, so even a sweep without grace leaves a slow approval alone."""
+    with ra.sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the row lock is PostgreSQL's; on SQLite the CA's first write serialises the two")
+    _service_id, request_id = service_request(ra)
+    inside, go_on = threading.Event(), threading.Event()
+    real_issue = ra.ca.issue
+
+    def slow_issue(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        assert go_on.wait(60)
+        return real_issue(*args, **kwargs)
+
+    monkeypatch.setattr(ra.ca, "issue", slow_issue)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        approval = pool.submit(approve, ra, request_id)
+        assert inside.wait(60)
+        with ra.sessions() as session:
+            assert ra.requests.sweep_approved(session, SYSTEM, grace=_dt.timedelta(0)) == []
+            session.commit()
+        go_on.set()
+        done = approval.result(timeout=120)
+    assert done.request.state == "completed" and done.request.certificate_serial is not None
+    request = settled_request(ra, request_id)
+    assert request.state == "completed" and [e.action for e in request.events] == ["submit", "approve", "complete"]
+    assert sweep(ra) == []  # and afterwards there is nothing to settle

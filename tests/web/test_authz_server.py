@@ -518,6 +518,7 @@ def test_client_certificates_get_the_flask_answers_byte_for_byte(mtls: tuple[Ser
             "127.0.0.1",
             {"X-Client-Cert": bound.replace("%0A", "%0a"), "X-Client-Verify": "SUCCESS"},
         ),  # escaped otherwise
+        ("127.0.0.1", {**ok, "X-Real-IP": "203.0.113.7"}),  # the front names the client: still the front's headers
         ("127.0.0.1", {**ok, **creds}),  # client credentials win: e-other may not ask about e-docs
         ("127.0.0.1", {"X-Client-Cert": writer, "X-Client-Verify": "SUCCESS"}),  # 403: lacks the scope
         ("127.0.0.1", {"X-Client-Cert": bound, "X-Client-Verify": "FAILED:certificate has expired"}),  # 401
@@ -543,7 +544,7 @@ def test_client_certificates_get_the_flask_answers_byte_for_byte(mtls: tuple[Ser
         assert got_body == expected.data, (got_body, expected.data)
         assert got.getheader("WWW-Authenticate") == expected.headers.get("WWW-Authenticate")
         statuses.append(got.status)
-    assert statuses == [200] * 4 + [403] * 2 + [401] * 6
+    assert statuses == [200] * 5 + [403] * 2 + [401] * 6
     assert (
         json.loads(flask_client.post(DECIDE_PATH, data=data, headers={"Content-Type": "application/json", **ok}).data)[
             "decision"

@@ -348,7 +348,8 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
         "time": "2026-01-31T12:00:00Z",
     }
     args = ("-H", "Content-Type: application/json", "--data", json.dumps(event))
-    status, body, _ = front.curl("/api/v1/audit/events", *args, cert=cert, key=key)
+    # from 127.0.0.2: nginx (the trusted front, 127.0.0.1) names the client in X-Real-IP
+    status, body, _ = front.curl("/api/v1/audit/events", *args, cert=cert, key=key, interface="127.0.0.2")
     assert status == 201, body
     assert json.loads(body)["count"] == 1
     with services.sessions() as session:
@@ -362,7 +363,7 @@ def test_application_authenticates_with_its_certificate(services: Services, fron
         "resource": {"type": "document", "id": "D-1"},
     }
     decide = ("-H", "Content-Type: application/json", "--data", json.dumps(ask))
-    status, body, _ = front.curl("/api/v1/authz/decide", *decide, cert=cert, key=key)
+    status, body, _ = front.curl("/api/v1/authz/decide", *decide, cert=cert, key=key, interface="127.0.0.2")
     assert status == 200 and json.loads(body)["decision"] == "deny", body
     # without a certificate: client credentials are required
     status, body, headers = front.curl("/api/v1/audit/events", *args)

@@ -102,6 +102,12 @@ BAD = [
         '资源属性不是有效的 JSON：请输入 JSON 对象，例如 {"prefecture": "6501"}。',
         'Resource attributes is not valid JSON: enter a JSON object, e.g. {"prefecture": "6501"}.',
     ),
+    (  # nested far too deeply for the JSON parser
+        f"{ASK}&attributes=" + "[" * 3000 + "]" * 3000,
+        "attributes",
+        '资源属性不是有效的 JSON：请输入 JSON 对象，例如 {"prefecture": "6501"}。',
+        'Resource attributes is not valid JSON: enter a JSON object, e.g. {"prefecture": "6501"}.',
+    ),
     (
         f"{ASK}&attributes=[1]",
         "attributes",
