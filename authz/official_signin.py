@@ -59,6 +59,25 @@ _hasher = PasswordHasher()  # argon2id, the library's recommended parameters (as
 _certificates = table("certificates", column("serial"), column("revocation_reason"))
 
 
+def password_sign_in_problem(session: Session, *, official_id: int, signed_in_at: _dt.datetime) -> str | None:
+    """Why what an official's password sign-in at ``signed_in_at`` gave (the portal session,
+    and the OIDC tokens granted on it) may not go on, or None (one read): ``reset`` — the
+    sign-in is off (turned off by the official, reset by the RA) or was set up anew since;
+    ``compromised`` — the certificate it was set up with has been revoked for key compromise
+    (whoever held that key could have set it up)."""
+    row = session.execute(
+        select(OfficialCredential.enabled_at, _certificates.c.revocation_reason)
+        .outerjoin(_certificates, _certificates.c.serial == OfficialCredential.set_up_with)
+        .where(OfficialCredential.official_id == official_id)
+    ).first()
+    # whole seconds: a token's auth_time has no fraction
+    if row is None or row.enabled_at is None or row.enabled_at.replace(microsecond=0) > signed_in_at:
+        return "reset"
+    if row.revocation_reason == KEY_COMPROMISE:
+        return "compromised"
+    return None
+
+
 @dataclass(frozen=True)
 class OfficialSignInStatus:
     """What the official's own page shows: the name, whether it is on, since when."""
@@ -415,11 +434,5 @@ class OfficialSignInService:
 
     def session_problem(self, session: Session, *, official_id: int, signed_in_at: _dt.datetime) -> str | None:
         """Why an official's password session (signed in at ``signed_in_at``) may not go on,
-        or None (one read per request): ``reset`` — the sign-in is off (turned off by the
-        official, reset by the RA) or was set up anew since."""
-        enabled_at = session.scalar(
-            select(OfficialCredential.enabled_at).where(OfficialCredential.official_id == official_id)
-        )
-        if enabled_at is None or enabled_at > signed_in_at:
-            return "reset"
-        return None
+        or None (one read per request); see :func:`password_sign_in_problem`."""
+        return password_sign_in_problem(session, official_id=official_id, signed_in_at=signed_in_at)

@@ -50,6 +50,7 @@ from authz.applications import application_principal
 from authz.certlogin import certificate_status
 from authz.events import AuthzEvent
 from authz.models import Application
+from authz.official_signin import password_sign_in_problem
 from authz.oidc_keys import TokenError, TokenSigner
 from authz.oidc_models import OidcCode, OidcToken
 from authz.policy_models import PolicyAssignment, PolicyRole, PolicySubject
@@ -443,7 +444,7 @@ class OidcProvider:
         if row is None or row.application_id != client.app.id:
             return None
         credential = _Credential(
-            row, client.client_id, "refresh_token", self._clock, certificate_gone=self.certificate_gone(session, row)
+            row, client.client_id, "refresh_token", self._clock, certificate_gone=self.sign_in_gone(session, row)
         )
         if row.refreshed_at is not None and row.revoked_at is None:
             revoked = self._revoke(session, OidcToken.family_id == row.family_id, "refresh token reused")
@@ -482,7 +483,7 @@ class OidcProvider:
                 app = session.get(Application, row.application_id)
                 assert app is not None
                 return _Credential(
-                    row, app.client_id, kind, self._clock, certificate_gone=self.certificate_gone(session, row)
+                    row, app.client_id, kind, self._clock, certificate_gone=self.sign_in_gone(session, row)
                 )
         return None
 
@@ -548,6 +549,8 @@ class OidcProvider:
             raise TokenError("the token's client is disabled")
         if self.certificate_gone(session, row):
             raise TokenError("the certificate the user signed in with is no longer valid")
+        if self.password_sign_in_gone(session, row):
+            raise TokenError("the password sign-in the user signed in with was reset or compromised")
         return row, OidcClient(app)
 
     def certificate_gone(self, session: Session, row: OidcToken) -> bool:
@@ -556,6 +559,20 @@ class OidcProvider:
         expired (one read by serial; none for a password session's tokens)."""
         serial = OidcUser.from_json(row.claims).cert_serial
         return serial is not None and certificate_status(session, serial, self.now()) != "valid"
+
+    def sign_in_gone(self, session: Session, row: OidcToken) -> bool:
+        """Whether the sign-in the token was granted on no longer holds (certificate or password)."""
+        return self.certificate_gone(session, row) or self.password_sign_in_gone(session, row)
+
+    def password_sign_in_gone(self, session: Session, row: OidcToken) -> bool:
+        """A token granted on an official's password + TOTP session lives only while that
+        sign-in does: not reset, turned off or set up anew since, and its set-up certificate
+        not revoked for key compromise (one read; none for other tokens)."""
+        user = OidcUser.from_json(row.claims)
+        if user.kind != PrincipalKind.OFFICIAL.value or "pwd" not in user.amr or not user.subject.isdigit():
+            return False
+        signed_in_at = _dt.datetime.fromtimestamp(user.auth_time, _dt.UTC)
+        return password_sign_in_problem(session, official_id=int(user.subject), signed_in_at=signed_in_at) is not None
 
     def userinfo(self, session: Session, token: str) -> dict[str, Any]:
         row, client = self.bearer(session, token)

@@ -96,7 +96,8 @@ SET_UP_AGAIN_MESSAGE = _l(
     "no longer works. Sign in with your new certificate and set it up again."
 )
 SESSION_ENDED_RESET = _l(
-    "Your session has ended: your password sign-in has been turned off or reset. "
+    "Your session has ended: your password sign-in has been turned off or reset, or the certificate it "
+    "was set up with has been revoked for key compromise. "
     "Sign in with your certificate, or set it up again."
 )
 

@@ -23,7 +23,7 @@ from govpki.principal import SYSTEM, Role
 from tests.authz.certlogin_helpers import IssuedOfficial, header, issue_official, prepare_ra
 from tests.helpers import initialised_portal, totp_code, totp_secret_on
 from tests.web.oidc_helpers import register_client
-from tests.web.test_oidc import authorize, code_of, exchange, jwks
+from tests.web.test_oidc import authorize, basic, code_of, exchange, introspect, jwks, userinfo
 from tests.web.test_ra_portal import staff
 from tests.web.test_ui import Portal, field_errors, new_account, post_form, sign_in, text
 
@@ -311,3 +311,60 @@ def test_turning_off_needs_a_fresh_form(portal: Portal) -> None:
     done = post_form(client, "/me/password-sign-in/off", {}, form_page="/me/password-sign-in")
     assert done.status_code == 302 and credential(portal, issued.official_id) is None
     assert last_entry(portal, "authz:official:signin_disable", str(issued.official_id)).outcome == "success"
+
+
+def _tokens_of(portal: Portal, client: FlaskClient, app_name: str) -> tuple[str, str | None, dict[str, str]]:
+    client_id, client_secret = register_client(portal, app_name)
+    response = exchange(portal, client_id, client_secret, code_of(authorize(client, client_id)))
+    assert response.status_code == 200, text(response)
+    return client_id, client_secret, response.get_json()
+
+
+def _refresh(portal: Portal, client_id: str, client_secret: str | None, token: str) -> int:
+    form = {"grant_type": "refresh_token", "refresh_token": token}
+    return portal.app.test_client().post("/oauth/token", data=form, headers=basic(client_id, client_secret)).status_code
+
+
+@pytest.mark.parametrize("how", ["key_compromise", "ra_reset", "turned_off"])
+def test_the_session_and_its_application_tokens_end_with_the_password_sign_in(portal: Portal, how: str) -> None:
+    """Key compromise of the set-up certificate, an RA reset, or the official turning it off:
+    the password session ends at its next request, and the tokens applications were given
+    on it are refused at refresh, userinfo and introspection (as for a revoked certificate's)."""
+    issued = official(portal)
+    login_name = name()
+    secret = set_up(portal, issued, login_name)
+    session_client = password_client(portal, login_name, totp_code(secret, 1))
+    client_id, client_secret, tokens = _tokens_of(
+        portal, session_client, f"pwd-end-{how.replace('_', '-')}-{issued.official_id}"
+    )
+    assert userinfo(portal, tokens["access_token"]).status_code == 200
+    if how == "key_compromise":
+        with portal.services.sessions() as db:
+            portal.services.revocation.revoke(db, SYSTEM, issued.serial, reason=RevocationReason.KEY_COMPROMISE)
+            db.commit()
+    elif how == "ra_reset":
+        officer = staff(portal.app, portal.services, Role.RA_OFFICER, "650100")
+        page = f"/ra/officials/{issued.official_id}"
+        assert post_form(officer, f"{page}/password-sign-in/reset", {}, form_page=page).status_code == 303
+    else:
+        cert_client = certificate_client(portal, issued)
+        done = post_form(cert_client, "/me/password-sign-in/off", {}, form_page="/me/password-sign-in")
+        assert done.status_code in (302, 303), text(done)
+    ended = session_client.get("/me")
+    assert ended.status_code == 302 and ended.headers["Location"] == "/login"
+    assert userinfo(portal, tokens["access_token"]).status_code == 401
+    assert _refresh(portal, client_id, client_secret, tokens["refresh_token"]) == 400
+    assert introspect(portal, client_id, client_secret, tokens["access_token"])["active"] is False
+
+
+def test_an_unaffected_password_sign_in_keeps_its_tokens(portal: Portal) -> None:
+    issued = official(portal)
+    login_name = name()
+    secret = set_up(portal, issued, login_name)
+    session_client = password_client(portal, login_name, totp_code(secret, 1))
+    client_id, client_secret, tokens = _tokens_of(portal, session_client, f"pwd-keep-{issued.official_id}")
+    with portal.services.sessions() as db:  # revoked, but not for key compromise: the fallback stays
+        portal.services.revocation.revoke(db, SYSTEM, issued.serial, reason=RevocationReason.AFFILIATION_CHANGED)
+        db.commit()
+    assert userinfo(portal, tokens["access_token"]).status_code == 200
+    assert _refresh(portal, client_id, client_secret, tokens["refresh_token"]) == 200
