@@ -126,7 +126,8 @@ def test_another_officials_revocation_and_password_sessions_are_unaffected(porta
 def test_oidc_tokens_of_a_certificate_session_stop_with_the_certificate(portal: Portal) -> None:
     """Tokens whose grant was made on a certificate session (their user claims name the
     certificate) are refused once it is revoked: refresh (invalid_grant), introspection
-    (inactive) and userinfo (invalid_token); a password session's tokens live on."""
+    (inactive) and userinfo (invalid_token); a password session's tokens live on (an official's
+    password sign-in has its own rules: tests/web/test_official_signin.py)."""
     issued = official(portal)
     services = portal.services
     client_id, secret = register_client(portal, f"certsession-rp-{issued.official_id}")
@@ -136,16 +137,20 @@ def test_oidc_tokens_of_a_certificate_session_stop_with_the_certificate(portal: 
     with services.sessions() as db:
         client = provider.client(db, client_id)
         assert client is not None
-        for name, serial, amr in (("cert", issued.serial, ("swk",)), ("pwd", None, ("pwd", "otp"))):
+        # the official's certificate session, and a staff account's password session
+        for name, subject, serial, amr, kind in (
+            ("cert", str(issued.official_id), issued.serial, ("swk",), "official"),
+            ("pwd", "secadmin", None, ("pwd", "otp"), "account"),
+        ):
             user = OidcUser(
-                subject=str(issued.official_id),
+                subject=subject,
                 name="张三",
                 prefecture="6501",
                 department="财政局",
                 amr=amr,
                 auth_time=int(dt.datetime.now(dt.UTC).timestamp()),
                 cert_serial=serial,
-                kind="official",
+                kind=kind,
             )
             token = provider.new_tokens(db, client, user, "openid profile offline_access", include_refresh_token=True)
             provider.save_tokens(db, token, client, user)
@@ -179,7 +184,7 @@ def test_oidc_tokens_of_a_certificate_session_stop_with_the_certificate(portal: 
         headers=basic(client_id, secret),
     )
     assert response.status_code == 400 and response.get_json()["error"] == "invalid_grant"
-    # the password session's tokens of the same subject are not tied to the certificate
+    # a password session's tokens at the same client are not tied to the certificate
     assert introspect(tokens["pwd"]["access_token"]) and userinfo(tokens["pwd"]["access_token"]) == 200
     assert refresh(tokens["pwd"]["refresh_token"]) == 200
 
