@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, Map
 
 from govpki.config import Config
-from govpki.errors import GovpkiError
+from govpki.errors import GovpkiError, InvalidError
 from web import (
     api,
     api_authz,
@@ -76,6 +76,25 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     @app.before_request
     def _open_session() -> None:
         g.db = services.sessions()
+
+    @app.before_request
+    def _refuse_nul_characters() -> None:
+        """A NUL character in a query or form value is refused up front, naming the field:
+        PostgreSQL text cannot hold it (it would fail as a database error), and no field of
+        this service has a use for it."""
+        sources = [request.args]
+        if request.method in ("POST", "PUT", "PATCH"):
+            sources.append(request.form)
+        for where in sources:
+            for name, value in where.items(multi=True):
+                if "\x00" in name or "\x00" in value:
+                    field = name.replace("\x00", "")[:64] or "?"
+                    raise InvalidError(
+                        f"the field {field} contains a NUL character",
+                        field=field,
+                        code="govpki.nul_character",
+                        params={"field": field},
+                    )
 
     @app.after_request
     def _finish_unit_of_work(response: Response) -> Response:

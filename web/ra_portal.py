@@ -260,6 +260,9 @@ _MESSAGES: dict[str, Callable[[Params], str]] = {
     "ra.email_not_allowed": lambda p: _("This certificate takes no e-mail address."),
     "ra.bad_email": lambda p: _("This is not a valid e-mail address."),
     "govpki.invalid_email": lambda p: _("This is not a valid e-mail address."),
+    "govpki.nul_character": lambda p: _(
+        "The field %(field)s contains a NUL character, which is not allowed.", field=p["field"]
+    ),
     "ra.unknown_algorithm": lambda p: _("Choose one of the key algorithms offered."),
     "ra.escrow_certificate_missing": lambda p: _(
         "The certificate %(serial)s of the escrowed key is not on record.", serial=p["serial"]

@@ -325,6 +325,10 @@ def _role_name(value: str) -> str:
 _REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(r"wrong user name or password"), lambda m: _("Wrong user name or password.")),
     (
+        re.compile(r"the field (.+) contains a NUL character"),
+        lambda m: _("The field %(field)s contains a NUL character, which is not allowed.", field=m[1]),
+    ),
+    (
         re.compile(r"sign-in is locked for (\d+) minutes after too many failed attempts"),
         lambda m: _(
             "Too many failed sign-ins: signing in with this user name is locked for %(minutes)s minutes. "
