@@ -53,6 +53,15 @@ SET_UP_AGAIN = "authz.official.set_up_again"
 NOT_SET_UP = "authz.official.not_set_up"
 OFFICIAL_NOT_FOUND = "authz.official.not_found"
 RESET_FORBIDDEN = "authz.official.reset_forbidden"
+NOT_OFFICIAL = "authz.official.not_official"
+CERTIFICATE_SESSION_NEEDED = "authz.official.certificate_session_needed"
+ALREADY_SET_UP = "authz.official.already_set_up"
+NAME_TAKEN = "authz.official.name_taken"
+WRONG_ENROL_CODE = "authz.official.wrong_enrol_code"
+WRONG_CURRENT_PASSWORD = "authz.official.wrong_current_password"
+SAME_PASSWORD = "authz.official.same_password"
+RA_STAFF_ONLY = "authz.official.ra_staff_only"
+PASSWORD_FIRST = "authz.official.password_first"
 KEY_COMPROMISE = "keyCompromise"
 
 _hasher = PasswordHasher()  # argon2id, the library's recommended parameters (as staff passwords)
@@ -70,8 +79,7 @@ def password_sign_in_problem(session: Session, *, official_id: int, signed_in_at
         .outerjoin(_certificates, _certificates.c.serial == OfficialCredential.set_up_with)
         .where(OfficialCredential.official_id == official_id)
     ).first()
-    # whole seconds: a token's auth_time has no fraction
-    if row is None or row.enabled_at is None or row.enabled_at.replace(microsecond=0) > signed_in_at:
+    if row is None or row.enabled_at is None or row.enabled_at > signed_in_at:
         return "reset"
     if row.revocation_reason == KEY_COMPROMISE:
         return "compromised"
@@ -113,7 +121,7 @@ class OfficialSignInService:
     @staticmethod
     def _own_id(principal: Principal) -> int:
         if principal.kind is not PrincipalKind.OFFICIAL or not principal.id.isdigit():
-            raise ForbiddenError("only an official manages their own password sign-in")
+            raise ForbiddenError("only an official manages their own password sign-in", code=NOT_OFFICIAL)
         return int(principal.id)
 
     def _credential(self, session: Session, official_id: int) -> OfficialCredential | None:
@@ -128,7 +136,11 @@ class OfficialSignInService:
 
     def _require_certificate_session(self, session: Session, principal: Principal, serial: str | None) -> str:
         if not serial or certificate_status(session, serial, self._clock.now()) != "valid":
-            raise ForbiddenError("set up password sign-in while signed in with your certificate", field="certificate")
+            raise ForbiddenError(
+                "set up password sign-in while signed in with your certificate",
+                field="certificate",
+                code=CERTIFICATE_SESSION_NEEDED,
+            )
         return serial
 
     def _audit(
@@ -170,7 +182,9 @@ class OfficialSignInService:
         serial = self._require_certificate_session(session, principal, certificate_serial)
         existing = self._credential(session, official_id)
         if existing is not None and existing.enabled_at is not None:
-            raise ConflictError("password sign-in is already set up; turn it off first", field="username")
+            raise ConflictError(
+                "password sign-in is already set up; turn it off first", field="username", code=ALREADY_SET_UP
+            )
         if not USERNAME_RULE.match(login_name):
             raise InvalidError(
                 "must be 3-64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter",
@@ -185,7 +199,9 @@ class OfficialSignInService:
             is not None
         )
         if taken:
-            raise ConflictError(f"user name {login_name!r} is taken", field="username")
+            raise ConflictError(
+                f"user name {login_name!r} is taken", field="username", code=NAME_TAKEN, params={"name": login_name}
+            )
         check_new_password(password, login_name)
         sealer = self._require_sealer()
         now = self._clock.now()
@@ -216,7 +232,9 @@ class OfficialSignInService:
         if credential is None:
             raise NotFoundError("choose a sign-in name and a password first", field="username", code=NOT_SET_UP)
         if credential.enabled_at is not None:
-            raise ConflictError("password sign-in is already set up; turn it off first", field="code")
+            raise ConflictError(
+                "password sign-in is already set up; turn it off first", field="code", code=ALREADY_SET_UP
+            )
         return credential
 
     def totp_enrolment(self, session: Session, principal: Principal) -> tuple[str, str]:
@@ -248,7 +266,7 @@ class OfficialSignInService:
                 {**details, "reason": "wrong code"},
                 outcome="failure",
             )
-            raise InvalidError("is not the code your authenticator app shows now", field="code")
+            raise InvalidError("is not the code your authenticator app shows now", field="code", code=WRONG_ENROL_CODE)
         now = self._clock.now()
         credential.enabled_at = now
         credential.updated_at = now
@@ -264,10 +282,12 @@ class OfficialSignInService:
         try:
             _hasher.verify(credential.password_hash, current)
         except (VerificationError, InvalidHashError):
-            raise InvalidError("is not your current password", field="current_password") from None
+            raise InvalidError(
+                "is not your current password", field="current_password", code=WRONG_CURRENT_PASSWORD
+            ) from None
         check_new_password(new, credential.login_name)
         if hmac.compare_digest(current, new):
-            raise InvalidError("must differ from the current password", field="new_password")
+            raise InvalidError("must differ from the current password", field="new_password", code=SAME_PASSWORD)
         credential.password_hash = _hasher.hash(new)
         credential.updated_at = self._clock.now()
         self._audit(
@@ -330,7 +350,7 @@ class OfficialSignInService:
     def is_set_up(self, session: Session, principal: Principal, official_id: int) -> bool:
         """For the RA officer's page: whether the official has a password sign-in (set up or pending)."""
         if not (principal.has(Role.RA_OFFICER) or principal.has(Role.RA_CLERK)):
-            raise ForbiddenError("only RA staff see officials' sign-in", field="role")
+            raise ForbiddenError("only RA staff see officials' sign-in", field="role", code=RA_STAFF_ONLY)
         return self._credential(session, official_id) is not None
 
     # ----- sign-in -------------------------------------------------------------------------
@@ -401,7 +421,7 @@ class OfficialSignInService:
         if credential is not None and credential.enabled_at is not None:
             official = self._officials.official(session, credential.official_id)
         if credential is None or official is None:
-            raise UnauthenticatedError("sign in with your password first", field="username")
+            raise UnauthenticatedError("sign in with your password first", field="username", code=PASSWORD_FIRST)
         accounts._take_turn(session, credential.login_name)
         accounts._refuse_if_locked(session, credential.login_name, source, "totp")
         cleaned = totp.normalise_code(code)

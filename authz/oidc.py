@@ -571,7 +571,8 @@ class OidcProvider:
         user = OidcUser.from_json(row.claims)
         if user.kind != PrincipalKind.OFFICIAL.value or "pwd" not in user.amr or not user.subject.isdigit():
             return False
-        signed_in_at = _dt.datetime.fromtimestamp(user.auth_time, _dt.UTC)
+        # auth_time has whole seconds: the sign-in was at most the end of that second
+        signed_in_at = _dt.datetime.fromtimestamp(user.auth_time + 1, _dt.UTC) - _dt.timedelta(microseconds=1)
         return password_sign_in_problem(session, official_id=int(user.subject), signed_in_at=signed_in_at) is not None
 
     def userinfo(self, session: Session, token: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from authz import certlogin as codes
+from authz import official_signin as codes_official
 from authz.official_signin import AMR_PASSWORD_TOTP, SET_UP_AGAIN
 from authz.services import LOCKED, MIN_PASSWORD
 from govpki.errors import ConflictError, ForbiddenError, GovpkiError, InvalidError, NotFoundError, UnauthenticatedError
@@ -38,6 +39,7 @@ from web.client_address import client_address
 from web.forms import MAX_PASSWORD, ActionForm, LoginForm, PasswordForm, TotpForm
 from web.problems import STATUS
 from web.ui import (
+    CODE_MESSAGES,
     OFFICIAL_USER,
     PENDING_TIMEOUT,
     SESSION_AMR,
@@ -50,13 +52,33 @@ from web.ui import (
     _error_page,
     _unauthorized,
     attach_error,
-    field_message,
+    coded_message,
     pending_step,
     services,
     signed_in_official,
 )
 
 bp = Blueprint("official_signin", __name__)
+
+# the password sign-in service's refusals, by code, in the request's language
+CODE_MESSAGES.update(
+    {
+        codes_official.NOT_OFFICIAL: lambda p: _("Only an official manages their own password sign-in."),
+        codes_official.CERTIFICATE_SESSION_NEEDED: lambda p: _(
+            "Set up password sign-in while signed in with your certificate."
+        ),
+        codes_official.ALREADY_SET_UP: lambda p: _("Password sign-in is already set up; turn it off first."),
+        codes_official.NAME_TAKEN: lambda p: _("The sign-in name %(name)s is taken.", name=p["name"]),
+        codes_official.WRONG_ENROL_CODE: lambda p: _("This is not the code your authenticator app shows now."),
+        codes_official.WRONG_CURRENT_PASSWORD: lambda p: _("This is not your current password."),
+        codes_official.SAME_PASSWORD: lambda p: _("The new password must differ from the current one."),
+        codes_official.RA_STAFF_ONLY: lambda p: _("Only RA staff see officials' sign-in."),
+        codes_official.PASSWORD_FIRST: lambda p: _("Sign in with your sign-in name and password first."),
+        codes_official.NOT_SET_UP: lambda p: _(
+            "Password sign-in is not set up: choose a sign-in name and a password first."
+        ),
+    }
+)
 
 # session keys: the official half signed in (password given, code not yet), and when the
 # password session began (service clock, ISO) — a sign-in set up anew after it ends it
@@ -167,7 +189,9 @@ def password_step(form: LoginForm, target: str | None) -> ResponseReturnValue:
     except UnauthenticatedError as error:
         # 200 on purpose: the unit of work commits the failure's audit entry (and the lock)
         form.form_errors.append(
-            str(SET_UP_AGAIN_MESSAGE) if error.code == SET_UP_AGAIN else field_message(error.reason)
+            str(SET_UP_AGAIN_MESSAGE)
+            if error.code == SET_UP_AGAIN
+            else coded_message(error.code, error.params, error.reason)
         )
         return render_template("login.html", form=form)
     logout_user()
@@ -206,7 +230,7 @@ def login_code() -> ResponseReturnValue:
             # 200 on purpose: the unit of work commits the failure's audit entry (and the lock)
             if error.code == LOCKED:
                 session.pop(PENDING_OFFICIAL, None)
-                flash(field_message(error.reason), "warning")
+                flash(coded_message(error.code, error.params, error.reason), "warning")
                 return redirect(url_for("ui.login"))
             attach_error(form, error, {"code": form.code})
             return render_template("login_totp.html", form=form, action=action)
@@ -243,8 +267,7 @@ def _page(
 
 
 def _refused(error: GovpkiError) -> Response:
-    reason = field_message(error.reason)
-    return _error_page(STATUS[error.kind], reason)
+    return _error_page(STATUS[error.kind], coded_message(error.code, error.params, error.reason))
 
 
 @bp.route("/me/password-sign-in", methods=["GET", "POST"])
@@ -264,6 +287,8 @@ def password_sign_in() -> ResponseReturnValue:
             password=form.new_password.data,
         )
     except (InvalidError, ConflictError) as error:
+        if error.code == codes_official.ALREADY_SET_UP:  # the set-up form is not shown then
+            return _refused(error)
         attach_error(form, error, {"username": form.username, "new_password": form.new_password})
         return _page(setup=form, status=STATUS[error.kind])
     except ForbiddenError as error:
@@ -332,7 +357,9 @@ def change_password() -> ResponseReturnValue:
         services().official_signin.change_password(
             g.db, user.principal, current=form.current_password.data, new=form.new_password.data
         )
-    except (InvalidError, NotFoundError) as error:
+    except NotFoundError as error:  # the password form is not shown then
+        return _refused(error)
+    except InvalidError as error:
         attach_error(form, error, {"current_password": form.current_password, "new_password": form.new_password})
         return _page(password=form, status=STATUS[error.kind])
     flash(_("Your password has been changed."), "success")

@@ -19,7 +19,7 @@ import datetime as _dt
 import functools
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ParamSpec
 from urllib.parse import urlsplit
@@ -452,11 +452,27 @@ def field_message(reason: str) -> str:
     return known if known is not None else _("Not accepted: %(reason)s", reason=reason)
 
 
+# refusals by their stable code and values (sturdier than matching the English text); the
+# modules of the pages add theirs (e.g. web.official_signin)
+CODE_MESSAGES: dict[str, Callable[[Mapping[str, str | int]], str]] = {}
+
+
+def coded_message(code: str | None, params: Mapping[str, str | int], reason: str) -> str:
+    """A refusal in the request's language: by its code when known here, else by its text."""
+    render = CODE_MESSAGES.get(code or "")
+    if render is not None:
+        try:
+            return render(params)
+        except KeyError:
+            pass
+    return field_message(reason)
+
+
 def attach_error(form: FlaskForm, error: GovpkiError, fields: dict[str, Field]) -> None:
     """Show a service error next to the form field it is about (else above the form)."""
     for problem in error.problems:
         target = fields.get(problem.field or "")
-        message = field_message(problem.reason)
+        message = coded_message(problem.code, problem.params, problem.reason)
         if target is not None:
             target.errors = [*target.errors, message]
         else:
@@ -800,14 +816,14 @@ def _reset_totp(svc: Services, account: Account) -> str:
 @bp.post("/staff/<int:account_id>/unlock")
 @login_required
 def staff_unlock(account_id: int) -> ResponseReturnValue:
-    _require_security_admin(_user(), "create accounts")
+    _require_security_admin(_user(), "unlock RA staff accounts")
     return _account_action(account_id, True, _unlock)
 
 
 @bp.post("/staff/<int:account_id>/reset-totp")
 @login_required
 def staff_reset_totp(account_id: int) -> ResponseReturnValue:
-    _require_security_admin(_user(), "create accounts")
+    _require_security_admin(_user(), "reset the authenticator of RA staff accounts")
     return _account_action(account_id, True, _reset_totp)
 
 
@@ -874,6 +890,8 @@ def _error_page(status: int, reason: str | None) -> Response:
 
 def render_error(error: GovpkiError) -> Response:
     """A domain error as a page in the layout (the app calls this for HTML requests)."""
+    if error.code in CODE_MESSAGES:
+        return _error_page(STATUS[error.kind], coded_message(error.code, error.params, error.reason))
     known = translate_reason(error.reason)
     return _error_page(STATUS[error.kind], known if known is not None else error.reason)
 

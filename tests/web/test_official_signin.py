@@ -198,7 +198,7 @@ def test_a_staff_user_name_is_taken_and_a_weak_password_refused_in_chinese(porta
         client, "/me/password-sign-in", {"username": staff_name, "new_password": PASSWORD, "repeat_password": PASSWORD}
     )
     assert taken.status_code == 409
-    assert field_errors(text(taken), "username") == [f"用户名 {staff_name} 已被占用。"]
+    assert field_errors(text(taken), "username") == [f"登录名 {staff_name} 已被占用。"]
     weak = post_form(
         client, "/me/password-sign-in", {"username": name(), "new_password": "short", "repeat_password": "short"}
     )
@@ -368,3 +368,28 @@ def test_an_unaffected_password_sign_in_keeps_its_tokens(portal: Portal) -> None
         db.commit()
     assert userinfo(portal, tokens["access_token"]).status_code == 200
     assert _refresh(portal, client_id, client_secret, tokens["refresh_token"]) == 200
+
+
+def test_refusals_of_the_set_up_pages_are_in_chinese(portal: Portal) -> None:
+    issued = official(portal)
+    login_name = name()
+    secret = set_up(portal, issued, login_name)
+    session_client = password_client(portal, login_name, totp_code(secret, 1))
+    form = {"username": name(), "new_password": PASSWORD, "repeat_password": PASSWORD}
+    refused = post_form(session_client, "/me/password-sign-in", form)
+    assert refused.status_code == 403 and "请在使用证书登录后设置密码登录。" in text(refused)
+    again = session_client.get("/me/password-sign-in/totp")  # already on (the back button)
+    assert again.status_code == 409 and "密码登录已经设置；如需重新设置，请先将其关闭。" in text(again)
+    cert_client = certificate_client(portal, issued)
+    assert post_form(cert_client, "/me/password-sign-in", form).status_code == 409
+    assert post_form(cert_client, "/me/password-sign-in/off", {}, form_page="/me/password-sign-in").status_code in (
+        302,
+        303,
+    )
+    twice = post_form(cert_client, "/me/password-sign-in/off", {}, form_page="/me/password-sign-in")
+    assert twice.status_code == 404 and "尚未设置密码登录" in text(twice)
+    change = {"current_password": PASSWORD, "new_password": "Kanas-Lake-1374m", "repeat_password": "Kanas-Lake-1374m"}
+    gone = post_form(cert_client, "/me/password-sign-in/password", change, form_page="/me/password-sign-in")
+    assert gone.status_code == 404 and "尚未设置密码登录" in text(gone)
+    for page in (refused, again, twice, gone):
+        assert "未通过校验" not in text(page)

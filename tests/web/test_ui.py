@@ -643,3 +643,18 @@ def test_a_security_admin_cannot_unlock_or_reset_the_auditor(portal: Portal) -> 
         assert portal.services.accounts.locked_until(db, auditor_name) is not None
     assert account(portal, auditor_name).totp_enrolled
     assert _audit(portal, "authz:account:unlock", auditor_name) == []
+
+
+def test_page_titles_are_plain_text(portal: Portal) -> None:
+    """No markup inside <title> (the browser shows it as text)."""
+    client = signed_in(portal)
+    for path in ("/staff", "/tokens", "/applications"):
+        title = re.search(r"<title>(.*?)</title>", text(client.get(path)), re.S)
+        assert title is not None and "<" not in title.group(1), (path, title)
+
+
+def test_only_a_security_admin_unlocks_ra_staff_and_the_refusal_says_so(portal: Portal) -> None:
+    client = signed_in(portal, Role.SYSTEM_ADMIN)
+    for path, verb in (("/staff/1/unlock", "解锁"), ("/staff/1/reset-totp", "重置")):
+        refused = post_form(client, path, {}, form_page="/dashboard")
+        assert refused.status_code == 403 and verb in text(refused) and "创建" not in text(refused)
