@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+
+from authz.models import Account
 from authz.services import one_time_password
 from ca.models import CaKind, CertificateAuthority, CrlKind
 from govpki.errors import NotFoundError
@@ -83,23 +86,25 @@ def initialize(
                 report.created.append(f"KMC storage key {storage.key_handle} (wraps escrowed encryption keys)")
     _record_secret_keys(services, principal, report)
     if first_admin:
+        # each of the three 三员 roles that nobody holds (a new instance: all three; an instance
+        # from before the three were made: the missing ones), under its user name if free
         with services.sessions() as session:
-            if services.accounts.count(session) == 0:
-                for username, display_name, role in FIRST_ACCOUNTS:
-                    password = one_time_password()
-                    services.accounts.create(
-                        session,
-                        principal,
-                        username=username,
-                        display_name=display_name,
-                        role=role,
-                        password=password,
-                    )
-                    report.passwords[username] = password
-                session.commit()
-                report.admin_password = report.passwords[FIRST_ADMIN]
-                for username, _name, role in FIRST_ACCOUNTS:
-                    report.created.append(f"{role.value.replace('_', ' ')} account '{username}'")
+            new_accounts: list[tuple[str, Role]] = []
+            for username, display_name, role in FIRST_ACCOUNTS:
+                held = session.scalar(select(Account.id).where(Account.role == role.value).limit(1))
+                taken = session.scalar(select(Account.id).where(Account.username == username))
+                if held is not None or taken is not None:
+                    continue
+                password = one_time_password()
+                services.accounts.create(
+                    session, principal, username=username, display_name=display_name, role=role, password=password
+                )
+                report.passwords[username] = password
+                new_accounts.append((username, role))
+            session.commit()
+        report.admin_password = report.passwords.get(FIRST_ADMIN)
+        for username, role in new_accounts:
+            report.created.append(f"{role.value.replace('_', ' ')} account '{username}'")
     return report
 
 

@@ -10,6 +10,7 @@ from cryptography import x509
 from sqlalchemy import func, select
 
 from authz.models import Account
+from govpki.principal import SYSTEM, Role
 from ra.models import RegistrationAuthority
 from tests.helpers import csr_pem
 from web.cli import main
@@ -149,3 +150,23 @@ def test_revoke_hold_release_from_the_cli(services: Services, tmp_path: Path):
     assert twice.exit_code == 2 and "already revoked" in twice.output and "Traceback" not in twice.output
     bad_reason = run(services, "revoke", serial, "--reason", "because")
     assert bad_reason.exit_code == 2 and "reason" in bad_reason.output
+
+
+def test_init_adds_the_missing_administrators_to_an_older_instance(bare_services: Services):
+    """An instance from before the three 三员 accounts (only a security administrator): init
+    adds a system administrator and an auditor, printing only their passwords."""
+    with bare_services.sessions() as s:
+        bare_services.accounts.create(
+            s, SYSTEM, username="secadmin", display_name="安全管理员", role=Role.SECURITY_ADMIN, password="x" * 16
+        )
+        s.commit()
+    result = run(bare_services, "init")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"system_admin +user name: sysadmin +password: \S+", result.output)
+    assert re.search(r"security_auditor +user name: auditor +password: \S+", result.output)
+    assert "user name: secadmin" not in result.output
+    with bare_services.sessions() as s:
+        roles = {name: role for name, role in s.execute(select(Account.username, Account.role))}
+    assert roles == {"secadmin": "security_admin", "sysadmin": "system_admin", "auditor": "security_auditor"}
+    again = run(bare_services, "init")
+    assert again.exit_code == 0 and "password" not in again.output
