@@ -83,7 +83,9 @@ def create_app(config: Config | None = None, *, services: Services | None = None
         PostgreSQL text cannot hold it (it would fail as a database error), and no field of
         this service has a use for it."""
         sources = [request.args]
-        if request.method in ("POST", "PUT", "PATCH"):
+        # forms only: reading request.form would take in any body (under the app's limit,
+        # before a JSON API sets its own)
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
             sources.append(request.form)
         for where in sources:
             for name, value in where.items(multi=True):
