@@ -108,8 +108,8 @@ class TotpForm(FlaskForm):  # type: ignore[misc]
     )
 
 
-class StaffForm(FlaskForm):  # type: ignore[misc]
-    """A new RA staff account (a security administrator fills it in)."""
+class _NewAccountForm(FlaskForm):  # type: ignore[misc]
+    """The user name and full name every new account form asks for (its role field follows)."""
 
     username = StringField(
         _l("User name"),
@@ -122,6 +122,11 @@ class StaffForm(FlaskForm):  # type: ignore[misc]
         validators=[DataRequired(_l("Enter the full name.")), Length(max=128, message=_l("At most 128 characters."))],
         render_kw={"autocomplete": "off"},
     )
+
+
+class StaffForm(_NewAccountForm):
+    """A new RA staff account (a security administrator fills it in)."""
+
     role = SelectField(
         _l("Role"),
         choices=[
@@ -133,20 +138,9 @@ class StaffForm(FlaskForm):  # type: ignore[misc]
     prefecture = SelectField(_l("Prefecture"), validators=[DataRequired(_l("Choose a prefecture."))])
 
 
-class AccountForm(FlaskForm):  # type: ignore[misc]
+class AccountForm(_NewAccountForm):
     """A new account of a role other than RA staff (a system administrator fills it in)."""
 
-    username = StringField(
-        _l("User name"),
-        validators=[DataRequired(_l("Enter your user name.")), Length(max=64, message=_l("At most 64 characters."))],
-        description=_l("3 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter."),
-        render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"},
-    )
-    display_name = StringField(
-        _l("Full name"),
-        validators=[DataRequired(_l("Enter the full name.")), Length(max=128, message=_l("At most 128 characters."))],
-        render_kw={"autocomplete": "off"},
-    )
     role = SelectField(
         _l("Role"),
         choices=[

@@ -16,10 +16,8 @@ one); changing the password and turning it off work in any session of the offici
 from __future__ import annotations
 
 import datetime as _dt
-import io
 
-import segno
-from flask import Blueprint, Response, flash, g, make_response, redirect, render_template, session, url_for
+from flask import Blueprint, Response, flash, g, redirect, render_template, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_babel import lazy_gettext as _l
 from flask_login import login_user, logout_user  # type: ignore[import-untyped, unused-ignore]
@@ -56,6 +54,7 @@ from web.ui import (
     pending_step,
     services,
     signed_in_official,
+    totp_qr_response,
 )
 
 bp = Blueprint("official_signin", __name__)
@@ -335,14 +334,7 @@ def enrol_qr() -> ResponseReturnValue:
     if user is None:
         return _unauthorized()
     _secret, uri = services().official_signin.totp_enrolment(g.db, user.principal)
-    out = io.BytesIO()
-    segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2, title="TOTP")
-    response = make_response(out.getvalue())
-    response.mimetype = "image/svg+xml"
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
-    return response
+    return totp_qr_response(uri)
 
 
 @bp.post("/me/password-sign-in/password")

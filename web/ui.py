@@ -681,6 +681,12 @@ def totp_qr() -> ResponseReturnValue:
     if user.account.totp_enrolled:
         raise NotFoundError("your authenticator app is already set up", field="code")
     _secret, uri = services().accounts.totp_enrolment(g.db, user.principal)
+    return totp_qr_response(uri)
+
+
+def totp_qr_response(uri: str) -> Response:
+    """An authenticator app's otpauth:// URI as a QR code (SVG at its own URL: the pages'
+    CSP allows no data: images), never cached."""
     out = io.BytesIO()
     segno.make(uri, error="m").save(out, kind="svg", scale=5, border=2, title="TOTP")
     response = make_response(out.getvalue())
